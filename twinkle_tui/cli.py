@@ -1,0 +1,83 @@
+"""The `twinkle-tui` command: the dashboard, or `--run script.py` headless."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
+from twinkle_tui import __version__
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """Where the agent's OpenAI-compatible LLM lives (flag > environment > default)."""
+
+    base_url: str
+    model: str
+    api_key: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="twinkle-tui",
+        description="Dashboard for local LLM fine-tuning runs. `twinkle-tui --run train.py [-- args]` runs headless.",
+    )
+    p.add_argument("--run", metavar="SCRIPT", help="run SCRIPT as a managed run without the dashboard")
+    p.add_argument("-r", "--run-id", default=env("TWINKLE_AUTO_RUN_ID"), help="run id to select (or to create with --run)")
+    p.add_argument("--home", default=None, help=f"runs directory (default ${HOME_ENV} or ~/.cache/twinkle)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds a stopping run gets before it is killed")
+    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"))
+    p.add_argument("--llm-model", default=env("TWINKLE_LLM_MODEL", "qwen3.5"))
+    p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (to the log file)")
+    p.add_argument("-V", "--version", action="version", version=f"twinkle-tui {__version__}")
+    return p
+
+
+def setup_logging(home: str | None, verbose: bool) -> str:
+    """Log to a rotating file (5 MB x 3), never to the terminal the dashboard draws on."""
+    log_dir = twinkle_home(home) / ".logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / "twinkle-tui.log"
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024 * 1024, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.run_id:
+        try:
+            validate_run_id(ns.run_id)
+        except InvalidRunId as exc:
+            print(f"twinkle-tui: {exc}", file=sys.stderr)
+            return 2
+    setup_logging(ns.home, ns.verbose)
+    if ns.run:
+        from twinkle_tui.headless import run_headless
+
+        return run_headless(ns.run, script_args, ns.run_id, home=ns.home, grace=ns.grace)
+    if script_args:
+        parser.error("arguments after -- go with --run SCRIPT")
+    llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key)
+    from twinkle_tui.ui.app import TwinkleApp
+
+    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace)
+    app.run()
+    return app.return_code or 0

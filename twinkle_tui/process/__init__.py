@@ -1,0 +1,1 @@
+"""Training runs as processes: launch, supervise, pause, resume, stop."""

@@ -1,0 +1,72 @@
+"""Step rate, ETA and elapsed time of a run, derived from its metrics timestamps."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinkle_tui.runs.store import RunView
+
+RATE_WINDOW = 50  # points: long enough to smooth step-time noise, short enough to follow a slowdown
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where a run stands: step/total, steps per second over the recent window, ETA and elapsed seconds."""
+
+    step: int
+    total: int | None
+    rate: float | None
+    eta: float | None
+    elapsed: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, self.step / self.total)
+
+    @classmethod
+    def of(cls, view: RunView, now: float | None = None) -> RunProgress:
+        now = time.time() if now is None else now
+        step, total = view.last_step, view.total_steps
+        steps, ts = view.metrics.ts.steps, view.metrics.ts.values
+        rate = None
+        if len(ts) >= 2:
+            k = min(RATE_WINDOW, len(ts))
+            dt = float(ts[-1] - ts[-k])
+            ds = float(steps[-1] - steps[-k])
+            if dt > 0 and ds > 0:
+                rate = ds / dt
+        eta = (total - step) / rate if rate and total and total > step else None
+        start = view.meta.get("start_time")
+        end = view.meta.get("end_time") if not view.status.is_active else None
+        elapsed = ((end or now) - start) if isinstance(start, int | float) else None
+        return cls(step, total, rate, eta, elapsed)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "--"
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_rate(rate: float | None) -> str:
+    if rate is None:
+        return "--"
+    return f"{rate:.2f} step/s" if rate >= 1 else f"{1 / rate:.1f} s/step"
+
+
+def format_value(value: float) -> str:
+    if not np.isfinite(value):
+        return "NaN" if np.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    magnitude = abs(value)
+    if magnitude and (magnitude < 1e-3 or magnitude >= 1e5):
+        return f"{value:.3e}"
+    return f"{value:.4g}"
