@@ -240,6 +240,7 @@ class RunStore:
             if not paths.root.is_dir():
                 raise KeyError(f"no run {run_id!r} under {self.home}")
             view = self._views[run_id] = RunView(paths)
+            view.refresh_meta()
         return view
 
     def list_runs(self) -> list[RunSummary]:

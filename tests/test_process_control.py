@@ -1,0 +1,210 @@
+"""Runs as real processes: crash, kill, stop -> checkpoint -> resume, pause/resume, relaunch, re-attach."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import TOY, wait_for
+from trainer.protocol import InvalidRunId, RunPaths, process_is, read_meta
+from twinkle_tui.process.controller import ProcessController, RunControlError
+from twinkle_tui.runs.store import RunStore
+
+
+def steps_logged(paths: RunPaths) -> list[int]:
+    if not paths.metrics.exists():
+        return []
+    return [json.loads(line)["step"] for line in paths.metrics.read_text().splitlines() if line.strip()]
+
+
+def status(paths: RunPaths) -> str:
+    return read_meta(paths)["status"] if paths.meta.exists() else ""
+
+
+def finished(paths: RunPaths) -> bool:
+    return any(json.loads(line)["kind"] == "exit" for line in paths.events.read_text().splitlines()) if paths.events.exists() else False
+
+
+def exits(paths: RunPaths) -> list[dict]:
+    return [e for e in map(json.loads, paths.events.read_text().splitlines()) if e["kind"] == "exit"]
+
+
+@pytest.fixture
+def ctl(home: Path) -> ProcessController:
+    return ProcessController(home, grace=10)
+
+
+def test_a_crash_is_recorded_failed_with_exit_code_and_traceback(ctl: ProcessController) -> None:
+    launched = ctl.launch_script(TOY, ["--steps", "50", "--fail-at", "7"], run_id="crash")
+    assert launched.supervisor.wait(timeout=60) == 1
+    paths = ctl.paths("crash")
+    meta = read_meta(paths)
+    assert meta["status"] == "failed" and meta["exit_code"] == 1
+    assert meta["error"] == "RuntimeError: injected failure at step 7"
+    log = paths.log.read_text()
+    assert "Traceback (most recent call last)" in log and "injected failure at step 7" in log
+    assert exits(paths)[-1]["code"] == 1
+
+
+def test_sigkill_is_recorded_as_killed(ctl: ProcessController) -> None:
+    ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.02"], run_id="victim")
+    paths = ctl.paths("victim")
+    wait_for(lambda: len(steps_logged(paths)) > 3, what="training to start")
+    os.kill(read_meta(paths)["pid"], signal.SIGKILL)
+    wait_for(lambda: finished(paths), what="the exit to be recorded")
+    meta = read_meta(paths)
+    assert meta["status"] == "failed" and meta["exit_signal"] == "SIGKILL"
+    assert meta["error"] == "killed by SIGKILL" and meta["exit_code"] == -9
+
+
+def test_stop_checkpoints_and_resume_continues_at_the_next_step(ctl: ProcessController, home: Path) -> None:
+    total = 400
+    launched = ctl.launch_script(TOY, ["--steps", str(total), "--sleep", "0.01", "--save-steps", "1000"], run_id="sr")
+    paths = ctl.paths("sr")
+    wait_for(lambda: len(steps_logged(paths)) >= 20, what="20 steps")
+    ctl.stop("sr")
+    launched.supervisor.wait(timeout=60)
+    meta = read_meta(paths)
+    assert meta["status"] == "stopped" and meta["exit_code"] == 0
+    stopped_at = meta["last_checkpoint"]["step"]
+    assert steps_logged(paths)[-1] == stopped_at  # the checkpoint is of the last finished step
+    assert (paths.checkpoint(stopped_at) / "state.pt").exists()
+
+    relaunch = ctl.resume("sr")
+    assert relaunch is not None
+    assert relaunch.supervisor.wait(timeout=120) == 0
+    meta = read_meta(paths)
+    assert meta["status"] == "completed" and meta["launches"] == 2
+    assert steps_logged(paths) == list(range(1, total + 1))  # no repeated, no missing step
+    series = RunStore(home).view("sr")
+    series.refresh()
+    assert series.metrics.series["loss"].steps.tolist() == list(range(1, total + 1))
+    log = paths.log.read_text()
+    assert log.count("===== twinkle launch") == 2 and f"resumed from step {stopped_at}" in log
+
+
+def test_pause_freezes_progress_and_resume_continues(ctl: ProcessController) -> None:
+    launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.01"], run_id="pz")
+    paths = ctl.paths("pz")
+    wait_for(lambda: len(steps_logged(paths)) > 5, what="training to start")
+    ctl.pause("pz")
+    assert status(paths) == "paused"
+    pid = read_meta(paths)["pid"]
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", what="the process to stop")
+    frozen = len(steps_logged(paths))
+    import time
+
+    time.sleep(0.6)
+    assert len(steps_logged(paths)) == frozen
+    ctl.resume("pz")
+    assert status(paths) == "running"
+    wait_for(lambda: len(steps_logged(paths)) > frozen + 5, what="steps after resume")
+    kinds = [json.loads(line)["kind"] for line in paths.events.read_text().splitlines()]
+    assert kinds.index("pause") < kinds.index("resume")
+    ctl.kill("pz")
+    launched.supervisor.wait(timeout=30)
+
+
+def test_stopping_a_paused_run_still_checkpoints(ctl: ProcessController) -> None:
+    launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.01", "--save-steps", "100000"], run_id="ps")
+    paths = ctl.paths("ps")
+    wait_for(lambda: len(steps_logged(paths)) > 5, what="training to start")
+    ctl.pause("ps")
+    ctl.stop("ps")
+    launched.supervisor.wait(timeout=60)
+    meta = read_meta(paths)
+    assert meta["status"] == "stopped" and meta["last_checkpoint"] is not None
+
+
+def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
+    """A script that ignores SIGTERM is killed after the grace period and recorded as stopped by the user."""
+    script = tmp_path / "stubborn.py"
+    script.write_text(
+        "import signal, time\nfrom trainer.runtime import TrainingRuntime\n"
+        "rt = TrainingRuntime().start(model_id='x')\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "for i in range(10_000):\n    rt.log_metrics(step=i, v=i); time.sleep(0.01)\n"
+    )
+    ctl = ProcessController(home, grace=0.5)
+    launched = ctl.launch_script(script, run_id="stubborn")
+    paths = ctl.paths("stubborn")
+    wait_for(lambda: len(steps_logged(paths)) > 3, what="steps")
+    ctl.stop("stubborn")
+    launched.supervisor.wait(timeout=30)
+    meta = read_meta(paths)
+    assert meta["status"] == "stopped" and meta["exit_signal"] == "SIGKILL"
+    assert any(json.loads(l)["kind"] == "warning" for l in paths.events.read_text().splitlines())
+
+
+def test_a_new_controller_reattaches_to_a_live_run(home: Path) -> None:
+    """The dashboard restarts: a fresh controller finds the run by pid + start time and can stop it."""
+    first = ProcessController(home, grace=10)
+    launched = first.launch_script(TOY, ["--steps", "100000", "--sleep", "0.01"], run_id="live")
+    paths = first.paths("live")
+    wait_for(lambda: len(steps_logged(paths)) > 3, what="steps")
+    del first
+    second = ProcessController(home, grace=10)
+    assert second.is_alive("live") and second.status("live").value == "running"
+    second.stop("live")
+    launched.supervisor.wait(timeout=60)
+    assert status(paths) == "stopped"
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_run(ctl: ProcessController, home: Path) -> None:
+    paths = ctl.paths("ghost")
+    paths.root.mkdir()
+    meta = {"status": "running", "pid": os.getpid(), "pid_start_time": 1, "command": ["true"]}
+    paths.meta.write_text(json.dumps(meta))
+    assert not process_is(os.getpid(), 1)
+    with pytest.raises(RunControlError, match="failed"):
+        ctl.pause("ghost")
+    assert RunStore(home).view("ghost").status.value == "failed"
+
+
+def test_update_script_archives_versions_and_refuses_code_that_does_not_compile(ctl: ProcessController) -> None:
+    launched = ctl.launch_script(TOY, ["--steps", "3"], run_id="fixme")
+    launched.supervisor.wait(timeout=60)
+    paths = ctl.paths("fixme")
+    original = paths.script.read_text()
+    with pytest.raises(RunControlError, match=r"does not compile: .* \(line 1\)"):
+        ctl.update_script("fixme", "def broken(:\n")
+    assert paths.script.read_text() == original and not paths.script_version(1).exists()
+    assert ctl.update_script("fixme", original + "\n# fix 1\n") == 2
+    assert ctl.update_script("fixme", original + "\n# fix 2\n") == 3
+    assert paths.script_version(1).read_text() == original
+    assert paths.script_version(2).read_text().endswith("# fix 1\n")
+    assert read_meta(paths)["script_version"] == 3
+
+
+def test_bad_run_ids_are_refused_everywhere(ctl: ProcessController, home: Path) -> None:
+    store = RunStore(home)
+    for bad in ["../x", "a/b", ""]:
+        with pytest.raises(InvalidRunId):
+            ctl.launch_script(TOY, run_id=bad) if bad else ctl.paths(bad)
+        with pytest.raises(InvalidRunId):
+            ctl.stop(bad)
+        with pytest.raises(InvalidRunId):
+            store.view(bad)
+    assert list(home.iterdir()) == []
+
+
+def test_actions_on_runs_in_the_wrong_state_explain_why(ctl: ProcessController) -> None:
+    launched = ctl.launch_script(TOY, ["--steps", "2"], run_id="done")
+    launched.supervisor.wait(timeout=60)
+    with pytest.raises(RunControlError, match="cannot pause run 'done': it is completed"):
+        ctl.pause("done")
+    with pytest.raises(RunControlError, match="cannot resume run 'done': it is completed"):
+        ctl.resume("done")
+    with pytest.raises(RunControlError, match="already exists"):
+        ctl.launch_script(TOY, run_id="done")
+
+
+def test_a_script_that_does_not_compile_is_refused_before_launch(ctl: ProcessController, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("for x in\n")
+    with pytest.raises(RunControlError, match="bad.py does not compile"):
+        ctl.launch_script(bad, run_id="bad")
+    assert not ctl.paths("bad").root.exists()
