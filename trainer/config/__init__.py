@@ -1,0 +1,10 @@
+"""Training configuration: typed Args resolved from defaults, .env, environment, YAML/TOML and the command line.
+
+Standard library + PyYAML + python-dotenv only; importing it never imports torch.
+"""
+
+from trainer.config.resolve import CLI, ConfigError, ConfigResolver, ConfigSource, FileSource
+from trainer.config.schema import Args
+from trainer.config.validate import validate_args
+
+__all__ = ["CLI", "Args", "ConfigError", "ConfigResolver", "ConfigSource", "FileSource", "validate_args"]

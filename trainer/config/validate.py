@@ -1,0 +1,86 @@
+"""Invariants across fields, checked after all sources are applied."""
+
+from __future__ import annotations
+
+from trainer.config.resolve import ConfigError
+from trainer.config.schema import Args
+
+
+def problems(args: Args) -> list[str]:
+    """Every violated invariant, each as a sentence that says what to change."""
+    out: list[str] = []
+    t, o, lo, d, s, rl = args.training, args.optimizer, args.lora, args.dataset, args.sampling, args.rl
+    for name, value in (("max_steps", t.max_steps), ("batch_size", t.batch_size), ("micro_batch_size", t.micro_batch_size),
+                        ("save_steps", t.save_steps), ("logging_steps", t.logging_steps),
+                        ("max_tokens", s.max_tokens), ("nproc_per_node", args.infra.nproc_per_node),
+                        ("tensor_parallel_size", args.sampler.tensor_parallel_size), ("dp_size", args.infra.dp_size)):
+        if value < 1:
+            out.append(f"{name} must be at least 1 (got {value})")
+    if t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size:
+        out.append(
+            f"micro_batch_size ({t.micro_batch_size}) must divide batch_size ({t.batch_size}); "
+            f"try micro_batch_size {_largest_divisor(t.batch_size, t.micro_batch_size)}"
+        )
+    if not o.learning_rate > 0:
+        out.append(f"learning_rate must be greater than 0 (got {o.learning_rate})")
+    if o.weight_decay < 0:
+        out.append(f"weight_decay must not be negative (got {o.weight_decay})")
+    if o.max_grad_norm < 0:
+        out.append(f"max_grad_norm must be 0 (off) or positive (got {o.max_grad_norm})")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        out.append(f"betas must be two numbers in [0, 1) (got {o.betas})")
+    if lo.use_lora:
+        if lo.lora_r < 1:
+            out.append(f"lora_r must be at least 1 (got {lo.lora_r})")
+        if lo.lora_alpha <= 0:
+            out.append(f"lora_alpha must be greater than 0 (got {lo.lora_alpha})")
+        if not 0 <= lo.lora_dropout < 1:
+            out.append(f"lora_dropout must be in [0, 1) (got {lo.lora_dropout})")
+        if not lo.lora_target_modules:
+            out.append("lora_target_modules is empty; name modules such as q_proj,v_proj or use all-linear")
+    if bool(d.dataset_id) == bool(d.data_file):
+        out.append(
+            "set exactly one data source: dataset_id or data_file"
+            + (" (both are set; use --dataset-id none to use only the file)" if d.dataset_id else " (neither is set)")
+        )
+    if d.max_examples is not None and d.max_examples < 1:
+        out.append(f"max_examples must be at least 1 (got {d.max_examples})")
+    if not 0 <= s.top_p <= 1:
+        out.append(f"top_p must be between 0 and 1 (got {s.top_p})")
+    if s.temperature < 0:
+        out.append(f"temperature must not be negative (got {s.temperature})")
+    if s.top_k < 0:
+        out.append(f"top_k must be 0 (off) or positive (got {s.top_k})")
+    if not 0 < args.sampler.gpu_memory_utilization <= 1:
+        out.append(f"gpu_memory_utilization must be in (0, 1] (got {args.sampler.gpu_memory_utilization})")
+    if args.template.max_length < 8:
+        out.append(f"max_length must be at least 8 tokens (got {args.template.max_length})")
+    sch = args.scheduler
+    if sch.num_warmup_steps and not 0 <= sch.num_warmup_steps < t.max_steps:
+        out.append(f"num_warmup_steps ({sch.num_warmup_steps}) must be between 0 and max_steps ({t.max_steps})")
+    if not 0 <= sch.min_lr_ratio <= 1:
+        out.append(f"min_lr_ratio must be in [0, 1] (got {sch.min_lr_ratio})")
+    if t.task == "grpo":
+        if rl.num_generations < 2:
+            out.append(f"num_generations must be at least 2 for group advantages (got {rl.num_generations})")
+        if not rl.reward_fns:
+            out.append("reward_fns is empty; GRPO needs at least one reward (match, math, format or module.function)")
+        if args.loss.epsilon <= 0:
+            out.append(f"epsilon must be greater than 0 (got {args.loss.epsilon})")
+        if args.loss.beta < 0:
+            out.append(f"beta must not be negative (got {args.loss.beta})")
+    if args.sampler.sampler_type == "vllm" and args.model.device == "cpu":
+        out.append("sampler_type vllm needs a GPU; use sampler_type hf on CPU")
+    return out
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max((k for k in range(1, max(1, min(n, at_most)) + 1) if n % k == 0), default=1)
+
+
+def validate_args(args: Args) -> Args:
+    """Raise ConfigError listing every problem (one per line), or return args."""
+    found = problems(args)
+    if found:
+        raise ConfigError("invalid configuration: " + "; ".join(found))
+    return args
