@@ -24,7 +24,7 @@ class MetricSeries:
     belong to the superseded launch and are dropped, so the newest launch's values win and steps stay sorted.
     """
 
-    __slots__ = ("name", "_steps", "_values", "_n", "non_numeric")
+    __slots__ = ("name", "_steps", "_values", "_n", "non_numeric", "version")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -32,6 +32,7 @@ class MetricSeries:
         self._values = np.empty(0, dtype=np.float64)
         self._n = 0
         self.non_numeric: list[tuple[int, Any]] = []
+        self.version = 0  # bumped when points are dropped, so caches of derived data know the past changed
 
     def __len__(self) -> int:
         return self._n
@@ -43,6 +44,12 @@ class MetricSeries:
     @property
     def values(self) -> np.ndarray:
         return self._values[: self._n]
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of the same length, safe to use while another thread appends."""
+        n = self._n
+        steps, values = self._steps, self._values
+        return steps[:n], values[:n]
 
     def last(self) -> tuple[int, float] | None:
         if not self._n:
@@ -75,6 +82,7 @@ class MetricSeries:
         """Drop the points at `step` and later."""
         if self._n and self._steps[self._n - 1] >= step:
             self._n = int(np.searchsorted(self._steps[: self._n], step, side="left"))
+            self.version += 1
         if self.non_numeric and self.non_numeric[-1][0] >= step:
             self.non_numeric = [p for p in self.non_numeric if p[0] < step]
 

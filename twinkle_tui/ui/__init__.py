@@ -1,0 +1,1 @@
+"""All Textual code of twinkle-tui lives here."""

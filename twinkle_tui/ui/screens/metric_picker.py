@@ -1,0 +1,77 @@
+"""Choose up to four metrics to chart, with fuzzy search over the run's metric names."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.fuzzy import Matcher
+from textual.screen import ModalScreen
+from textual.widgets import Input, SelectionList, Static
+
+MAX = 4
+
+
+class MetricPicker(ModalScreen[list[str] | None]):
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="picker.cancel"),
+        Binding("enter", "apply", "Apply", id="picker.apply", priority=True),
+    ]
+
+    def __init__(self, names: list[str], selected: list[str]) -> None:
+        super().__init__()
+        self.names = names
+        self.selected = [n for n in selected if n in names][:MAX]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(f"Metrics to chart (up to {MAX}) · type to filter · space toggles · enter applies",
+                         classes="dialog-title")
+            yield Input(placeholder="filter…", id="picker-filter")
+            yield SelectionList[str](id="picker-list")
+            yield Static("", id="picker-status")
+
+    def on_mount(self) -> None:
+        self._fill("")
+        self.query_one(Input).focus()
+
+    def _fill(self, query: str) -> None:
+        lst = self.query_one(SelectionList)
+        lst.clear_options()
+        if query:
+            matcher = Matcher(query)
+            scored = sorted(((matcher.match(n), n) for n in self.names), key=lambda p: -p[0])
+            names = [n for score, n in scored if score > 0]
+        else:
+            names = self.names
+        for name in names:
+            lst.add_option((name, name, name in self.selected))
+        self._status()
+
+    def _status(self) -> None:
+        self.query_one("#picker-status", Static).update(f"selected: {', '.join(self.selected) or 'none'}")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._fill(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_apply()
+
+    def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled) -> None:
+        name = event.selection.value
+        if name in self.selected:
+            self.selected.remove(name)
+        else:
+            self.selected.append(name)
+            if len(self.selected) > MAX:
+                dropped = self.selected.pop(0)
+                self.notify(f"at most {MAX} charts: dropped {dropped}")
+                self._fill(self.query_one(Input).value)
+        self._status()
+
+    def action_apply(self) -> None:
+        self.dismiss(list(self.selected) if self.selected else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,231 @@
+"""Metric charts: up to four PlotextPlot widgets drawing decimated windows of full-resolution series."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from textual import events
+from textual.containers import Grid
+from textual.message import Message
+from textual_plotext import PlotextPlot
+
+from twinkle_tui.charts import SmoothedSeries, decimate, window
+from twinkle_tui.runs.progress import format_value
+from twinkle_tui.runs.store import RunView
+
+PREFERRED = ("loss", "reward", "grad_norm", "learning rate", "lr", "learning_rate")
+MAX_CHARTS = 4
+Y_AXIS_WIDTH = 9  # cells plotext uses for y tick labels and the frame, roughly
+MAX_MARKERS = 40
+EVENT_COLORS = {"launch": "blue", "warning": "orange", "fix": "magenta", "undo": "magenta", "error": "red"}
+
+
+def default_metrics(names: list[str]) -> list[str]:
+    """Up to four metrics: loss, reward, grad_norm, learning rate first (by name match), then the others."""
+    chosen: list[str] = []
+    for pref in PREFERRED:
+        for name in names:
+            leaf = name.lower().rsplit("/", 1)[-1]
+            if name not in chosen and (leaf == pref or (pref in ("loss", "reward") and leaf.endswith(pref))):
+                chosen.append(name)
+                break
+    for name in names:
+        if len(chosen) >= MAX_CHARTS:
+            break
+        if name not in chosen and name not in ("step time",):
+            chosen.append(name)
+    return chosen[:MAX_CHARTS]
+
+
+@dataclass
+class ChartSettings:
+    """What every chart shows: the metrics, the step window, smoothing, log-y, a compared run."""
+
+    metrics: list[str] = field(default_factory=list)
+    user_chose_metrics: bool = False
+    zoom: tuple[float, float] | None = None
+    smoothing: bool = False
+    smoothing_weight: float = 0.6
+    log_y: bool = False
+    compare: str | None = None
+
+
+def event_markers(view: RunView, lo: float, hi: float) -> list[tuple[float, str, str]]:
+    """(step, kind, color) of relaunches, checkpoints and monitor events inside [lo, hi]."""
+    ts_steps, ts_values = view.metrics.ts.snapshot()
+    out: list[tuple[float, str, str]] = []
+    launches = 0
+    for ev in view.events.events:
+        step = ev.step
+        if ev.kind == "launch":
+            launches += 1
+            if launches == 1:
+                continue  # the first launch is the start of the chart, not a marker
+            if step is None and len(ts_values):
+                i = int(np.searchsorted(ts_values, ev.ts))
+                step = int(ts_steps[min(i, len(ts_steps) - 1)]) if i < len(ts_steps) else None
+        if step is None or not lo <= step <= hi:
+            continue
+        if ev.kind == "checkpoint":
+            out.append((float(step), "checkpoint", "grey50"))
+        elif ev.kind in EVENT_COLORS:
+            out.append((float(step), ev.kind, EVENT_COLORS[ev.kind]))
+    return out[-MAX_MARKERS:]
+
+
+def step_ticks(lo: float, hi: float, count: int) -> list[int]:
+    """Whole-step tick positions at a round spacing (1, 2, 5 x 10^k) inside [lo, hi]."""
+    span = max(hi - lo, 1.0)
+    raw = span / count
+    magnitude = 10 ** int(np.floor(np.log10(raw))) if raw >= 1 else 1
+    spacing = min((m * magnitude for m in (1, 2, 5, 10)), key=lambda c: abs(np.log(c / raw)))
+    first = int(np.ceil(lo / spacing) * spacing)
+    return list(range(first, int(hi) + 1, int(spacing))) or [int(lo)]
+
+
+class MetricChart(PlotextPlot):
+    """One metric. Drag to zoom to a step range, wheel to zoom around the pointer."""
+
+    class ZoomRequest(Message):
+        def __init__(self, lo: float | None, hi: float | None, factor: float | None = None,
+                     center: float | None = None) -> None:
+            super().__init__()
+            self.lo, self.hi, self.factor, self.center = lo, hi, factor, center
+
+    def __init__(self, metric: str, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.metric = metric
+        self.x_range: tuple[float, float] = (0.0, 1.0)
+        self._smoothed: dict[str, SmoothedSeries] = {}
+        self._drag_from: float | None = None
+
+    @property
+    def columns(self) -> int:
+        return max(10, (self.size.width - Y_AXIS_WIDTH) * 2)  # braille gives two dots per cell
+
+    def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.frame(True)
+        series = view.metrics.series.get(self.metric)
+        if series is None or not len(series):
+            plt.title(f"{self.metric}: no numeric values yet")
+            self.refresh()
+            return
+        steps, values = series.snapshot()
+        lo, hi = settings.zoom if settings.zoom else (float(steps[0]), float(steps[-1]))
+        if hi <= lo:
+            hi = lo + 1
+        self.x_range = (lo, hi)
+        cols = self.columns
+        d = decimate(steps, values, cols, lo, hi, settings.log_y)
+        raw_color = "grey50" if settings.smoothing else "cyan"
+        for x, y in d.segments():
+            plt.plot(x.tolist(), y.tolist(), marker="braille", color=raw_color)
+        if settings.smoothing:
+            smoother = self._smoothed.get(view.run_id)
+            if smoother is None or smoother.weight != settings.smoothing_weight:
+                smoother = self._smoothed[view.run_id] = SmoothedSeries(settings.smoothing_weight)
+            smooth = smoother.update(values, series.version)
+            ds = decimate(steps, smooth, cols, lo, hi, settings.log_y)
+            for x, y in ds.segments():
+                plt.plot(x.tolist(), y.tolist(), marker="braille", color="cyan")
+        if compare is not None and self.metric in compare.metrics.series:
+            cs, cv = compare.metrics.series[self.metric].snapshot()
+            dc = decimate(cs, cv, cols, lo, hi, settings.log_y)
+            for i, (x, y) in enumerate(dc.segments()):
+                plt.plot(x.tolist(), y.tolist(), marker="braille", color="orange",
+                         label=compare.run_id if i == 0 else None)
+        finite = d.y[np.isfinite(d.y)]
+        ymin, ymax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        if len(d.nonfinite_x):  # marked gaps: a red x along the top where a value was NaN or Inf
+            xs = d.nonfinite_x[:: max(1, len(d.nonfinite_x) // MAX_MARKERS)]
+            plt.scatter(xs.tolist(), [ymax] * len(xs), marker="x", color="red")
+        for step, kind, color in event_markers(view, lo, hi):
+            if kind == "checkpoint":
+                plt.scatter([step], [ymin], marker="•", color=color)
+            else:
+                plt.vline(step, color)
+        plt.xlim(lo, hi)
+        label_width = len(f"{int(hi):,}") + 3
+        ticks = step_ticks(lo, hi, max(2, (self.size.width - Y_AXIS_WIDTH) // label_width))
+        plt.xticks(ticks, [f"{t:,}" for t in ticks])
+        if settings.log_y:
+            plt.yscale("log")
+        plt.title(self._title(steps, values, lo, hi, d.nonfinite_x, settings))
+        self.refresh()
+
+    def _title(self, steps: np.ndarray, values: np.ndarray, lo: float, hi: float, bad: np.ndarray,
+               settings: ChartSettings) -> str:
+        sl = window(steps, lo, hi)
+        shown = values[sl]
+        parts = [self.metric]
+        if len(values):
+            parts.append(f"last {format_value(float(values[-1]))}")
+        finite = shown[np.isfinite(shown)]
+        if len(finite):
+            parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
+        if len(bad):
+            parts.append(f"non-finite from step {int(bad[0])}")
+        flags = [f for f, on in (("smooth", settings.smoothing), ("log", settings.log_y),
+                                 ("zoom", settings.zoom is not None)) if on]
+        if flags:
+            parts.append("[" + " ".join(flags) + "]")
+        # plotext drops a title wider than the plot: keep the parts that fit, most important first
+        width = max(8, self.size.width - 2)
+        title = parts[0][:width]
+        for part in parts[1:]:
+            if len(title) + 2 + len(part) <= width:
+                title += "  " + part
+        return title
+
+    # ------------------------------------------------------------------ mouse zoom
+    def step_at(self, x: int) -> float:
+        lo, hi = self.x_range
+        width = max(1, self.size.width - Y_AXIS_WIDTH - 1)
+        frac = min(1.0, max(0.0, (x - Y_AXIS_WIDTH) / width))
+        return lo + frac * (hi - lo)
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        self._drag_from = self.step_at(event.x)
+
+    def on_mouse_up(self, event: events.MouseUp) -> None:
+        if self._drag_from is None:
+            return
+        start, end = sorted((self._drag_from, self.step_at(event.x)))
+        self._drag_from = None
+        lo, hi = self.x_range
+        if end - start >= (hi - lo) / 50:  # a real drag, not a click
+            self.post_message(self.ZoomRequest(start, end))
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self.post_message(self.ZoomRequest(None, None, factor=0.7, center=self.step_at(event.x)))
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        self.post_message(self.ZoomRequest(None, None, factor=1 / 0.7, center=self.step_at(event.x)))
+
+
+class ChartGrid(Grid):
+    """Holds one chart per selected metric and redraws only when asked (the app throttles to ~4 Hz)."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._metrics: list[str] = []
+
+    async def set_metrics(self, metrics: list[str]) -> None:
+        if metrics == self._metrics:
+            return
+        self._metrics = list(metrics)
+        await self.remove_children()
+        await self.mount_all(MetricChart(m, classes="chart") for m in metrics)
+        self.set_class(len(metrics) <= 1, "single")
+        self.set_class(len(metrics) == 2, "pair")
+
+    def charts(self) -> list[MetricChart]:
+        return list(self.query(MetricChart))
+
+    def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+        for chart in self.charts():
+            chart.draw(view, settings, compare)
