@@ -77,6 +77,7 @@ class TwinkleApp(App[int]):
         grace: float = 30.0,
         clock: Callable[[], float] = time.time,
         gpu_probe: Callable[[], GpuSnapshot] | None = None,
+        usage_probe: Callable[[int | None], ProcessUsage | None] = process_usage,
         watch: bool = True,
         recipe_dirs: list[Path] | None = None,
     ) -> None:
@@ -86,6 +87,7 @@ class TwinkleApp(App[int]):
         self.llm = llm
         self.clock = clock
         self.gpu_probe = gpu_probe or GpuProbe().snapshot
+        self.usage_probe = usage_probe
         self.watch_enabled = watch
         self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
         self.selected: str | None = run_id
@@ -118,8 +120,15 @@ class TwinkleApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # Kept once: while a modal is open, App.query_one would search the modal, not the dashboard.
+        self.run_list = self.query_one(RunList)
+        self.status_bar = self.query_one(RunStatusBar)
+        self.chart_grid = self.query_one(ChartGrid)
+        self.run_log = self.query_one(RunLog)
+        self.gpu_panel = self.query_one(GpuPanel)
+        self.chat = self.query_one(ChatPanel)
         self.store.home.mkdir(parents=True, exist_ok=True)
-        self.query_one(RunList).focus()
+        self.run_list.focus()
         self.refresh_store(full_list=True)
         if self.watch_enabled:
             self.watch_home()
@@ -165,7 +174,7 @@ class TwinkleApp(App[int]):
         gpus = self.gpu_probe()
         view = self.current_view()
         pid = view.meta.get("pid") if view is not None and view.status.is_active else None
-        self.post_message(ResourcesSampled(gpus, process_usage(pid)))
+        self.post_message(ResourcesSampled(gpus, self.usage_probe(pid)))
 
     # ------------------------------------------------------------------ message handlers (own the state)
     @on(FilesChanged)
@@ -187,7 +196,7 @@ class TwinkleApp(App[int]):
     def _resources_sampled(self, message: ResourcesSampled) -> None:
         self.gpus, self.usage = message.gpus, message.usage
         runs_by_pid = {s.meta["pid"]: s.run_id for s in self.summaries if s.status.is_active and s.meta.get("pid")}
-        self.query_one(GpuPanel).show(self.gpus, self.usage, runs_by_pid)
+        self.gpu_panel.show(self.gpus, self.usage, runs_by_pid)
 
     @on(RunList.Selected)
     def _run_selected(self, message: RunList.Selected) -> None:
@@ -203,7 +212,7 @@ class TwinkleApp(App[int]):
 
     @on(ChatPanel.Submitted)
     async def _chat_submitted(self, message: ChatPanel.Submitted) -> None:
-        chat = self.query_one(ChatPanel)
+        chat = self.chat
         await chat.add(message.text, "user")
         if not message.text.startswith("/"):
             await chat.add("The LLM agent is not connected in this version; slash commands work: **/help**.", "reply")
@@ -224,16 +233,16 @@ class TwinkleApp(App[int]):
         now = self.clock()
         view = self.current_view()
         if "list" in dirty:
-            self.query_one(RunList).show(self.summaries, self.selected, now)
+            self.run_list.show(self.summaries, self.selected, now)
         if "status" in dirty:
-            self.query_one(RunStatusBar).show(view, now)
+            self.status_bar.show(view, now)
         if "log" in dirty:
-            self.query_one(RunLog).show(view)
+            self.run_log.show(view)
         if "charts" in dirty:
             await self._draw_charts(view)
 
     async def _draw_charts(self, view: RunView | None) -> None:
-        grid = self.query_one(ChartGrid)
+        grid = self.chart_grid
         if view is None:
             await grid.set_metrics([])
             return
@@ -351,10 +360,10 @@ class TwinkleApp(App[int]):
         return f"started {launched.run_id}"
 
     def action_focus_chat(self) -> None:
-        self.query_one("#chat-input", Input).focus()
+        self.chat.query_one("#chat-input", Input).focus()
 
     def action_leave_chat(self) -> None:
-        self.query_one(RunList).focus()
+        self.run_list.focus()
 
     def action_pick_metrics(self) -> None:
         view = self.current_view()

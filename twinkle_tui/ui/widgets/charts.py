@@ -99,12 +99,19 @@ class MetricChart(PlotextPlot):
         self.x_range: tuple[float, float] = (0.0, 1.0)
         self._smoothed: dict[str, SmoothedSeries] = {}
         self._drag_from: float | None = None
+        self.title_text = ""
+        self._last: tuple[RunView, ChartSettings, RunView | None] | None = None
 
     @property
     def columns(self) -> int:
         return max(10, (self.size.width - Y_AXIS_WIDTH) * 2)  # braille gives two dots per cell
 
+    def on_resize(self) -> None:
+        if self._last is not None:  # titles, ticks and buckets depend on the width
+            self.draw(*self._last)
+
     def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+        self._last = (view, settings, compare)
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -143,10 +150,15 @@ class MetricChart(PlotextPlot):
         if len(d.nonfinite_x):  # marked gaps: a red x along the top where a value was NaN or Inf
             xs = d.nonfinite_x[:: max(1, len(d.nonfinite_x) // MAX_MARKERS)]
             plt.scatter(xs.tolist(), [ymax] * len(xs), marker="x", color="red")
-        for step, kind, color in event_markers(view, lo, hi):
-            if kind == "checkpoint":
-                plt.scatter([step], [ymin], marker="•", color=color)
-            else:
+        markers = event_markers(view, lo, hi)
+        checkpoints = [m[0] for m in markers if m[1] == "checkpoint"]
+        room = max(1, (self.size.width - Y_AXIS_WIDTH) // 3)  # a dot every third cell at most
+        if len(checkpoints) > room:
+            checkpoints = checkpoints[:: -(-len(checkpoints) // room)][:-1] + checkpoints[-1:]
+        if checkpoints:
+            plt.scatter(checkpoints, [ymin] * len(checkpoints), marker="•", color="grey50")
+        for step, kind, color in markers:
+            if kind != "checkpoint":
                 plt.vline(step, color)
         plt.xlim(lo, hi)
         label_width = len(f"{int(hi):,}") + 3
@@ -154,7 +166,8 @@ class MetricChart(PlotextPlot):
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
         if settings.log_y:
             plt.yscale("log")
-        plt.title(self._title(steps, values, lo, hi, d.nonfinite_x, settings))
+        self.title_text = self._title(steps, values, lo, hi, d.nonfinite_x, settings)
+        plt.title(self.title_text)
         self.refresh()
 
     def _title(self, steps: np.ndarray, values: np.ndarray, lo: float, hi: float, bad: np.ndarray,
@@ -164,17 +177,18 @@ class MetricChart(PlotextPlot):
         parts = [self.metric]
         if len(values):
             parts.append(f"last {format_value(float(values[-1]))}")
-        finite = shown[np.isfinite(shown)]
-        if len(finite):
-            parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
-        if len(bad):
-            parts.append(f"non-finite from step {int(bad[0])}")
+        if len(bad):  # more important than min/max: it survives a narrow chart
+            first_bad = int(steps[sl][np.flatnonzero(~np.isfinite(shown))[0]])
+            parts.append(f"NaN/Inf from {first_bad}")
         flags = [f for f, on in (("smooth", settings.smoothing), ("log", settings.log_y),
                                  ("zoom", settings.zoom is not None)) if on]
         if flags:
             parts.append("[" + " ".join(flags) + "]")
+        finite = shown[np.isfinite(shown)]
+        if len(finite):
+            parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
         # plotext drops a title wider than the plot: keep the parts that fit, most important first
-        width = max(8, self.size.width - 2)
+        width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
         title = parts[0][:width]
         for part in parts[1:]:
             if len(title) + 2 + len(part) <= width:
@@ -220,8 +234,8 @@ class ChartGrid(Grid):
         self._metrics = list(metrics)
         await self.remove_children()
         await self.mount_all(MetricChart(m, classes="chart") for m in metrics)
-        self.set_class(len(metrics) <= 1, "single")
-        self.set_class(len(metrics) == 2, "pair")
+        for n in range(1, MAX_CHARTS + 1):
+            self.set_class(len(metrics) == n, f"count-{n}")
 
     def charts(self) -> list[MetricChart]:
         return list(self.query(MetricChart))

@@ -34,38 +34,38 @@ class RunList(DataTable[Text]):
             self.run_id = run_id
 
     def __init__(self, **kw: object) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kw)  # type: ignore[arg-type]
+        super().__init__(cursor_type="row", show_header=False, **kw)  # type: ignore[arg-type]
         self._rows: list[str] = []
         self._suppress = False
 
     def on_mount(self) -> None:
-        self.add_column(" ", key="icon", width=1)
         self.add_column("run", key="run")
-        self.add_column("model", key="model")
-        self.add_column("step", key="step")
-        self.add_column("age", key="age")
+
+    def _cell(self, r: RunSummary, now: float) -> Text:
+        """Two lines: icon and run id; then model, step/total and age, dimmed."""
+        width = max(12, self.size.width - 3)
+        run_id = r.run_id if len(r.run_id) <= width - 2 else r.run_id[: width - 3] + "…"
+        step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
+        model = (r.model_id or "?").split("/")[-1].removeprefix("builtin:")
+        age = format_age(now - (r.start_time or now))
+        details = f"{model} · {step} · {age}"
+        if len(details) > width - 2:
+            details = f"{model[: max(4, width - 2 - len(step) - len(age) - 7)]}… · {step} · {age}"
+        return status_icon(r.status) + Text(" " + run_id + "\n") + Text("  " + details, style="dim")
 
     def show(self, runs: list[RunSummary], selected: str | None, now: float) -> None:
         """Replace the rows; keeps the cursor on the selected run."""
-        rows = []
-        for r in runs:
-            step = f"{r.last_step}/{r.total_steps}" if r.total_steps else str(r.last_step)
-            model = (r.model_id or "").split("/")[-1].removeprefix("builtin:")
-            age = format_age(now - (r.start_time or now))
-            rows.append((r.run_id, [status_icon(r.status), Text(r.run_id), Text(model[:16], style="dim"),
-                                    Text(step, justify="right"), Text(age, style="dim", justify="right")]))
-        ids = [run_id for run_id, _ in rows]
+        ids = [r.run_id for r in runs]
         self._suppress = True
         try:
             if ids != self._rows:
                 self.clear()
-                for run_id, cells in rows:
-                    self.add_row(*cells, key=run_id)
+                for r in runs:
+                    self.add_row(self._cell(r, now), key=r.run_id, height=2)
                 self._rows = ids
             else:
-                for run_id, cells in rows:
-                    for key, cell in zip(("icon", "run", "model", "step", "age"), cells, strict=True):
-                        self.update_cell(run_id, key, cell)
+                for r in runs:
+                    self.update_cell(r.run_id, "run", self._cell(r, now))
             if selected in ids:
                 self.move_cursor(row=ids.index(selected), animate=False)
         finally:

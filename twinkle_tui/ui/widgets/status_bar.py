@@ -28,8 +28,12 @@ class RunStatusBar(Static):
             return
         progress = RunProgress.of(view, now)
         icon, style = STATUS_ICONS[view.status]
+        model = (view.meta.get("model_id") or "").removeprefix("builtin:")
         line = Text.assemble(
-            (f"{icon} {view.status.value}", f"bold {style}"), "  ", (view.run_id, "bold"), "  ",
+            (f"{icon} {view.status.value}", f"bold {style}"), "  ", (view.run_id, "bold"),
+            ("  ·  " + model if model else "", "dim"),
+            ("  ·  launch " + str(view.meta.get("launches")) if (view.meta.get("launches") or 0) > 1 else "", "dim"),
+            "\n",
             f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""), " ",
             progress_bar(progress.fraction), " ",
             f"{progress.fraction:.0%}" if progress.fraction is not None else "",

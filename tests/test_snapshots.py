@@ -1,0 +1,91 @@
+"""Snapshot tests of the main screens (pytest-textual-snapshot). Deterministic: fixed clock, fixed probes,
+fixed run data. Regenerate after an intended UI change with `pytest tests/test_snapshots.py --snapshot-update`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from run_factory import T0, make_run
+from trainer.protocol import process_start_time
+from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
+from twinkle_tui.ui.app import TwinkleApp
+
+NOW = T0 + 3600
+USAGE = ProcessUsage(cpu_percent=187.0, rss=612 * 2**20, threads=9, processes=2)
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def runs_home(home: Path, sleeper: subprocess.Popen) -> Path:
+    make_run(home, "sft-smollm2-a", steps=400, status="running", start=T0 + 600, pid=sleeper.pid,
+             pid_start_time=process_start_time(sleeper.pid), checkpoints=(100, 200, 300), nan_at=(333,),
+             metrics=("loss", "grad_norm", "learning rate", "tokens/s"))
+    make_run(home, "grpo-arith-b", steps=120, status="failed", start=T0,
+             metrics=("reward", "kl", "loss"), extra_meta={"error": "RuntimeError: CUDA out of memory"})
+    make_run(home, "sft-old", steps=500, status="completed", start=T0 - 86400)
+    return home
+
+
+def make_app(home: Path, run_id: str | None = "sft-smollm2-a") -> TwinkleApp:
+    return TwinkleApp(home=home, run_id=run_id, clock=lambda: NOW, watch=False,
+                      gpu_probe=lambda: GpuSnapshot(error="no GPU detected"), usage_probe=lambda pid: USAGE)
+
+
+async def _settle(pilot) -> None:
+    app = pilot.app
+    for _ in range(100):
+        view = app.current_view()
+        if view is not None and view.metrics.names() and app.chart_grid.charts():
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.6)  # one throttled flush, then layout
+
+
+def test_main_screen(snap_compare, runs_home: Path) -> None:
+    assert snap_compare(make_app(runs_home), terminal_size=(160, 48), run_before=_settle)
+
+
+def test_main_screen_small_terminal(snap_compare, runs_home: Path) -> None:
+    assert snap_compare(make_app(runs_home), terminal_size=(100, 30), run_before=_settle)
+
+
+def test_failed_run_with_error(snap_compare, runs_home: Path) -> None:
+    assert snap_compare(make_app(runs_home, "grpo-arith-b"), terminal_size=(160, 48), run_before=_settle)
+
+
+def test_metric_picker(snap_compare, runs_home: Path) -> None:
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("m")
+        await pilot.pause(0.3)
+
+    assert snap_compare(make_app(runs_home), terminal_size=(160, 48), run_before=run_before)
+
+
+def test_help_screen(snap_compare, runs_home: Path) -> None:
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+
+    assert snap_compare(make_app(runs_home), terminal_size=(160, 48), run_before=run_before)
+
+
+def test_stop_confirmation(snap_compare, runs_home: Path) -> None:
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("s")
+        await pilot.pause(0.3)
+
+    assert snap_compare(make_app(runs_home), terminal_size=(160, 48), run_before=run_before)
