@@ -25,8 +25,8 @@ def test_headless_run_prints_log_and_progress_and_exits_zero(home: Path) -> None
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "step 50: loss" in out  # the script's own output
-    assert "step 60/60 (100%) · loss" in out
-    assert "run hl completed" in out
+    final = out.strip().splitlines()[-1]
+    assert final.startswith("twinkle-tui: run hl completed · step 60/60 (100%) · loss 0.0"), final
     assert read_meta(RunPaths.of("hl"))["status"] == "completed"
 
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+BLOCK = 256  # points per block summary
+
+
 @dataclass(frozen=True)
 class Decimated:
     """What a chart draws for one series: x/y with NaN where the line breaks, and where values were not finite."""
@@ -20,20 +23,50 @@ class Decimated:
     x: np.ndarray
     y: np.ndarray
     nonfinite_x: np.ndarray  # steps (bucket starts) where NaN or Inf occurred: drawn as marked gaps
+    first_bad_step: int | None = None  # the exact first step in the window with a NaN/Inf (or <= 0 on log-y)
 
     def segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Runs of finite points, each drawn as its own line so a gap never becomes a fake zero."""
         finite = np.isfinite(self.y)
         if finite.all():
             return [(self.x, self.y)] if len(self.x) else []
-        out = []
         idx = np.flatnonzero(finite)
         if not len(idx):
-            return out
+            return []
         breaks = np.flatnonzero(np.diff(idx) > 1) + 1
-        for part in np.split(idx, breaks):
-            out.append((self.x[part], self.y[part]))
-        return out
+        return [(self.x[part], self.y[part]) for part in np.split(idx, breaks)]
+
+
+class BlockSummary:
+    """First/min/max/last and the count of non-finite values of every complete block of BLOCK points.
+
+    Kept up to date as the series grows (only new complete blocks are summarized), and rebuilt when the series'
+    past changed. Decimating a wide window from blocks costs O(blocks), not O(points), and keeps every spike.
+    """
+
+    def __init__(self, block: int = BLOCK) -> None:
+        self.block = block
+        self.version = -1
+        self.n = 0  # points covered by complete blocks
+        self.first = self.mins = self.maxs = self.last = np.empty(0)
+        self.bad = np.empty(0, dtype=np.int64)
+
+    def update(self, values: np.ndarray, version: int) -> BlockSummary:
+        if version != self.version or len(values) < self.n:
+            self.__init__(self.block)  # type: ignore[misc]
+            self.version = version
+        done, total = self.n // self.block, len(values) // self.block
+        if total > done:
+            chunk = values[done * self.block : total * self.block].reshape(-1, self.block)
+            bad = ~np.isfinite(chunk)
+            clean = np.where(bad, np.nan, chunk)
+            self.first = np.concatenate([self.first, clean[:, 0]])
+            self.last = np.concatenate([self.last, clean[:, -1]])
+            self.mins = np.concatenate([self.mins, np.fmin.reduce(clean, axis=1)])
+            self.maxs = np.concatenate([self.maxs, np.fmax.reduce(clean, axis=1)])
+            self.bad = np.concatenate([self.bad, bad.sum(axis=1)])
+            self.n = total * self.block
+        return self
 
 
 def window(steps: np.ndarray, lo: float | None, hi: float | None) -> slice:
@@ -43,27 +76,70 @@ def window(steps: np.ndarray, lo: float | None, hi: float | None) -> slice:
     return slice(a, b)
 
 
-def decimate(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | None = None,
-             hi: float | None = None, log_y: bool = False) -> Decimated:
-    """First/min/max/last per column of the points in [lo, hi]; non-finite values become gaps.
-
-    With log_y, values <= 0 cannot be drawn and are treated like non-finite ones.
-    """
-    sl = window(steps, lo, hi)
-    s = steps[sl]
-    v = values[sl].astype(np.float64, copy=True)
+def _raw(steps: np.ndarray, values: np.ndarray, log_y: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    v = values.astype(np.float64, copy=True)
     bad = ~np.isfinite(v)
     if log_y:
         bad |= v <= 0
     v[bad] = np.nan
-    n = len(s)
+    return steps.astype(np.float64), v, bad
+
+
+def decimate(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | None = None,
+             hi: float | None = None, log_y: bool = False, summary: BlockSummary | None = None) -> Decimated:
+    """First/min/max/last per column of the points in [lo, hi]; non-finite values become gaps.
+
+    With log_y, values <= 0 cannot be drawn and are treated like non-finite ones. With a BlockSummary of the
+    same series, windows much wider than the chart are decimated from blocks.
+    """
+    sl = window(steps, lo, hi)
+    a, b = sl.start, sl.stop
     columns = max(1, columns)
-    if n <= 4 * columns:
-        return Decimated(s.astype(np.float64), v, s[bad].astype(np.float64))
-    x0 = float(s[0] if lo is None else lo)
-    x1 = float(s[-1] if hi is None else hi)
+    if summary is not None and not log_y and b - a > 16 * columns and b - a >= 4 * summary.block:
+        B = summary.block
+        ba, bb = -(-a // B), min(b // B, summary.n // B)
+        if bb - ba >= 2:
+            return _decimate_blocks(steps, values, columns, lo, hi, summary, a, b, ba, bb)
+    x, v, bad = _raw(steps[sl], values[sl], log_y)
+    first_bad = int(x[bad][0]) if bad.any() else None
+    if len(x) <= 4 * columns:
+        return Decimated(x, v, x[bad], first_bad)
+    return _bucketize(x, v, bad, columns, lo, hi, first_bad)
+
+
+def _decimate_blocks(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | None, hi: float | None,
+                     summary: BlockSummary, a: int, b: int, ba: int, bb: int) -> Decimated:
+    B = summary.block
+    hx, hv, hbad = _raw(steps[a : ba * B], values[a : ba * B], False)
+    tx, tv, tbad = _raw(steps[bb * B : b], values[bb * B : b], False)
+    xs = steps[ba * B : bb * B : B].astype(np.float64)
+    xe = steps[ba * B + B - 1 : bb * B : B].astype(np.float64)
+    blocks = slice(ba, bb)
+    bx = np.stack([xs, xs, xs, xe], axis=1).ravel()
+    bv = np.stack([summary.first[blocks], summary.mins[blocks], summary.maxs[blocks], summary.last[blocks]], axis=1).ravel()
+    bbad = np.repeat(summary.bad[blocks] > 0, 4)
+    first_bad = None
+    if hbad.any():
+        first_bad = int(hx[hbad][0])
+    elif (summary.bad[blocks] > 0).any():
+        k = ba + int(np.flatnonzero(summary.bad[blocks] > 0)[0])
+        raw = values[k * B : (k + 1) * B]
+        first_bad = int(steps[k * B + int(np.flatnonzero(~np.isfinite(raw))[0])])
+    elif tbad.any():
+        first_bad = int(tx[tbad][0])
+    x = np.concatenate([hx, bx, tx])
+    v = np.concatenate([hv, bv, tv])
+    bad = np.concatenate([hbad, bbad, tbad])
+    return _bucketize(x, v, bad, columns, lo, hi, first_bad)
+
+
+def _bucketize(x: np.ndarray, v: np.ndarray, bad: np.ndarray, columns: int, lo: float | None, hi: float | None,
+               first_bad: int | None) -> Decimated:
+    n = len(x)
+    x0 = float(x[0] if lo is None else lo)
+    x1 = float(x[-1] if hi is None else hi)
     span = max(x1 - x0, 1e-12)
-    bucket = np.minimum(((s - x0) * (columns / span)).astype(np.int64), columns - 1)
+    bucket = np.clip(((x - x0) * (columns / span)).astype(np.int64), 0, columns - 1)
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     ends = np.r_[starts[1:], n] - 1
     with np.errstate(all="ignore"):
@@ -73,12 +149,12 @@ def decimate(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | No
     last = v[ends]
     first = np.where(np.isnan(first), vmin, first)
     last = np.where(np.isnan(last), vmax, last)
-    xs, xe = s[starts].astype(np.float64), s[ends].astype(np.float64)
+    xs, xe = x[starts], x[ends]
     # Four points per column; a column with no finite value stays NaN and so breaks the line.
-    x = np.stack([xs, xs, xs, xe], axis=1).ravel()
-    y = np.stack([first, vmin, vmax, last], axis=1).ravel()
+    out_x = np.stack([xs, xs, xs, xe], axis=1).ravel()
+    out_y = np.stack([first, vmin, vmax, last], axis=1).ravel()
     has_bad = np.add.reduceat(bad.astype(np.int64), starts) > 0
-    return Decimated(x, y, xs[has_bad])
+    return Decimated(out_x, out_y, xs[has_bad], first_bad)
 
 
 @dataclass

@@ -29,6 +29,16 @@ def progress_line(progress: RunProgress, metrics: dict[str, float]) -> str:
     return " · ".join(parts)
 
 
+def last_metrics(view: Any) -> dict[str, float]:
+    """The newest values of the metrics a progress line shows."""
+    out = {}
+    for name in PROGRESS_METRICS:
+        series = view.metrics.series.get(name)
+        if series is not None and len(series):
+            out[name] = float(series.values[-1])
+    return out
+
+
 class HeadlessRun:
     """Follows one run: prints new log lines and a progress line until the supervisor exits."""
 
@@ -93,12 +103,7 @@ class HeadlessRun:
                 if not line.startswith("===== twinkle launch"):
                     self.out.write(line + "\n")
         progress = RunProgress.of(view)
-        metrics = {}
-        for name in PROGRESS_METRICS:
-            s = view.metrics.series.get(name)
-            if s is not None and len(s):
-                metrics[name] = float(s.values[-1])
-        line = progress_line(progress, metrics)
+        line = progress_line(progress, last_metrics(view))
         if self.tty:
             self._status_shown = line
             self.out.write("\r\x1b[2K" + line)
@@ -135,7 +140,7 @@ class HeadlessRun:
         code = meta.get("exit_code")
         if self.tty:
             self.out.write("\n")
-        final = progress_line(RunProgress.of(view), {})
+        final = progress_line(RunProgress.of(view), last_metrics(view))
         detail = f" ({meta['error']})" if meta.get("error") else ""
         self.out.write(f"twinkle-tui: run {view.run_id} {status.value}{detail} · {final}\n")
         self.out.flush()

@@ -42,6 +42,8 @@ REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FLUSH_INTERVAL = 0.25  # at most ~4 redraws a second
 RESOURCE_INTERVAL = 2.0
 LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
+INITIAL_SYNC_BYTES = 32 * 1024 * 1024  # ~0.25 s of metrics reading
+CHART_DATA_INTERVAL = 1.0  # streamed data redraws charts at most once a second; keys redraw at once
 
 
 class TwinkleApp(App[int]):
@@ -99,6 +101,10 @@ class TwinkleApp(App[int]):
         self._list_stale = True
         self._io_lock = threading.Lock()
         self._dirty: set[str] = set()
+        self._last_flush = 0.0
+        self._changed: set[str] = set()  # parts whose data the last reads changed
+        self._charts_pending = False
+        self._charts_drawn_at = 0.0
         self._drawn: tuple[Any, ...] | None = None
         self._launched: list[Launched] = []
         self._stop_watch = threading.Event()
@@ -129,7 +135,13 @@ class TwinkleApp(App[int]):
         self.chat = self.query_one(ChatPanel)
         self.store.home.mkdir(parents=True, exist_ok=True)
         self.run_list.focus()
-        self.refresh_store(full_list=True)
+        if self._initial_read_is_small():
+            # A reader thread during Textual's own start-up runs at half speed and delays the first paint;
+            # a small first read in the main thread gives the first full frame sooner.
+            self._read_store(full_list=True)
+            self.post_message(RunsRefreshed())
+        else:
+            self.refresh_store(full_list=True)
         if self.watch_enabled:
             self.watch_home()
         self.set_interval(FLUSH_INTERVAL, self.flush)
@@ -158,16 +170,45 @@ class TwinkleApp(App[int]):
 
     @work(thread=True, group="io", exit_on_error=False)
     def refresh_store(self, full_list: bool = False, run_ids: frozenset[str] = frozenset()) -> None:
+        self._read_store(full_list, run_ids)
+        self.post_message(RunsRefreshed())
+
+    def _read_store(self, full_list: bool = False, run_ids: frozenset[str] = frozenset()) -> None:
+        """Read the run list and the watched runs' new data (the only place the app reads files); remember
+        which parts of the screen that data feeds."""
         with self._io_lock:
             if full_list:
-                self.summaries = self.store.list_runs()
-            for run_id in {self.selected, self.settings.compare} - {None}:
+                summaries = self.store.list_runs()
+                if [(s.run_id, s.status, s.last_step, s.total_steps) for s in summaries] != [
+                        (s.run_id, s.status, s.last_step, s.total_steps) for s in self.summaries]:
+                    self._changed.add("list")
+                self.summaries = summaries
+            wanted = {self.selected, self.settings.compare}
+            if self.selected is None and self.summaries:  # the newest run will be selected: read it now
+                wanted.add(self.summaries[0].run_id)
+            for run_id in wanted - {None}:
                 if run_id is not None and (full_list or run_id in run_ids or not run_ids):
                     try:
-                        self.store.view(run_id).refresh()
+                        parts = self.store.view(run_id).refresh()
                     except (KeyError, InvalidRunId):
                         continue
-        self.post_message(RunsRefreshed())
+                    if "metrics" in parts or "events" in parts:
+                        self._changed |= {"charts", "status"}
+                    if "meta" in parts:
+                        self._changed |= {"status", "list"}
+                    if "log" in parts:
+                        self._changed.add("log")
+
+    def _initial_read_is_small(self) -> bool:
+        """True if the run shown first can be read before the first frame without a noticeable pause."""
+        summaries = self.store.list_runs()
+        run_id = self.selected or (summaries[0].run_id if summaries else None)
+        if run_id is None:
+            return True
+        try:
+            return self.store.view(run_id).paths.metrics.stat().st_size <= INITIAL_SYNC_BYTES
+        except (OSError, KeyError, InvalidRunId):
+            return True
 
     @work(thread=True, exclusive=True, group="resources", exit_on_error=False)
     def sample_resources(self) -> None:
@@ -190,7 +231,12 @@ class TwinkleApp(App[int]):
         if self.selected is None and self.summaries:
             self.select_run(self.summaries[0].run_id)
             return
-        self._dirty |= {"list", "status", "charts", "log"}
+        changed, self._changed = self._changed, set()
+        if "charts" in changed and time.monotonic() - self._charts_drawn_at < CHART_DATA_INTERVAL:
+            changed.discard("charts")  # streaming data: the next tick after the interval draws it
+            self._charts_pending = True
+        if changed:
+            self.redraw(*changed)
 
     @on(ResourcesSampled)
     def _resources_sampled(self, message: ResourcesSampled) -> None:
@@ -227,8 +273,12 @@ class TwinkleApp(App[int]):
 
     # ------------------------------------------------------------------ drawing (at most ~4 Hz)
     async def flush(self) -> None:
+        if self._charts_pending and time.monotonic() - self._charts_drawn_at >= CHART_DATA_INTERVAL:
+            self._charts_pending = False
+            self._dirty.add("charts")
         if not self._dirty:
             return
+        self._last_flush = time.monotonic()
         dirty, self._dirty = self._dirty, set()
         now = self.clock()
         view = self.current_view()
@@ -258,10 +308,15 @@ class TwinkleApp(App[int]):
         if key == self._drawn:
             return
         self._drawn = key
+        self._charts_drawn_at = time.monotonic()
         grid.draw(view, s, compare)
 
     def redraw(self, *parts: str) -> None:
+        """Mark parts for redrawing: at once if nothing was drawn for an interval, else on the next tick."""
         self._dirty |= set(parts) or {"list", "status", "charts", "log"}
+        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+            self._last_flush = time.monotonic()
+            self.call_later(self.flush)
 
     # ------------------------------------------------------------------ selection
     def current_view(self) -> RunView | None:
@@ -509,4 +564,5 @@ class TwinkleApp(App[int]):
     def _periodic(self) -> None:
         self._launched = [ln for ln in self._launched if ln.supervisor.poll() is None]  # reap supervisors
         self.refresh_store(full_list=True)
+        self.redraw("status", "list")  # elapsed time and ages move on without any file changing
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from textual import events
+from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.message import Message
 from textual_plotext import PlotextPlot
 
-from twinkle_tui.charts import SmoothedSeries, decimate, window
+from twinkle_tui.charts import BlockSummary, Decimated, SmoothedSeries, decimate
 from twinkle_tui.runs.progress import format_value
 from twinkle_tui.runs.store import RunView
 
@@ -101,13 +102,23 @@ class MetricChart(PlotextPlot):
         self._drag_from: float | None = None
         self.title_text = ""
         self._last: tuple[RunView, ChartSettings, RunView | None] | None = None
+        self._summaries: dict[str, BlockSummary] = {}
 
     @property
     def columns(self) -> int:
-        return max(10, (self.size.width - Y_AXIS_WIDTH) * 2)  # braille gives two dots per cell
+        return max(10, self.size.width - Y_AXIS_WIDTH)  # one bucket (up to four points) per cell
+
+    def forget(self) -> None:
+        """Drop what was drawn for another metric."""
+        self._last = None
+        self._summaries.clear()
+        self._smoothed.clear()
+        self.title_text = ""
+        self.plt.clear_data()
+        self.plt.clear_figure()
 
     def on_resize(self) -> None:
-        if self._last is not None:  # titles, ticks and buckets depend on the width
+        if self._last is not None and self.metric:  # titles, ticks and buckets depend on the width
             self.draw(*self._last)
 
     def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
@@ -127,7 +138,7 @@ class MetricChart(PlotextPlot):
             hi = lo + 1
         self.x_range = (lo, hi)
         cols = self.columns
-        d = decimate(steps, values, cols, lo, hi, settings.log_y)
+        d = decimate(steps, values, cols, lo, hi, settings.log_y, self._summary(view.run_id, values, series.version))
         raw_color = "grey50" if settings.smoothing else "cyan"
         for x, y in d.segments():
             plt.plot(x.tolist(), y.tolist(), marker="braille", color=raw_color)
@@ -136,12 +147,14 @@ class MetricChart(PlotextPlot):
             if smoother is None or smoother.weight != settings.smoothing_weight:
                 smoother = self._smoothed[view.run_id] = SmoothedSeries(settings.smoothing_weight)
             smooth = smoother.update(values, series.version)
-            ds = decimate(steps, smooth, cols, lo, hi, settings.log_y)
+            ds = decimate(steps, smooth, cols, lo, hi, settings.log_y,
+                          self._summary(f"{view.run_id}\0smooth{smoother.weight}", smooth, series.version))
             for x, y in ds.segments():
                 plt.plot(x.tolist(), y.tolist(), marker="braille", color="cyan")
         if compare is not None and self.metric in compare.metrics.series:
-            cs, cv = compare.metrics.series[self.metric].snapshot()
-            dc = decimate(cs, cv, cols, lo, hi, settings.log_y)
+            other = compare.metrics.series[self.metric]
+            cs, cv = other.snapshot()
+            dc = decimate(cs, cv, cols, lo, hi, settings.log_y, self._summary(compare.run_id, cv, other.version))
             for i, (x, y) in enumerate(dc.segments()):
                 plt.plot(x.tolist(), y.tolist(), marker="braille", color="orange",
                          label=compare.run_id if i == 0 else None)
@@ -166,28 +179,27 @@ class MetricChart(PlotextPlot):
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
         if settings.log_y:
             plt.yscale("log")
-        self.title_text = self._title(steps, values, lo, hi, d.nonfinite_x, settings)
+        self.title_text = self._title(values, d, settings)
         plt.title(self.title_text)
         self.refresh()
 
-    def _title(self, steps: np.ndarray, values: np.ndarray, lo: float, hi: float, bad: np.ndarray,
-               settings: ChartSettings) -> str:
-        sl = window(steps, lo, hi)
-        shown = values[sl]
-        parts = [self.metric]
-        if len(values):
-            parts.append(f"last {format_value(float(values[-1]))}")
-        if len(bad):  # more important than min/max: it survives a narrow chart
-            first_bad = int(steps[sl][np.flatnonzero(~np.isfinite(shown))[0]])
-            parts.append(f"NaN/Inf from {first_bad}")
+    def _summary(self, key: str, values: np.ndarray, version: int) -> BlockSummary:
+        summary = self._summaries.get(key)
+        if summary is None:
+            summary = self._summaries[key] = BlockSummary()
+        return summary.update(values, version)
+
+    def _title(self, values: np.ndarray, d: Decimated, settings: ChartSettings) -> str:
+        parts = [f"{self.metric} {format_value(float(values[-1]))}" if len(values) else self.metric]
+        if d.first_bad_step is not None:  # more important than min/max: it survives a narrow chart
+            parts.append(f"NaN/Inf@{d.first_bad_step}")
         flags = [f for f, on in (("smooth", settings.smoothing), ("log", settings.log_y),
                                  ("zoom", settings.zoom is not None)) if on]
         if flags:
             parts.append("[" + " ".join(flags) + "]")
-        finite = shown[np.isfinite(shown)]
+        finite = d.y[np.isfinite(d.y)]  # every column keeps its min and max, so these are the window's
         if len(finite):
             parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
-        # plotext drops a title wider than the plot: keep the parts that fit, most important first
         width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
         title = parts[0][:width]
         for part in parts[1:]:
@@ -222,23 +234,25 @@ class MetricChart(PlotextPlot):
 
 
 class ChartGrid(Grid):
-    """Holds one chart per selected metric and redraws only when asked (the app throttles to ~4 Hz)."""
+    """Four charts made once; choosing metrics renames and shows them (mounting widgets on the way to the first
+    frame costs more than drawing). Redrawn only when asked (the app throttles to ~4 Hz)."""
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
-        self._metrics: list[str] = []
+    def compose(self) -> ComposeResult:
+        for _ in range(MAX_CHARTS):
+            yield MetricChart("", classes="chart unused")
 
     async def set_metrics(self, metrics: list[str]) -> None:
-        if metrics == self._metrics:
-            return
-        self._metrics = list(metrics)
-        await self.remove_children()
-        await self.mount_all(MetricChart(m, classes="chart") for m in metrics)
+        metrics = metrics[:MAX_CHARTS]
+        for chart, metric in zip(self.query(MetricChart), [*metrics, *[""] * MAX_CHARTS], strict=False):
+            if chart.metric != metric:
+                chart.metric = metric
+                chart.forget()
+            chart.set_class(not metric, "unused")
         for n in range(1, MAX_CHARTS + 1):
             self.set_class(len(metrics) == n, f"count-{n}")
 
     def charts(self) -> list[MetricChart]:
-        return list(self.query(MetricChart))
+        return [c for c in self.query(MetricChart) if c.metric]
 
     def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
         for chart in self.charts():

@@ -24,7 +24,7 @@ class RunStatusBar(Static):
 
     def show(self, view: RunView | None, now: float) -> None:
         if view is None:
-            self.update(Text("no run selected · press n to start one", style="dim"))
+            self.update(Text("no run selected · press n to start one", style="dim"), layout=False)
             return
         progress = RunProgress.of(view, now)
         icon, style = STATUS_ICONS[view.status]
@@ -47,4 +47,4 @@ class RunStatusBar(Static):
         if problems:
             line.append("\n")
             line.append(" · ".join(str(p) for p in problems)[:300], style="red")
-        self.update(line)
+        self.update(line, layout=False)  # fixed height in the stylesheet: no layout pass per update

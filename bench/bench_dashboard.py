@@ -1,0 +1,221 @@
+"""Dashboard benchmarks, each against a baseline measured in the same run.
+
+    python bench/bench_dashboard.py [chart] [startup] [idle]
+
+chart    redraw of one full-width chart as the series grows 1k -> 1M points (target: 1M within 1.5x of 1k), and the
+         ratio against handing the raw series to plotext (the textual-plotext default).
+startup  launch to first full frame with 50 runs of 100k steps on disk vs an empty $TWINKLE_HOME (target: within
+         2x, and under 1.5 s).
+idle     CPU used by the dashboard while one run appends 10 metric lines a second (target: under 10% of one
+         core), vs the same dashboard with nothing being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_metrics(path: Path, steps: int, metrics: tuple[str, ...] = ("loss", "grad_norm", "learning rate", "reward")) -> None:
+    """The same picture at every length: a decaying, noisy loss-like curve with one one-step spike halfway."""
+    import math
+
+    with open(path, "w") as f:
+        for s in range(1, steps + 1):
+            noise = (math.sin(s * 12.9898) * 43758.5453) % 1.0
+            base = math.exp(-5 * s / steps) + 0.05 * noise
+            vals = ", ".join(f'"{m}": {(i + 1) * base + (5.0 if s == steps // 2 else 0.0):.6f}' for i, m in enumerate(metrics))
+            f.write(f'{{"step": {s}, "ts": {1.7e9 + s * 0.1:.3f}, {vals}}}\n')
+
+
+def write_run(home: Path, run_id: str, steps: int, metrics_file: Path | None = None) -> None:
+    root = home / run_id
+    root.mkdir(parents=True)
+    if metrics_file is not None:
+        shutil.copy(metrics_file, root / "metrics.jsonl")
+    else:
+        write_metrics(root / "metrics.jsonl", steps)
+    (root / "meta.json").write_text(json.dumps({
+        "run_id": run_id, "status": "completed", "model_id": "toy", "start_time": 1.7e9,
+        "progress": {"last_step": steps, "total_steps": steps}}))
+    (root / "output.log").write_text("hello\n" * 100)
+
+
+# ---------------------------------------------------------------------------------------------------- chart
+def bench_chart() -> None:
+    from textual.app import App
+
+    from twinkle_tui.runs.store import RunStore
+    from twinkle_tui.ui.widgets.charts import ChartSettings, MetricChart
+
+    sizes = [1_000, 10_000, 100_000, 1_000_000]
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        for n in sizes:
+            write_run(home, f"r{n}", n)
+        store = RunStore(home)
+
+        class One(App[None]):
+            def compose(self):  # type: ignore[no-untyped-def]
+                yield MetricChart("loss")
+
+        results: dict[int, tuple[float, float | None]] = {}
+
+        async def run() -> None:
+            app = One()
+            async with app.run_test(size=(200, 30)) as pilot:
+                chart = app.query_one(MetricChart)
+                await pilot.pause()
+                settings = ChartSettings(metrics=["loss"])
+                for n in sizes:
+                    view = store.view(f"r{n}")
+                    view.refresh()
+                    ours = _time(lambda: (chart.draw(view, settings, None), chart.plt.build()))
+                    raw = None
+                    if n <= 100_000:  # the raw 1M case takes minutes
+                        steps, values = view.metrics.series["loss"].snapshot()
+
+                        def draw_raw() -> None:
+                            plt = chart.plt
+                            plt.clear_data()
+                            plt.plot(steps.tolist(), values.tolist(), marker="braille")
+                            plt.build()
+
+                        raw = _time(draw_raw, repeat=1 if n >= 100_000 else 3)
+                    results[n] = (ours, raw)
+
+        asyncio.run(run())
+    base = results[1_000][0]
+    print("chart redraw, one 200-column chart (draw + plotext build), median of 5:")
+    for n, (ours, raw) in results.items():
+        raw_text = f"raw series to plotext: {raw * 1000:8.1f} ms, ratio raw/ours {raw / ours:6.1f}x" if raw else "raw series: not run (minutes)"
+        print(f"  {n:>9,} points: {ours * 1000:6.1f} ms ({ours / base:4.2f}x the 1k case)   {raw_text}")
+    print(f"  1M vs 1k: {results[1_000_000][0] / base:.2f}x   [target <= 1.5x]")
+
+
+def _time(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+# ---------------------------------------------------------------------------------------------------- startup
+STARTUP_CHILD = r"""
+import asyncio, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+from twinkle_tui.gpu import GpuSnapshot
+from twinkle_tui.ui.app import TwinkleApp
+
+async def main():
+    app = TwinkleApp(home={home!r}, watch=False, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+    async with app.run_test(size=(160, 48)) as pilot:
+        want = {runs}
+        while True:
+            view = app.current_view()
+            listed = len(app.run_list._rows) == want
+            drawn = want == 0 or (view is not None and view.metrics.names() and app.chart_grid.charts()
+                                  and all(c.title_text for c in app.chart_grid.charts()))
+            if listed and drawn:
+                break
+            await pilot.pause(0.005)
+        print(time.perf_counter() - t0)
+asyncio.run(main())
+"""
+
+
+def bench_startup() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        full, empty = Path(tmp) / "full", Path(tmp) / "empty"
+        empty.mkdir()
+        template = Path(tmp) / "template.jsonl"
+        write_metrics(template, 100_000)
+        for i in range(50):
+            write_run(full, f"run-{i:02d}", 100_000, metrics_file=template)
+        size_mb = sum(f.stat().st_size for f in full.rglob("*")) / 1e6
+
+        def once(home: Path, runs: int) -> float:
+            code = STARTUP_CHILD.format(repo=str(REPO), home=str(home), runs=runs)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            return float(out.stdout.strip().splitlines()[-1])
+
+        once(empty, 0)  # warm the import caches
+        base = min(once(empty, 0) for _ in range(3))
+        ours = min(once(full, 50) for _ in range(3))
+    print(f"launch to first full frame (process start -> run list + charts drawn), best of 3:")
+    print(f"  empty $TWINKLE_HOME: {base:.2f} s   50 runs x 100k steps ({size_mb:.0f} MB): {ours:.2f} s   "
+          f"ratio {ours / base:.2f}x   [target <= 2x and < 1.5 s]")
+
+
+# ---------------------------------------------------------------------------------------------------- idle
+IDLE_CHILD = r"""
+import asyncio, resource, sys, time
+sys.path.insert(0, {repo!r})
+from twinkle_tui.gpu import GpuSnapshot
+from twinkle_tui.ui.app import TwinkleApp
+
+async def main():
+    app = TwinkleApp(home={home!r}, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause(3.0)  # start-up done
+        print("ready", flush=True)
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        await pilot.pause({seconds})
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        print(cpu / (t1 - t0), app.current_view().last_step, flush=True)
+asyncio.run(main())
+"""
+
+
+def bench_idle(seconds: float = 20.0) -> None:
+    def measure(write: bool) -> tuple[float, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            write_run(home, "live", 2_000)
+            meta = home / "live" / "meta.json"
+            m = json.loads(meta.read_text())
+            m["status"] = "running"
+            meta.write_text(json.dumps(m))
+            code = IDLE_CHILD.format(repo=str(REPO), home=str(home), seconds=seconds)
+            proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            step = 2_000
+            deadline = time.monotonic() + seconds + 1
+            fd = os.open(home / "live" / "metrics.jsonl", os.O_WRONLY | os.O_APPEND)
+            while write and time.monotonic() < deadline:
+                step += 1
+                os.write(fd, f'{{"step": {step}, "ts": {time.time()}, "loss": {1 / step}, "grad_norm": 1.0}}\n'.encode())
+                time.sleep(0.1)
+            os.close(fd)
+            out, _ = proc.communicate(timeout=seconds + 60)
+            cpu, last = out.split()
+            return float(cpu), int(last)
+
+    quiet, _ = measure(False)
+    busy, last = measure(True)
+    print(f"dashboard CPU over {seconds:.0f} s (fraction of one core):")
+    print(f"  nothing written: {quiet:.1%}   one run appending 10 lines/s: {busy:.1%} (the chart reached step {last})   "
+          f"ratio {busy / max(quiet, 1e-9):.1f}x   [target < 10%]")
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["chart", "startup", "idle"]
+    for name in which:
+        {"chart": bench_chart, "startup": bench_startup, "idle": bench_idle}[name]()
