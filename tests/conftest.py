@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,9 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh $TWINKLE_HOME for the test and for every process it starts."""
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh $TWINKLE_HOME for the test and for every process it starts; runs still alive at the end are
+    killed, so a failing test never leaves training running."""
     h = tmp_path / "twinkle-home"
     h.mkdir()
     monkeypatch.setenv("TWINKLE_HOME", str(h))
@@ -35,7 +39,23 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("TWINKLE_SUPERVISED", raising=False)
     # children import the package from the checkout even without an installed copy
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    return h
+    yield h
+    kill_live_runs(h)
+
+
+def kill_live_runs(home: Path) -> None:
+    from trainer.protocol import process_is
+
+    for meta_path in home.glob("*/meta.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            continue
+        for pid_key, start_key in (("pid", "pid_start_time"), ("supervisor_pid", "supervisor_start_time")):
+            pid = meta.get(pid_key)
+            if pid and process_is(pid, meta.get(start_key)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL) if pid_key == "pid" and meta.get("pgid") == pid else os.kill(pid, signal.SIGKILL)
 
 
 PYTHON = sys.executable

@@ -131,8 +131,9 @@ class TrainingRuntime:
             if config is not None:
                 meta["config"] = config
             meta["status"] = RunStatus.RUNNING.value
-            meta["pid"] = pid
-            meta["pid_start_time"] = process_start_time(pid)
+            if not self.supervised:  # under the supervisor, pid is its child: the leader of the run's group
+                meta["pid"] = pid
+                meta["pid_start_time"] = process_start_time(pid)
             meta["cwd"] = meta.get("cwd") or os.getcwd()
             if script and not meta.get("script_path"):
                 meta["script_path"] = str(Path(script).resolve())

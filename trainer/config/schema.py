@@ -35,6 +35,7 @@ class LoraArgs:
     lora_alpha: float = opt(16.0, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA path")
     lora_target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj"], "module names to adapt, or all-linear")
+    lora_last_layers: int = opt(0, "adapt only the last N transformer layers (0 = all); backward then stops early")
 
 
 @dataclass
@@ -213,6 +214,11 @@ class Args:
             targets = "all-linear"
         return {"r": self.lora.lora_r, "lora_alpha": self.lora.lora_alpha, "lora_dropout": self.lora.lora_dropout,
                 "target_modules": targets, "task_type": "CAUSAL_LM"}
+
+    def lora_layers(self, num_layers: int) -> list[int] | None:
+        """Indices for peft's layers_to_transform, or None for every layer."""
+        n = self.lora.lora_last_layers
+        return list(range(max(0, num_layers - n), num_layers)) if 0 < n < num_layers else None
 
     def get_dataset_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self.dataset)

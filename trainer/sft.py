@@ -1,0 +1,72 @@
+"""Supervised fine-tuning: loss only on completion tokens, gradient accumulation over micro-batches."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from trainer.dataset import DataError, DataOrder, collate, load_records, tokenize_sft
+
+if TYPE_CHECKING:
+    from trainer.train import Trainer
+
+
+def completion_loss_sum(model, batch):  # type: ignore[no-untyped-def]
+    """Sum of next-token cross-entropy over completion tokens, and how many there were."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((shift_labels != -100).sum())
+
+
+def train_sft(t: Trainer) -> None:
+    import torch
+
+    a = t.args
+    records = load_records(a.dataset.dataset_id, a.dataset.data_file, a.dataset.split, a.dataset.subset_name,
+                           a.dataset.max_examples, a.template.system, a.training.seed)
+    examples = [tokenize_sft(r, t.tokenizer, a.template.max_length, a.template.truncation_strategy,
+                             a.template.enable_thinking) for r in records]
+    examples = [e for e in examples if e is not None]  # truncation_strategy=delete drops long ones
+    if not examples:
+        raise DataError("every example was dropped by truncation; raise max_length")
+    order = DataOrder(len(examples), a.training.seed, a.dataset.shuffle)
+    world, rank = t.accelerator.num_processes, t.accelerator.process_index
+    if a.training.batch_size % world:
+        raise DataError(f"batch_size {a.training.batch_size} must be a multiple of the {world} processes")
+    micro = min(a.training.micro_batch_size, a.training.batch_size // world)
+    device = t.accelerator.device
+    t.model.train()
+    t.log(f"SFT on {len(examples)} examples, batch {a.training.batch_size} ({micro} per forward x {world} process(es))")
+    while t.step < a.training.max_steps:
+        started = time.perf_counter()
+        indices = list(order.take(t.data_position, a.training.batch_size))[rank::world]
+        batch_examples = [examples[i] for i in indices]
+        tokens = sum(sum(1 for x in e.labels[1:] if x != -100) for e in batch_examples)
+        loss_sum = torch.zeros((), device=device)
+        for k in range(0, len(batch_examples), micro):
+            batch = {key: v.to(device) for key, v in collate(batch_examples[k : k + micro], t.tokenizer.pad_token_id).items()}
+            loss, _ = completion_loss_sum(t.model, batch)
+            t.accelerator.backward(loss / max(tokens, 1))  # the step's loss is the mean over all its tokens
+            loss_sum += loss.detach()
+        grad_norm = t.optimizer_step()
+        t.step += 1
+        t.data_position += a.training.batch_size
+        totals = torch.tensor([float(loss_sum), float(tokens)], device=device)
+        if world > 1:
+            totals = t.accelerator.reduce(totals, reduction="sum")
+        elapsed = time.perf_counter() - started
+        if t.runtime is not None and t.step % a.training.logging_steps == 0:
+            t.runtime.log_metrics(step=t.step, loss=float(totals[0] / max(totals[1], 1)), grad_norm=grad_norm,
+                                  **{"learning rate": t.lr(), "tokens/s": float(totals[1]) / elapsed,
+                                     "epoch": order.epoch(t.data_position)})
+        stop = t.should_stop()
+        if t.step % a.training.save_steps == 0 or stop or t.step == a.training.max_steps:
+            t.checkpoint()
+        if stop:
+            t.log(f"stopped at step {t.step}")
+            return

@@ -1,0 +1,232 @@
+"""`python -m trainer CONFIG [--key value ...]`: LoRA SFT or GRPO as a twinkle run.
+
+One process by default; with nproc_per_node > 1 it re-launches itself under `accelerate launch`. Rank 0 owns the
+run (metrics, checkpoints, meta.json); a stop request (SIGTERM) reaches every rank, and the ranks agree at a step
+boundary so they stop at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.config import CLI, Args, ConfigError
+from trainer.dataset import DataError
+from trainer.models import ModelError
+from trainer.rewards import RewardError
+from trainer.runtime import TrainingRuntime
+from trainer.samplers import SamplerError
+
+USER_ERRORS = (DataError, ModelError, RewardError, SamplerError)
+
+
+@dataclass
+class Trainer:
+    """Everything a training loop needs; loops live in trainer.sft and trainer.grpo."""
+
+    args: Args
+    accelerator: Any
+    runtime: TrainingRuntime | None
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    params: list[Any]
+    model_dir: Any
+    step: int = 0
+    data_position: int = 0
+    stop_flag: list[bool] = field(default_factory=lambda: [False])
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    def log(self, message: str) -> None:
+        if self.runtime is not None:
+            self.runtime.log(message)
+
+    def should_stop(self) -> bool:
+        """True on every rank once any rank was asked to stop (SIGTERM)."""
+        import torch
+
+        local = self.stop_flag[0] or (self.runtime is not None and self.runtime.should_stop)
+        if self.accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def optimizer_step(self) -> float:
+        """Clip, step optimizer and schedule; returns the gradient norm before clipping."""
+        import torch
+
+        max_norm = self.args.optimizer.max_grad_norm
+        if max_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        else:
+            grads = [p.grad.detach().norm() for p in self.params if p.grad is not None]
+            norm = torch.norm(torch.stack(grads)) if grads else torch.tensor(0.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def checkpoint(self) -> None:
+        """Every rank waits; rank 0 writes checkpoints/step-N via the runtime (atomic, recorded in meta.json)."""
+        from trainer import checkpoint
+
+        self.accelerator.wait_for_everyone()
+        if self.runtime is not None:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            self.runtime.save_checkpoint(
+                self.step,
+                lambda path: checkpoint.save(path, unwrapped, self.optimizer, self.scheduler, self.step,
+                                             self.data_position, self.args.checkpoint.save_optimizer),
+                data_position=self.data_position,
+            )
+        self.accelerator.wait_for_everyone()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = CLI.from_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.infra.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return launch_distributed(args, argv)
+    try:
+        return run(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def launch_distributed(args: Args, argv: list[str]) -> int:
+    """Re-run this command under `accelerate launch` with nproc_per_node processes and wait for it."""
+    import torch
+
+    with socket.socket() as s:  # a free port for the process group's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.infra.nproc_per_node),
+           "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if args.model.device == "cpu" or not torch.cuda.is_available():
+        cmd.append("--cpu")
+    else:
+        cmd.append("--multi_gpu")
+    cmd += ["-m", "trainer", *argv]
+    # The stop signal reaches the whole process group; the ranks handle it, this launcher only waits.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return subprocess.call(cmd)
+
+
+def run(args: Args) -> int:
+    """Train in this process (one rank); a user error (bad data, model, reward) is recorded as the run's failure."""
+    from accelerate import Accelerator
+    import torch
+
+    use_cpu = args.model.device == "cpu" or not torch.cuda.is_available()
+    precision = args.model.mixed_precision
+    if precision == "auto":
+        precision = "no" if use_cpu else "bf16"
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision)
+    runtime = None
+    if accelerator.is_main_process:
+        runtime = TrainingRuntime().start(model_id=args.model.model_id, config=args.to_dict(),
+                                          total_steps=args.training.max_steps)
+    try:
+        return _train(args, accelerator, runtime, use_cpu)
+    except USER_ERRORS as exc:
+        if runtime is not None:
+            runtime.finish("failed", error=str(exc))
+        raise
+
+
+def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cpu: bool) -> int:
+    import random
+
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer import checkpoint
+    from trainer.models import load_model_and_tokenizer
+    from trainer.optim import build_optimizer, build_scheduler
+
+    stop_flag = [False]
+    if runtime is None:  # other ranks: remember the request, rank 0's decision is shared at the next step boundary
+        signal.signal(signal.SIGTERM, lambda *_: stop_flag.__setitem__(0, True))
+    seed = args.training.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed + accelerator.process_index)
+    if use_cpu:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+
+    t0 = time.time()
+    model, tokenizer, model_dir = load_model_and_tokenizer(args.model.model_id,
+                                                           attn_implementation=args.model.attn_implementation,
+                                                           trust_remote_code=args.model.trust_remote_code)
+    if args.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if args.lora.use_lora:
+        lora = LoraConfig(**args.get_lora_args(), layers_to_transform=args.lora_layers(model.config.num_hidden_layers))
+        model = get_peft_model(model, lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, args)
+    scheduler = build_scheduler(optimizer, args)
+    trainer = Trainer(args, accelerator, runtime, model, tokenizer, optimizer, scheduler, params, model_dir,
+                      stop_flag=stop_flag)
+    trainable = sum(p.numel() for p in params)
+    trainer.log(f"model {args.model.model_id} loaded in {time.time() - t0:.1f}s; {trainable:,} trainable parameters; "
+                f"{accelerator.num_processes} process(es) on {accelerator.device}")
+
+    resume = runtime.get_resume_info() if runtime is not None and args.checkpoint.resume else None
+    resume_path = [str(resume.path) if resume else None]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(resume_path)
+    if resume_path[0]:
+        from pathlib import Path
+
+        # Restores rank 0's RNG exactly: the same dropout masks and samples an uninterrupted run would draw.
+        state = checkpoint.load(Path(resume_path[0]), model, optimizer, scheduler)
+        if accelerator.process_index > 0:
+            torch.manual_seed(seed + accelerator.process_index + state["step"])
+        trainer.step, trainer.data_position = state["step"], state["data_position"]
+        trainer.log(f"resumed from step {trainer.step} (data position {trainer.data_position})")
+    trainer.model, trainer.optimizer = accelerator.prepare(model, optimizer)
+
+    if args.training.task == "grpo":
+        from trainer.grpo import train_grpo
+
+        train_grpo(trainer)
+    else:
+        from trainer.sft import train_sft
+
+        train_sft(trainer)
+    accelerator.wait_for_everyone()
+    if runtime is not None:
+        if trainer.step >= args.training.max_steps:
+            unwrapped = accelerator.unwrap_model(trainer.model)
+            out_dir = args.training.output_dir or str(runtime.paths.root / "adapter")
+            unwrapped.save_pretrained(out_dir)
+            if args.checkpoint.merge_and_sync and args.lora.use_lora:
+                unwrapped.merge_and_unload().save_pretrained(out_dir + "-merged")
+            runtime.log(f"finished {trainer.step} steps; adapter saved to {out_dir}")
+            runtime.finish("completed")
+        else:
+            runtime.finish("stopped")
+    accelerator.end_training()
+    return 0
