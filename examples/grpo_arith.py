@@ -10,10 +10,9 @@ of groups with no reward spread, and the time split (generate / reward / train /
 import sys
 from pathlib import Path
 
-from trainer.config import CLI
-from trainer.train import run
+from trainer.train import main
 
 CONFIG = Path(__file__).with_name("grpo_arith.yaml")
 
 if __name__ == "__main__":
-    sys.exit(run(CLI.from_args([str(CONFIG), *sys.argv[1:]])))
+    sys.exit(main([str(CONFIG), *sys.argv[1:]]))

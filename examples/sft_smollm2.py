@@ -10,10 +10,9 @@ cached; the first use converts the GGUF once, about a minute).
 import sys
 from pathlib import Path
 
-from trainer.config import CLI
-from trainer.train import run
+from trainer.train import main
 
 CONFIG = Path(__file__).with_name("sft_smollm2.toml")
 
 if __name__ == "__main__":
-    sys.exit(run(CLI.from_args([str(CONFIG), *sys.argv[1:]])))
+    sys.exit(main([str(CONFIG), *sys.argv[1:]]))

@@ -111,9 +111,7 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer.save_pretrained(str(tmp))
     (tmp / ".complete").write_text(json.dumps({"source": str(gguf), "seconds": round(time.time() - t0, 1)}))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    _publish(tmp, target, ".complete")
     print(f"[twinkle] cached at {target} ({time.time() - t0:.0f} s)", flush=True)
     return target
 
@@ -145,10 +143,20 @@ def make_tiny_model(target: Path, arch: str = "llama", seed: int = 0, hidden: in
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(str(tmp))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    _publish(tmp, target, "config.json")
     return target
+
+
+def _publish(tmp: Path, target: Path, marker: str) -> None:
+    """Move a finished cache entry into place; if another process finished one first, keep theirs."""
+    if (target / marker).exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(target, ignore_errors=True)  # a half-written leftover
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process published it between our check and the rename
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_model_and_tokenizer(model_id: str, dtype: Any = None, attn_implementation: str = "sdpa",

@@ -24,6 +24,7 @@ from trainer.runtime import TrainingRuntime
 from trainer.samplers import SamplerError
 
 USER_ERRORS = (DataError, ModelError, RewardError, SamplerError)
+LAUNCHED_ENV = "TWINKLE_DISTRIBUTED_CHILD"
 
 
 @dataclass
@@ -102,6 +103,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.infra.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        if os.environ.get(LAUNCHED_ENV):  # a rank without a rank: never launch again (that would recurse)
+            print("error: accelerate launch started this process without LOCAL_RANK", file=sys.stderr)
+            return 2
         return launch_distributed(args, argv)
     try:
         return run(args)
@@ -117,16 +121,17 @@ def launch_distributed(args: Args, argv: list[str]) -> int:
     with socket.socket() as s:  # a free port for the process group's rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.infra.nproc_per_node),
-           "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # --multi_gpu selects accelerate's torchrun launcher, which is also the one that starts several CPU processes
+    # (its --cpu flag starts just one); on CPU the ranks then use the gloo backend.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           str(args.infra.nproc_per_node), "--num_machines", "1", "--main_process_port", str(port),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer", *argv]
+    env = {**os.environ, LAUNCHED_ENV: "1"}
     if args.model.device == "cpu" or not torch.cuda.is_available():
-        cmd.append("--cpu")
-    else:
-        cmd.append("--multi_gpu")
-    cmd += ["-m", "trainer", *argv]
+        env["ACCELERATE_USE_CPU"] = "true"
     # The stop signal reaches the whole process group; the ranks handle it, this launcher only waits.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)
 
 
 def run(args: Args) -> int:
@@ -173,12 +178,16 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
 
     t0 = time.time()
-    model, tokenizer, model_dir = load_model_and_tokenizer(args.model.model_id,
-                                                           attn_implementation=args.model.attn_implementation,
-                                                           trust_remote_code=args.model.trust_remote_code)
+    with accelerator.main_process_first():  # rank 0 converts or builds a cached model once; the others wait
+        model, tokenizer, model_dir = load_model_and_tokenizer(args.model.model_id,
+                                                               attn_implementation=args.model.attn_implementation,
+                                                               trust_remote_code=args.model.trust_remote_code)
     if args.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    # Seed again after loading: building or converting a model may consume or reset the RNG, and the adapter's
+    # initialisation must not depend on whether the model was cached.
+    torch.manual_seed(seed + accelerator.process_index)
     if args.lora.use_lora:
         lora = LoraConfig(**args.get_lora_args(), layers_to_transform=args.lora_layers(model.config.num_hidden_layers))
         model = get_peft_model(model, lora)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import logging.handlers
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dashboard for local LLM fine-tuning runs. `twinkle-tui --run train.py [-- args]` runs headless.",
     )
     p.add_argument("--run", metavar="SCRIPT", help="run SCRIPT as a managed run without the dashboard")
+    p.add_argument("--start", metavar="RECIPE",
+                   help="start a run (a .py script, or a .toml/.yaml config for the embedded trainer) and open the dashboard on it")
     p.add_argument("-r", "--run-id", default=env("TWINKLE_AUTO_RUN_ID"), help="run id to select (or to create with --run)")
     p.add_argument("--home", default=None, help=f"runs directory (default ${HOME_ENV} or ~/.cache/twinkle)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds a stopping run gets before it is killed")
@@ -73,11 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from twinkle_tui.headless import run_headless
 
         return run_headless(ns.run, script_args, ns.run_id, home=ns.home, grace=ns.grace)
-    if script_args:
-        parser.error("arguments after -- go with --run SCRIPT")
+    if script_args and not ns.start:
+        parser.error("arguments after -- go with --run SCRIPT or --start RECIPE")
+    if ns.start and not os.path.isfile(ns.start):
+        print(f"twinkle-tui: no such script or config: {ns.start}", file=sys.stderr)
+        return 2
     llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key)
     from twinkle_tui.ui.app import TwinkleApp
 
-    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace)
+    start = " ".join(shlex.quote(a) for a in [ns.start, *script_args]) if ns.start else None
+    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start)
     app.run()
     return app.return_code or 0

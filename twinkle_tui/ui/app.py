@@ -82,6 +82,7 @@ class TwinkleApp(App[int]):
         usage_probe: Callable[[int | None], ProcessUsage | None] = process_usage,
         watch: bool = True,
         recipe_dirs: list[Path] | None = None,
+        start: str | None = None,
     ) -> None:
         super().__init__()
         self.store = RunStore(home)
@@ -108,6 +109,7 @@ class TwinkleApp(App[int]):
         self._drawn: tuple[Any, ...] | None = None
         self._launched: list[Launched] = []
         self._stop_watch = threading.Event()
+        self._start_spec = start
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -135,6 +137,11 @@ class TwinkleApp(App[int]):
         self.chat = self.query_one(ChatPanel)
         self.store.home.mkdir(parents=True, exist_ok=True)
         self.run_list.focus()
+        if self._start_spec:
+            try:
+                self.notify(self.start_run(self._start_spec), timeout=4)
+            except (RunControlError, InvalidRunId) as exc:
+                self.notify(str(exc), severity="error", timeout=10)
         if self._initial_read_is_small():
             # A reader thread during Textual's own start-up runs at half speed and delays the first paint;
             # a small first read in the main thread gives the first full frame sooner.

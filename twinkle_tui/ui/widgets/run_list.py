@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from trainer.protocol import RunStatus
 from twinkle_tui.runs.store import RunSummary, format_age
@@ -41,9 +42,13 @@ class RunList(DataTable[Text]):
     def on_mount(self) -> None:
         self.add_column("run", key="run")
 
+    @property
+    def _width(self) -> int:
+        return max(16, self.size.width - 3)  # the cell's padding and the scrollbar
+
     def _cell(self, r: RunSummary, now: float) -> Text:
         """Two lines: icon and run id; then model, step/total and age, dimmed."""
-        width = max(12, self.size.width - 3)
+        width = self._width
         run_id = r.run_id if len(r.run_id) <= width - 2 else r.run_id[: width - 3] + "…"
         step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
         model = (r.model_id or "?").split("/")[-1].removeprefix("builtin:")
@@ -51,14 +56,20 @@ class RunList(DataTable[Text]):
         details = f"{model} · {step} · {age}"
         if len(details) > width - 2:
             details = f"{model[: max(4, width - 2 - len(step) - len(age) - 7)]}… · {step} · {age}"
-        return status_icon(r.status) + Text(" " + run_id + "\n") + Text("  " + details, style="dim")
+        text = status_icon(r.status) + Text(" " + run_id + "\n") + Text("  " + details, style="dim")
+        text.no_wrap, text.overflow = True, "ellipsis"
+        return text
 
     def show(self, runs: list[RunSummary], selected: str | None, now: float) -> None:
         """Replace the rows; keeps the cursor on the selected run."""
         ids = [r.run_id for r in runs]
+        column = self.columns.get(ColumnKey("run"))
+        resized = column is not None and column.width != self._width
+        if resized:
+            column.auto_width, column.width = False, self._width
         self._suppress = True
         try:
-            if ids != self._rows:
+            if ids != self._rows or resized:
                 self.clear()
                 for r in runs:
                     self.add_row(self._cell(r, now), key=r.run_id, height=2)
@@ -70,6 +81,9 @@ class RunList(DataTable[Text]):
                 self.move_cursor(row=ids.index(selected), animate=False)
         finally:
             self._suppress = False
+
+    def on_resize(self) -> None:
+        self._rows = []  # rebuild at the new width on the next show
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
