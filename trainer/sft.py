@@ -16,11 +16,11 @@ def completion_loss_sum(model, batch):  # type: ignore[no-untyped-def]
     import torch.nn.functional as F
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((shift_labels != -100).sum())
+    # Shift the labels, not the logits: slicing logits would copy a (batch x length x vocab) tensor every step.
+    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    return loss, int((labels != -100).sum())
 
 
 def train_sft(t: Trainer) -> None:
