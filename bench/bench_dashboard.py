@@ -157,7 +157,7 @@ def bench_startup() -> None:
         once(empty, 0)  # warm the import caches
         base = min(once(empty, 0) for _ in range(3))
         ours = min(once(full, 50) for _ in range(3))
-    print(f"launch to first full frame (process start -> run list + charts drawn), best of 3:")
+    print("launch to first full frame (process start -> run list + charts drawn), best of 3:")
     print(f"  empty $TWINKLE_HOME: {base:.2f} s   50 runs x 100k steps ({size_mb:.0f} MB): {ours:.2f} s   "
           f"ratio {ours / base:.2f}x   [target <= 2x and < 1.5 s]")
 

@@ -59,3 +59,13 @@ def kill_live_runs(home: Path) -> None:
 
 
 PYTHON = sys.executable
+
+
+def write_sigterm_ignoring_script(path: Path, steps: int = 100_000) -> Path:
+    """A training script that ignores SIGTERM, for testing the grace period and the second Ctrl-C."""
+    path.write_text(
+        "import signal, time\nfrom trainer.runtime import TrainingRuntime\n"
+        "rt = TrainingRuntime().start(model_id='x')\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"for i in range({steps}):\n    rt.log_metrics(step=i, v=1.0); time.sleep(0.01)\n"
+    )
+    return path

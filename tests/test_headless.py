@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import TOY, wait_for
+from conftest import TOY, wait_for, write_sigterm_ignoring_script
 from trainer.protocol import RunPaths, read_meta
 
 
@@ -51,12 +49,7 @@ def test_ctrl_c_stops_gracefully_with_a_checkpoint(home: Path) -> None:
 
 
 def test_second_ctrl_c_kills(home: Path, tmp_path: Path) -> None:
-    script = tmp_path / "deaf.py"
-    script.write_text(
-        "import signal, time\nfrom trainer.runtime import TrainingRuntime\n"
-        "rt = TrainingRuntime().start()\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "for i in range(100000):\n    rt.log_metrics(step=i, v=1.0); time.sleep(0.01)\n"
-    )
+    script = write_sigterm_ignoring_script(tmp_path / "deaf.py")
     proc = twinkle("--run", str(script), "--run-id", "deaf")
     paths = RunPaths.of("deaf")
     wait_for(lambda: paths.metrics.exists() and paths.metrics.stat().st_size > 100, what="steps")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY, wait_for
+from conftest import TOY, wait_for, write_sigterm_ignoring_script
 from trainer.protocol import InvalidRunId, RunPaths, process_is, read_meta
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
@@ -122,12 +122,7 @@ def test_stopping_a_paused_run_still_checkpoints(ctl: ProcessController) -> None
 
 def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
     """A script that ignores SIGTERM is killed after the grace period and recorded as stopped by the user."""
-    script = tmp_path / "stubborn.py"
-    script.write_text(
-        "import signal, time\nfrom trainer.runtime import TrainingRuntime\n"
-        "rt = TrainingRuntime().start(model_id='x')\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "for i in range(10_000):\n    rt.log_metrics(step=i, v=i); time.sleep(0.01)\n"
-    )
+    script = write_sigterm_ignoring_script(tmp_path / "stubborn.py")
     ctl = ProcessController(home, grace=0.5)
     launched = ctl.launch_script(script, run_id="stubborn")
     paths = ctl.paths("stubborn")

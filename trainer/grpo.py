@@ -150,11 +150,7 @@ def train_grpo(t: Trainer) -> None:
             t.runtime.log_metrics(step=t.step, **metrics)
         if t.step == 1 or t.step % 5 == 0:
             t.log(f"step {t.step}: reward {metrics['reward']:.3f}; sample: {texts[0][:80]!r} (answer {answers[0]})")
-        stop = t.should_stop()
-        if t.step % a.training.save_steps == 0 or stop or t.step == a.training.max_steps:
-            t.checkpoint()
-        if stop:
-            t.log(f"stopped at step {t.step}")
+        if t.end_of_step():
             return
 
 

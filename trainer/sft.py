@@ -64,9 +64,5 @@ def train_sft(t: Trainer) -> None:
             t.runtime.log_metrics(step=t.step, loss=float(totals[0] / max(totals[1], 1)), grad_norm=grad_norm,
                                   **{"learning rate": t.lr(), "tokens/s": float(totals[1]) / elapsed,
                                      "epoch": order.epoch(t.data_position)})
-        stop = t.should_stop()
-        if t.step % a.training.save_steps == 0 or stop or t.step == a.training.max_steps:
-            t.checkpoint()
-        if stop:
-            t.log(f"stopped at step {t.step}")
+        if t.end_of_step():
             return

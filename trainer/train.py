@@ -77,6 +77,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def end_of_step(self) -> bool:
+        """Checkpoint when due (every save_steps, at the last step, on a stop); True if the loop must stop now."""
+        stop = self.should_stop()
+        a = self.args.training
+        if self.step % a.save_steps == 0 or stop or self.step == a.max_steps:
+            self.checkpoint()
+        if stop:
+            self.log(f"stopped at step {self.step}")
+        return stop
+
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 

@@ -255,14 +255,15 @@ class RunStore:
 
     def run_ids_for_paths(self, paths: Iterable[str | os.PathLike[str]]) -> set[str]:
         """Which runs a batch of changed file paths (from watchfiles) belongs to."""
-        home = str(self.home.resolve()) + os.sep
+        prefixes = {str(self.home) + os.sep, str(self.home.resolve()) + os.sep}  # a symlinked home reads either way
         out = set()
         for p in paths:
             text = str(p)
-            if text.startswith(home):
-                run_id = text[len(home) :].split(os.sep, 1)[0]
-                if run_id and not run_id.startswith("."):
-                    out.add(run_id)
+            for home in prefixes:
+                if text.startswith(home):
+                    run_id = text[len(home) :].split(os.sep, 1)[0]
+                    if run_id and not run_id.startswith("."):
+                        out.add(run_id)
         return out
 
     def forget(self, run_id: str) -> None:
