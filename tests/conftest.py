@@ -53,6 +53,8 @@ def kill_live_runs(home: Path) -> None:
             continue
         for pid_key, start_key in (("pid", "pid_start_time"), ("supervisor_pid", "supervisor_start_time")):
             pid = meta.get(pid_key)
+            if pid == os.getpid():  # a TrainingRuntime used in-process records the test process itself
+                continue
             if pid and process_is(pid, meta.get(start_key)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL) if pid_key == "pid" and meta.get("pgid") == pid else os.kill(pid, signal.SIGKILL)
