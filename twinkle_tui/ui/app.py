@@ -104,6 +104,7 @@ class TwinkleApp(App[int]):
         self._dirty: set[str] = set()
         self._last_flush = 0.0
         self._changed: set[str] = set()  # parts whose data the last reads changed
+        self._changed_lock = threading.Lock()
         self._charts_pending = False
         self._charts_drawn_at = 0.0
         self._drawn: tuple[Any, ...] | None = None
@@ -188,7 +189,7 @@ class TwinkleApp(App[int]):
                 summaries = self.store.list_runs()
                 if [(s.run_id, s.status, s.last_step, s.total_steps) for s in summaries] != [
                         (s.run_id, s.status, s.last_step, s.total_steps) for s in self.summaries]:
-                    self._changed.add("list")
+                    self._note_changed("list")
                 self.summaries = summaries
             wanted = {self.selected, self.settings.compare}
             if self.selected is None and self.summaries:  # the newest run will be selected: read it now
@@ -200,11 +201,15 @@ class TwinkleApp(App[int]):
                     except (KeyError, InvalidRunId):
                         continue
                     if "metrics" in parts or "events" in parts:
-                        self._changed |= {"charts", "status"}
+                        self._note_changed("charts", "status")
                     if "meta" in parts:
-                        self._changed |= {"status", "list"}
+                        self._note_changed("status", "list")
                     if "log" in parts:
-                        self._changed.add("log")
+                        self._note_changed("log")
+
+    def _note_changed(self, *parts: str) -> None:
+        with self._changed_lock:  # workers add, the message handler takes: never lose a part in between
+            self._changed.update(parts)
 
     def _initial_read_is_small(self) -> bool:
         """True if the run shown first can be read before the first frame without a noticeable pause."""
@@ -238,7 +243,8 @@ class TwinkleApp(App[int]):
         if self.selected is None and self.summaries:
             self.select_run(self.summaries[0].run_id)
             return
-        changed, self._changed = self._changed, set()
+        with self._changed_lock:
+            changed, self._changed = self._changed, set()
         if "charts" in changed and time.monotonic() - self._charts_drawn_at < CHART_DATA_INTERVAL:
             changed.discard("charts")  # streaming data: the next tick after the interval draws it
             self._charts_pending = True

@@ -38,6 +38,7 @@ class RunList(DataTable[Text]):
         super().__init__(cursor_type="row", show_header=False, **kw)  # type: ignore[arg-type]
         self._rows: list[str] = []
         self._suppress = False
+        self._last: tuple[list[RunSummary], str | None, float] | None = None
 
     def on_mount(self) -> None:
         self.add_column("run", key="run")
@@ -62,6 +63,7 @@ class RunList(DataTable[Text]):
 
     def show(self, runs: list[RunSummary], selected: str | None, now: float) -> None:
         """Replace the rows; keeps the cursor on the selected run."""
+        self._last = (runs, selected, now)
         ids = [r.run_id for r in runs]
         column = self.columns.get(ColumnKey("run"))
         resized = column is not None and column.width != self._width
@@ -83,7 +85,9 @@ class RunList(DataTable[Text]):
             self._suppress = False
 
     def on_resize(self) -> None:
-        self._rows = []  # rebuild at the new width on the next show
+        if self._last is not None:  # rows are cut to the width: rebuild them now, from the last data shown
+            self._rows = []
+            self.show(*self._last)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
