@@ -29,10 +29,10 @@ def test_a_one_step_spike_in_a_million_steps_stays_visible(use_blocks: bool) -> 
 
 
 def test_block_decimation_matches_raw_decimation_per_column() -> None:
-    steps, values = series(200_000)
-    values[1234] = -3.0
-    raw = decimate(steps, values, 100, 10_000, 150_000)
-    fast = decimate(steps, values, 100, 10_000, 150_000, summary=BlockSummary().update(values, 0))
+    steps, values = series(1_000_000)
+    values[12_345] = -3.0
+    raw = decimate(steps, values, 100, 10_000, 800_000)
+    fast = decimate(steps, values, 100, 10_000, 800_000, summary=BlockSummary().update(values, 0))
     assert np.nanmin(raw.y) == np.nanmin(fast.y) and np.nanmax(raw.y) == np.nanmax(fast.y)
     # columns agree up to a block straddling a column edge: at most the noise (+-0.01) plus one block of trend
     assert len(raw.y) == len(fast.y)
@@ -53,6 +53,16 @@ def test_non_finite_values_are_gaps_with_their_exact_first_step() -> None:
         assert len(d.nonfinite_x) <= 4
         near = decimate(steps, values, 80, 69_980, 70_030, summary=summary)  # zoomed in, the line breaks
         assert len(near.segments()) == 2 and near.first_bad_step == 70_001
+
+
+def test_a_smooth_curve_has_no_block_artifacts() -> None:
+    """A window only a few blocks wide is decimated from raw points: a block must never span columns."""
+    steps = np.arange(1, 1501)
+    values = np.cos(steps / 1500 * np.pi)  # monotonic, like a cosine learning-rate schedule
+    d = decimate(steps, values, 32, summary=BlockSummary().update(values, 0))
+    per_column = d.y.reshape(-1, 4)
+    spans = per_column.max(axis=1) - per_column.min(axis=1)
+    assert spans.max() < 2.5 * (2 / 32)  # each column spans about its own share of the range, no more
 
 
 def test_zoom_window_only_uses_points_inside() -> None:

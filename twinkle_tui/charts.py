@@ -14,6 +14,7 @@ import numpy as np
 
 
 BLOCK = 256  # points per block summary
+BLOCKS_PER_COLUMN = 8
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ def decimate(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | No
     sl = window(steps, lo, hi)
     a, b = sl.start, sl.stop
     columns = max(1, columns)
-    if summary is not None and not log_y and b - a > 16 * columns and b - a >= 4 * summary.block:
+    # Blocks only when every column covers many of them: a block straddling a column edge then shifts at most
+    # an eighth of a column, while a block wider than a column would draw its extremes at the wrong steps.
+    if summary is not None and not log_y and b - a >= BLOCKS_PER_COLUMN * summary.block * columns:
         B = summary.block
         ba, bb = -(-a // B), min(b // B, summary.n // B)
         if bb - ba >= 2:

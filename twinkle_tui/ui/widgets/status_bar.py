@@ -33,13 +33,13 @@ class RunStatusBar(Static):
             (f"{icon} {view.status.value}", f"bold {style}"), "  ", (view.run_id, "bold"),
             ("  ·  " + model if model else "", "dim"),
             ("  ·  launch " + str(view.meta.get("launches")) if (view.meta.get("launches") or 0) > 1 else "", "dim"),
+            ("  ·  elapsed ", "dim"), format_duration(progress.elapsed),
             "\n",
             f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""), " ",
             progress_bar(progress.fraction), " ",
             f"{progress.fraction:.0%}" if progress.fraction is not None else "",
             ("  ·  ", "dim"), format_rate(progress.rate),
             ("  ·  ETA ", "dim"), format_duration(progress.eta) if view.status.is_active else "--",
-            ("  ·  elapsed ", "dim"), format_duration(progress.elapsed),
         )
         problems = [p for p in (view.meta.get("error"), view.problem) if p]
         if view.metrics.malformed:
