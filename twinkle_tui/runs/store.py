@@ -266,9 +266,6 @@ class RunStore:
                         out.add(run_id)
         return out
 
-    def forget(self, run_id: str) -> None:
-        self._views.pop(run_id, None)
-
 
 def format_age(seconds: float) -> str:
     seconds = max(0.0, seconds)
