@@ -29,22 +29,28 @@ class RunStatusBar(Static):
         progress = RunProgress.of(view, now)
         icon, style = STATUS_ICONS[view.status]
         model = (view.meta.get("model_id") or "").removeprefix("builtin:")
-        line = Text.assemble(
+        launches = view.meta.get("launches") or 0
+        head = Text.assemble(
             (f"{icon} {view.status.value}", f"bold {style}"), "  ", (view.run_id, "bold"),
             ("  ·  " + model if model else "", "dim"),
-            ("  ·  launch " + str(view.meta.get("launches")) if (view.meta.get("launches") or 0) > 1 else "", "dim"),
+            ("  ·  launch " + str(launches) if launches > 1 else "", "dim"),
             ("  ·  elapsed ", "dim"), format_duration(progress.elapsed),
-            "\n",
+        )
+        steps = Text.assemble(
             f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""), " ",
             progress_bar(progress.fraction), " ",
             f"{progress.fraction:.0%}" if progress.fraction is not None else "",
             ("  ·  ", "dim"), format_rate(progress.rate),
             ("  ·  ETA ", "dim"), format_duration(progress.eta) if view.status.is_active else "--",
         )
+        lines = [head, steps]
         problems = [p for p in (view.meta.get("error"), view.problem) if p]
         if view.metrics.malformed:
             problems.append(f"{view.metrics.malformed} malformed metric line(s) skipped")
         if problems:
-            line.append("\n")
-            line.append(" · ".join(str(p) for p in problems)[:300], style="red")
+            lines.append(Text(" · ".join(str(p) for p in problems), style="red"))
+        width = max(20, self.size.width - 2)
+        for text in lines:  # one row each, cut rather than wrapped: the bar has a fixed height of three rows
+            text.truncate(width, overflow="ellipsis")
+        line = Text("\n").join(lines)
         self.update(line, layout=False)  # fixed height in the stylesheet: no layout pass per update
