@@ -96,7 +96,8 @@ class HeadlessRun:
             self._print_new(view)
 
     def _print_new(self, view: Any) -> None:
-        new_lines = self._new_log_lines(view)
+        new_lines = view.log.since(self._log_seen)
+        self._log_seen = view.log.total_lines
         if new_lines:
             self._clear_status()
             for line in new_lines:
@@ -112,15 +113,6 @@ class HeadlessRun:
             self._last_progress_print = time.monotonic()
             self.out.write(line + "\n")
         self.out.flush()
-
-    def _new_log_lines(self, view: Any) -> list[str]:
-        total = view.log.total_lines
-        fresh = total - self._log_seen
-        self._log_seen = total
-        if fresh <= 0:
-            return []
-        lines = list(view.log.lines)
-        return lines[-fresh:]
 
     def _clear_status(self) -> None:
         if self.tty and self._status_shown:

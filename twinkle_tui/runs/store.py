@@ -60,6 +60,13 @@ class LogTail:
         self.total_lines += len(new)
         return new
 
+    def since(self, seen: int) -> list[str]:
+        """The lines read after the first `seen` ones (as many of them as are still kept)."""
+        fresh = self.total_lines - seen
+        if fresh <= 0:
+            return []
+        return list(self.lines)[-fresh:]
+
 
 @dataclass
 class RunEvent:

@@ -21,15 +21,11 @@ class RunLog(Log):
                 self.clear()
                 self._run_id = None
             return
-        total = view.log.total_lines
-        if view.run_id != self._run_id or total < self._seen:
+        if view.run_id != self._run_id:
             self.clear()
             self._run_id = view.run_id
-            lines = list(view.log.lines)[-MAX_LINES:]
-            if lines:
-                self.write_lines(lines)
-        else:
-            fresh = total - self._seen
-            if fresh > 0:
-                self.write_lines(list(view.log.lines)[-min(fresh, MAX_LINES):])
-        self._seen = total
+            self._seen = 0
+        lines = view.log.since(self._seen)[-MAX_LINES:]
+        if lines:
+            self.write_lines(lines)
+        self._seen = view.log.total_lines
