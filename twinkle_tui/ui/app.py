@@ -43,7 +43,7 @@ FLUSH_INTERVAL = 0.25  # at most ~4 redraws a second
 RESOURCE_INTERVAL = 2.0
 LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
 INITIAL_SYNC_BYTES = 32 * 1024 * 1024  # ~0.25 s of metrics reading
-CHART_DATA_INTERVAL = 1.0  # streamed data redraws charts at most once a second; keys redraw at once
+DATA_INTERVAL = 1.0  # streamed data redraws the screen at most once a second; keys redraw at once
 
 
 class TwinkleApp(App[int]):
@@ -105,8 +105,8 @@ class TwinkleApp(App[int]):
         self._last_flush = 0.0
         self._changed: set[str] = set()  # parts whose data the last reads changed
         self._changed_lock = threading.Lock()
-        self._charts_pending = False
-        self._charts_drawn_at = 0.0
+        self._data_pending: set[str] = set()  # parts with new data, waiting for the next data redraw
+        self._data_drawn_at = 0.0
         self._drawn: tuple[Any, ...] | None = None
         self._launched: list[Launched] = []
         self._stop_watch = threading.Event()
@@ -168,7 +168,8 @@ class TwinkleApp(App[int]):
     @work(exclusive=True, group="watch", exit_on_error=False)
     async def watch_home(self) -> None:
         home = self.store.home
-        async for changes in awatch(home, debounce=50, step=50, stop_event=self._stop_watch,
+        # Batches of up to 0.4 s: a run writing every step would otherwise wake us for every line.
+        async for changes in awatch(home, debounce=400, step=200, stop_event=self._stop_watch,
                                     ignore_permission_denied=True):
             paths = [p for _, p in changes]
             self._pending_runs |= self.store.run_ids_for_paths(paths)
@@ -245,11 +246,8 @@ class TwinkleApp(App[int]):
             return
         with self._changed_lock:
             changed, self._changed = self._changed, set()
-        if "charts" in changed and time.monotonic() - self._charts_drawn_at < CHART_DATA_INTERVAL:
-            changed.discard("charts")  # streaming data: the next tick after the interval draws it
-            self._charts_pending = True
-        if changed:
-            self.redraw(*changed)
+        self._data_pending |= changed  # streamed data is drawn at most once per DATA_INTERVAL (see flush)
+        self._flush_data()
 
     @on(ResourcesSampled)
     def _resources_sampled(self, message: ResourcesSampled) -> None:
@@ -285,10 +283,14 @@ class TwinkleApp(App[int]):
             await chat.add(reply, "reply")
 
     # ------------------------------------------------------------------ drawing (at most ~4 Hz)
+    def _flush_data(self) -> None:
+        if self._data_pending and time.monotonic() - self._data_drawn_at >= DATA_INTERVAL:
+            self._data_drawn_at = time.monotonic()
+            parts, self._data_pending = self._data_pending, set()
+            self.redraw(*parts)
+
     async def flush(self) -> None:
-        if self._charts_pending and time.monotonic() - self._charts_drawn_at >= CHART_DATA_INTERVAL:
-            self._charts_pending = False
-            self._dirty.add("charts")
+        self._flush_data()
         if not self._dirty:
             return
         self._last_flush = time.monotonic()
@@ -321,7 +323,6 @@ class TwinkleApp(App[int]):
         if key == self._drawn:
             return
         self._drawn = key
-        self._charts_drawn_at = time.monotonic()
         grid.draw(view, s, compare)
 
     def redraw(self, *parts: str) -> None:
