@@ -4,6 +4,7 @@
 
 sft   training tokens/s of the embedded trainer (examples/sft_smollm2.toml, 12 steps) vs a plain hand-written
       HF + PEFT loop over the same batches with the same LoRA (target: >= 1.0x).
+trl   step time vs TRL's SFTTrainer with the same model, LoRA, data and batch (only if trl is installed).
 grpo  the time split of a GRPO step (generate / reward / train / sync) for examples/grpo_arith.yaml, as shares of
       the step time.
 """
@@ -78,6 +79,44 @@ def bench_sft() -> None:
           " the baseline times forward to optimizer step only)")
 
 
+def bench_trl() -> None:
+    """The embedded trainer vs TRL's SFTTrainer on the same model, LoRA, data and batch size (needs `pip install
+    trl`; not a dependency). TRL's time is its train_runtime over the same number of steps."""
+    import statistics as st
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.config import CLI
+    from trainer.dataset import load_records
+    from trainer.models import load_model_and_tokenizer
+
+    config = str(REPO / "examples" / "sft_smollm2.toml")
+    rows = trainer_metrics(config, "--max_steps", str(STEPS), "--save_steps", "1000", "--num_warmup_steps", "0")
+    ours_step = st.median(b["ts"] - a["ts"] for a, b in zip(rows[1:], rows[2:], strict=False))
+    args = CLI.from_args([config])
+    torch.manual_seed(0)
+    model, tok, _ = load_model_and_tokenizer(args.model.model_id)
+    records = load_records(args.dataset.dataset_id, None, system=args.template.system)
+    data = Dataset.from_list([{"messages": r["messages"]} for r in records])
+    with tempfile.TemporaryDirectory() as out:
+        cfg = SFTConfig(output_dir=out, max_steps=STEPS, per_device_train_batch_size=args.training.batch_size,
+                        learning_rate=args.optimizer.learning_rate, logging_steps=1, report_to=[], save_strategy="no",
+                        use_cpu=True, max_length=args.template.max_length, assistant_only_loss=False,
+                        completion_only_loss=None, packing=False, lr_scheduler_type="constant")
+        lora = LoraConfig(**args.get_lora_args(), layers_to_transform=args.lora_layers(model.config.num_hidden_layers))
+        trl_trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora)
+        t = time.perf_counter()
+        trl_trainer.train()
+        trl_total = time.perf_counter() - t
+    trl_step = trl_total / STEPS
+    print(f"SFT step time on SmolLM2-135M, CPU, batch {args.training.batch_size}, {STEPS} steps:")
+    print(f"  TRL SFTTrainer {trl_step:.2f} s/step (whole train() / steps)   embedded trainer {ours_step:.2f} s/step "
+          f"(median)   ratio TRL/ours {trl_step / ours_step:.2f}x")
+
+
 def bench_grpo() -> None:
     rows = trainer_metrics(str(REPO / "examples" / "grpo_arith.yaml"), "--max_steps", "6", "--save_steps", "1000")
     parts = ["time/generate", "time/reward", "time/train", "time/sync"]
@@ -92,4 +131,4 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("TWINKLE_HOME", tmp)
         for name in sys.argv[1:] or ["sft", "grpo"]:
-            {"sft": bench_sft, "grpo": bench_grpo}[name]()
+            {"sft": bench_sft, "grpo": bench_grpo, "trl": bench_trl}[name]()
