@@ -103,9 +103,9 @@ class TwinkleApp(App[int]):
         self._io_lock = threading.Lock()
         self._dirty: set[str] = set()
         self._last_flush = 0.0
-        self._changed: set[str] = set()  # parts whose data the last reads changed
-        self._changed_lock = threading.Lock()
-        self._data_pending: set[str] = set()  # parts with new data, waiting for the next data redraw
+        # Parts whose data changed since the last data redraw: workers add, the UI thread takes (under the lock).
+        self._data_pending: set[str] = set()
+        self._data_lock = threading.Lock()
         self._data_drawn_at = 0.0
         self._drawn: tuple[Any, ...] | None = None
         self._launched: list[Launched] = []
@@ -209,8 +209,8 @@ class TwinkleApp(App[int]):
                         self._note_changed("log")
 
     def _note_changed(self, *parts: str) -> None:
-        with self._changed_lock:  # workers add, the message handler takes: never lose a part in between
-            self._changed.update(parts)
+        with self._data_lock:
+            self._data_pending.update(parts)
 
     def _initial_read_is_small(self) -> bool:
         """True if the run shown first can be read before the first frame without a noticeable pause."""
@@ -244,9 +244,6 @@ class TwinkleApp(App[int]):
         if self.selected is None and self.summaries:
             self.select_run(self.summaries[0].run_id)
             return
-        with self._changed_lock:
-            changed, self._changed = self._changed, set()
-        self._data_pending |= changed  # streamed data is drawn at most once per DATA_INTERVAL (see flush)
         self._flush_data()
 
     @on(ResourcesSampled)
@@ -284,9 +281,13 @@ class TwinkleApp(App[int]):
 
     # ------------------------------------------------------------------ drawing (at most ~4 Hz)
     def _flush_data(self) -> None:
-        if self._data_pending and time.monotonic() - self._data_drawn_at >= DATA_INTERVAL:
-            self._data_drawn_at = time.monotonic()
+        """Redraw what new data changed, at most once per DATA_INTERVAL; the flush tick catches the rest."""
+        if time.monotonic() - self._data_drawn_at < DATA_INTERVAL:
+            return
+        with self._data_lock:
             parts, self._data_pending = self._data_pending, set()
+        if parts:
+            self._data_drawn_at = time.monotonic()
             self.redraw(*parts)
 
     async def flush(self) -> None:
