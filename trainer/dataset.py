@@ -24,7 +24,7 @@ class DataError(Exception):
 
 # ------------------------------------------------------------------ sources
 def load_records(dataset_id: str | None, data_file: str | None, split: str = "train", subset: str | None = None,
-                 max_examples: int | None = None, system: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
+                 max_examples: int | None = None, system: str | None = None) -> list[dict[str, Any]]:
     if data_file:
         records = read_jsonl(Path(data_file))
     elif dataset_id == "builtin:self-cognition":

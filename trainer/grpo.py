@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from trainer import rewards as reward_lib
-from trainer.dataset import DataOrder, load_records, prompt_ids
+from trainer.dataset import DataOrder, prompt_ids
 from trainer.samplers import make_sampler
 
 if TYPE_CHECKING:
@@ -52,8 +52,7 @@ def train_grpo(t: Trainer) -> None:
     import torch
 
     a = t.args
-    records = load_records(a.dataset.dataset_id, a.dataset.data_file, a.dataset.split, a.dataset.subset_name,
-                           a.dataset.max_examples, a.template.system, a.training.seed)
+    records = t.records()
     fns = {name: reward_lib.resolve(name) for name in a.rl.reward_fns}
     order = DataOrder(len(records), a.training.seed, a.dataset.shuffle)
     unwrapped = t.accelerator.unwrap_model(t.model)

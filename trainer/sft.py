@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from trainer.dataset import DataError, DataOrder, collate, load_records, tokenize_sft
+from trainer.dataset import DataError, DataOrder, collate, tokenize_sft
 
 if TYPE_CHECKING:
     from trainer.train import Trainer
@@ -27,8 +27,7 @@ def train_sft(t: Trainer) -> None:
     import torch
 
     a = t.args
-    records = load_records(a.dataset.dataset_id, a.dataset.data_file, a.dataset.split, a.dataset.subset_name,
-                           a.dataset.max_examples, a.template.system, a.training.seed)
+    records = t.records()
     examples = [tokenize_sft(r, t.tokenizer, a.template.max_length, a.template.truncation_strategy,
                              a.template.enable_thinking) for r in records]
     examples = [e for e in examples if e is not None]  # truncation_strategy=delete drops long ones

@@ -44,9 +44,12 @@ class Trainer:
     data_position: int = 0
     stop_flag: list[bool] = field(default_factory=lambda: [False])
 
-    @property
-    def is_main(self) -> bool:
-        return bool(self.accelerator.is_main_process)
+    def records(self) -> list[dict[str, Any]]:
+        """The configured dataset, normalized (see trainer.dataset)."""
+        from trainer.dataset import load_records
+
+        d = self.args.dataset
+        return load_records(d.dataset_id, d.data_file, d.split, d.subset_name, d.max_examples, self.args.template.system)
 
     def log(self, message: str) -> None:
         if self.runtime is not None:
