@@ -165,7 +165,7 @@ class MetricChart(PlotextPlot):
             plt.scatter(xs.tolist(), [ymax] * len(xs), marker="x", color="red")
         markers = event_markers(view, lo, hi)
         checkpoints = [m[0] for m in markers if m[1] == "checkpoint"]
-        room = max(1, (self.size.width - Y_AXIS_WIDTH) // 3)  # a dot every third cell at most
+        room = max(1, self.columns // 3)  # a dot every third cell at most
         if len(checkpoints) > room:
             checkpoints = checkpoints[:: -(-len(checkpoints) // room)][:-1] + checkpoints[-1:]
         if checkpoints:
@@ -175,11 +175,11 @@ class MetricChart(PlotextPlot):
                 plt.vline(step, color)
         plt.xlim(lo, hi)
         label_width = len(f"{int(hi):,}") + 3
-        ticks = step_ticks(lo, hi, max(2, (self.size.width - Y_AXIS_WIDTH) // label_width))
+        ticks = step_ticks(lo, hi, max(2, self.columns // label_width))
         plt.xticks(ticks, [f"{t:,}" for t in ticks])
         if settings.log_y:
             plt.yscale("log")
-        self.title_text = self._title(values, d, settings)
+        self.title_text = self._title(values, d, finite, settings)
         plt.title(self.title_text)
         self.refresh()
 
@@ -189,7 +189,7 @@ class MetricChart(PlotextPlot):
             summary = self._summaries[key] = BlockSummary()
         return summary.update(values, version)
 
-    def _title(self, values: np.ndarray, d: Decimated, settings: ChartSettings) -> str:
+    def _title(self, values: np.ndarray, d: Decimated, finite: np.ndarray, settings: ChartSettings) -> str:
         parts = [f"{self.metric} {format_value(float(values[-1]))}" if len(values) else self.metric]
         if d.first_bad_step is not None:  # more important than min/max: it survives a narrow chart
             parts.append(f"NaN/Inf@{d.first_bad_step}")
@@ -197,8 +197,7 @@ class MetricChart(PlotextPlot):
                                  ("zoom", settings.zoom is not None)) if on]
         if flags:
             parts.append("[" + " ".join(flags) + "]")
-        finite = d.y[np.isfinite(d.y)]  # every column keeps its min and max, so these are the window's
-        if len(finite):
+        if len(finite):  # every column keeps its min and max, so these are the window's
             parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
         width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
         title = parts[0][:width]
