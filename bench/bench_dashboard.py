@@ -55,8 +55,9 @@ def write_run(home: Path, run_id: str, steps: int, metrics_file: Path | None = N
 def bench_chart() -> None:
     from textual.app import App
 
+    from twinkle_tui.commands.view import ChartSettings
     from twinkle_tui.runs.store import RunStore
-    from twinkle_tui.ui.widgets.charts import ChartSettings, MetricChart
+    from twinkle_tui.ui.widgets.charts import MetricChart
 
     sizes = [1_000, 10_000, 100_000, 1_000_000]
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,12 +81,12 @@ def bench_chart() -> None:
                 for n in sizes:
                     view = store.view(f"r{n}")
                     view.refresh()
-                    ours = _time(lambda: (chart.draw(view, settings, None), chart.plt.build()))
+                    ours = _time(lambda view=view: (chart.draw(view, settings, None), chart.plt.build()))
                     raw = None
                     if n <= 100_000:  # the raw 1M case takes minutes
                         steps, values = view.metrics.series["loss"].snapshot()
 
-                        def draw_raw() -> None:
+                        def draw_raw(steps=steps, values=values) -> None:  # type: ignore[no-untyped-def]
                             plt = chart.plt
                             plt.clear_data()
                             plt.plot(steps.tolist(), values.tolist(), marker="braille")

@@ -47,7 +47,7 @@ def main() -> None:
 
     start = 0
     resume = rt.get_resume_info()
-    if resume is not None:
+    if resume:  # falsy on a fresh run
         state = torch.load(resume.path / "state.pt")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])

@@ -44,12 +44,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def kill_live_runs(home: Path) -> None:
-    from trainer.protocol import process_is
+    from trainer.protocol import process_is, read_regular_file
 
     for meta_path in home.glob("*/meta.json"):
         try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
+            meta = json.loads(read_regular_file(meta_path, 1 << 20))
+        except (OSError, ValueError, RecursionError):
+            continue  # a test's deliberately broken meta.json (a FIFO, deep nesting, not JSON)
+        if not isinstance(meta, dict):
             continue
         for pid_key, start_key in (("pid", "pid_start_time"), ("supervisor_pid", "supervisor_start_time")):
             pid = meta.get(pid_key)
@@ -61,6 +63,28 @@ def kill_live_runs(home: Path) -> None:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def restore_process_hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A TrainingRuntime started inside the test process takes its SIGTERM handler, excepthook, sys.exit and an
+    atexit hook; give them back after every test, so a CI timeout can still stop pytest."""
+    from trainer.runtime import TrainingRuntime
+
+    started: list[TrainingRuntime] = []
+    install = TrainingRuntime._install_hooks
+
+    def tracking(self: TrainingRuntime) -> None:
+        started.append(self)
+        install(self)
+
+    monkeypatch.setattr(TrainingRuntime, "_install_hooks", tracking)
+    sigterm, excepthook, exit_ = signal.getsignal(signal.SIGTERM), sys.excepthook, sys.exit
+    yield
+    for rt in started:
+        rt.close()
+    signal.signal(signal.SIGTERM, sigterm)
+    sys.excepthook, sys.exit = excepthook, exit_
 
 
 def write_sigterm_ignoring_script(path: Path, steps: int = 100_000) -> Path:

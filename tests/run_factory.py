@@ -41,7 +41,7 @@ def make_run(
         lines.append(json.dumps(rec))
     text = "\n".join(lines) + "\n"
     if torn_tail:
-        text += '{"step": %d, "loss": 0.' % (steps + 1)
+        text += f'{{"step": {steps + 1}, "loss": 0.'
     (root / "metrics.jsonl").write_text(text)
     events = [{"ts": start, "kind": "launch", "pid": pid or 1, "launch": 1}]
     events += [{"ts": start + c * step_seconds, "kind": "checkpoint", "step": c} for c in checkpoints]

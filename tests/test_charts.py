@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from twinkle_tui.charts import BlockSummary, EmaState, SmoothedSeries, decimate, ema_extend
-from twinkle_tui.slash import SlashError, parse
 from twinkle_tui.ui.widgets.charts import default_metrics, step_ticks
 
 
@@ -72,11 +71,23 @@ def test_zoom_window_only_uses_points_inside() -> None:
     assert d.x.min() >= 100 and d.x.max() <= 200 and np.nanmax(d.y) < 99
 
 
-def test_log_y_hides_non_positive_values() -> None:
+def test_log_y_hides_non_positive_values_without_calling_them_nan() -> None:
     steps = np.arange(1, 11)
     values = np.array([1.0, 0.5, 0.0, -1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
     d = decimate(steps, values, 100, log_y=True)
-    assert d.first_bad_step == 3 and np.isnan(d.y[2]) and np.isnan(d.y[3])
+    assert np.isnan(d.y[2]) and np.isnan(d.y[3])
+    assert d.first_bad_step is None and d.first_unplottable_step == 3  # a zero is not a NaN
+
+
+def test_values_too_large_to_draw_are_off_scale_marks() -> None:
+    steps = np.arange(1, 50_001)  # wide enough that the block summaries are used too
+    values = np.ones(50_000)
+    values[4000] = 8.5e307
+    values[100] = np.nan
+    for summary in (None, BlockSummary()):
+        d = decimate(steps, values, 10, summary=summary.update(values, 0) if summary else None)
+        assert d.first_unplottable_step == 4001 and d.first_bad_step == 101
+        assert np.nanmax(d.y) == 1.0
 
 
 def test_block_summary_follows_growth_and_rebuilds_after_a_truncation() -> None:
@@ -135,12 +146,3 @@ def test_default_metrics_prefer_loss_reward_grad_norm_and_lr() -> None:
     names = ["tokens/s", "train/accuracy_reward", "grad_norm", "kl", "loss", "learning rate", "entropy"]
     assert default_metrics(names) == ["loss", "train/accuracy_reward", "grad_norm", "learning rate"]
     assert default_metrics(["a", "b"]) == ["a", "b"]
-
-
-def test_slash_parser() -> None:
-    assert parse("/zoom 10 20").args == ("10", "20")
-    assert parse('/metrics "learning rate",loss').args == ("learning rate,loss",)
-    for bad, message in [("/zoom 5 1", "A < B"), ("/zom 1 2", "did you mean /zoom"), ("/metrics a,b,c,d,e", "at most 4"),
-                         ("/smooth 2", "between 0 and 0.999"), ("/select", "usage: /select"), ("hello", "start with /")]:
-        with pytest.raises(SlashError, match=message):
-            parse(bad)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY
-from run_factory import T0, make_run
-from trainer.protocol import read_meta, RunPaths
+from trainer.protocol import RunPaths, read_meta
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.ui.app import TwinkleApp
@@ -19,6 +17,9 @@ from twinkle_tui.ui.widgets.chat import ChatMessage
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
+
+from conftest import TOY
+from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
 
@@ -170,8 +171,8 @@ async def test_run_id_flag_selects_and_log_is_plain_text(home: Path) -> None:
         from twinkle_tui.ui.widgets.log_view import RunLog
 
         log = app.query_one(RunLog)
-        await settle(pilot, lambda: log.line_count > 5, what="log lines")
-        assert "[bold]not markup[/bold]" in log.lines[-1] and "\x1b" not in log.lines[-1]
+        await settle(pilot, lambda: len(log.shown) > 5, what="log lines")
+        assert "[bold]not markup[/bold]" in log.shown[-1] and "\x1b" not in log.shown[-1]
 
 
 async def test_slash_command_errors_are_one_line(home: Path) -> None:
@@ -186,7 +187,7 @@ async def test_slash_command_errors_are_one_line(home: Path) -> None:
         errors = [str(m._markdown) for m in app.query(ChatMessage) if m.has_class("error")]
         assert errors[0] == "⚠ unknown command /zom; did you mean /zoom?"
         assert errors[1] == "⚠ cannot pause run 'r': it is completed"
-        assert errors[2].startswith("⚠ unknown metric(s): nope; this run logs: loss")
+        assert errors[2] == "⚠ unknown metric 'nope'; this run logs: loss, grad_norm, learning rate"
 
 
 async def test_quitting_the_app_leaves_training_running(home: Path) -> None:

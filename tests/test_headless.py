@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TOY, wait_for, write_sigterm_ignoring_script
 from trainer.protocol import RunPaths, read_meta
+
+from conftest import TOY, wait_for, write_sigterm_ignoring_script
 
 
 def twinkle(*args: str, **kw) -> subprocess.Popen[str]:
@@ -64,7 +65,7 @@ def test_second_ctrl_c_kills(home: Path, tmp_path: Path) -> None:
 def test_headless_refuses_bad_input_in_one_line(home: Path, tmp_path: Path) -> None:
     proc = twinkle("--run", str(tmp_path / "missing.py"))
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and err.strip() == f"twinkle-tui: no such script: {tmp_path / 'missing.py'}"
+    assert proc.returncode == 2 and err.strip() == f"twinkle-tui: no such script or recipe: {tmp_path / 'missing.py'}"
     bad = tmp_path / "bad.py"
     bad.write_text("def f(:\n")
     proc = twinkle("--run", str(bad))

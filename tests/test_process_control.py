@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY, wait_for, write_sigterm_ignoring_script
 from trainer.protocol import InvalidRunId, RunPaths, process_is, read_meta
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
+
+from conftest import TOY, wait_for, write_sigterm_ignoring_script
 
 
 def steps_logged(paths: RunPaths) -> list[int]:
@@ -121,7 +122,8 @@ def test_stopping_a_paused_run_still_checkpoints(ctl: ProcessController) -> None
 
 
 def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
-    """A script that ignores SIGTERM is killed after the grace period and recorded as stopped by the user."""
+    """A script that ignores SIGTERM is killed after the grace period and recorded as killed (no checkpoint was
+    saved on the way out, so a resume must not pretend it was a clean stop)."""
     script = write_sigterm_ignoring_script(tmp_path / "stubborn.py")
     ctl = ProcessController(home, grace=0.5)
     launched = ctl.launch_script(script, run_id="stubborn")
@@ -130,8 +132,8 @@ def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
     ctl.stop("stubborn")
     launched.supervisor.wait(timeout=30)
     meta = read_meta(paths)
-    assert meta["status"] == "stopped" and meta["exit_signal"] == "SIGKILL"
-    assert any(json.loads(l)["kind"] == "warning" for l in paths.events.read_text().splitlines())
+    assert meta["status"] == "killed" and meta["exit_signal"] == "SIGKILL"
+    assert any(json.loads(line)["kind"] == "warning" for line in paths.events.read_text().splitlines())
 
 
 def test_a_new_controller_reattaches_to_a_live_run(home: Path) -> None:

@@ -50,7 +50,9 @@ def test_resume_falls_back_past_a_damaged_checkpoint(home: Path) -> None:
 
 
 def test_a_fresh_run_has_nothing_to_resume(home: Path) -> None:
-    assert TrainingRuntime("fresh").start().get_resume_info() is None
+    info = TrainingRuntime("fresh").start().get_resume_info()
+    assert not info and info.step == 0 and info.path is None
+    assert info["last_step"] == 0 and info.get("checkpoint_path") is None  # the original Auto's dict usage
 
 
 def test_metrics_lines_keep_nan_inf_and_free_text_names(home: Path) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from run_factory import T0, make_run
 from trainer.protocol import process_start_time
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
 from twinkle_tui.ui.app import TwinkleApp
+
+from run_factory import T0, make_run
 
 NOW = T0 + 3600
 USAGE = ProcessUsage(cpu_percent=187.0, rss=612 * 2**20, threads=9, processes=2)

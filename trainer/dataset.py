@@ -25,8 +25,12 @@ class DataError(Exception):
 # ------------------------------------------------------------------ sources
 def load_records(dataset_id: str | None, data_file: str | None, split: str = "train", subset: str | None = None,
                  max_examples: int | None = None, system: str | None = None) -> list[dict[str, Any]]:
+    from trainer.preflight import is_local_data_path
+
+    if not data_file and dataset_id and is_local_data_path(dataset_id):
+        data_file = dataset_id  # a .jsonl path given as dataset_id is a data file
     if data_file:
-        records = read_jsonl(Path(data_file))
+        records = read_jsonl(Path(data_file).expanduser())
     elif dataset_id == "builtin:self-cognition":
         records = read_jsonl(DATA_DIR / "self_cognition.jsonl")
     elif dataset_id == "builtin:arith":
@@ -60,7 +64,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             raw = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise DataError(f"{path.name}:{n}: not valid JSON ({exc.msg})") from None
         try:
             out.append(normalize(raw))

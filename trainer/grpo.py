@@ -4,6 +4,7 @@ disabled adapter (no second model copy), entropy, and the time split of every st
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from trainer import rewards as reward_lib
@@ -34,6 +35,16 @@ def group_advantages(scores: list[float], group: int, kind: str, scale: bool) ->
                 a = a / (std + 1e-4)
             adv.append(a)
     return adv, flat_groups / max(1, len(scores) // group)
+
+
+def best_completions(scores: list[float], group: int) -> set[int]:
+    """The index of the best completion of each group whose rewards differ (a tie teaches nothing)."""
+    out = set()
+    for g in range(0, len(scores), group):
+        chunk = scores[g : g + group]
+        if max(chunk) > min(chunk):
+            out.add(g + chunk.index(max(chunk)))
+    return out
 
 
 def token_logprobs(model: Any, ids: Any, mask: Any) -> tuple[Any, Any]:
@@ -83,7 +94,9 @@ def train_grpo(t: Trainer) -> None:
 
         t_train = time.perf_counter()
         t.model.train()
-        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0}
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "sft_loss": 0.0}
+        best = best_completions(total, G) if a.loss.sft_weight > 0 else set()
+        n_groups = max(1, len(total) // G)
         micro = max(1, a.training.micro_batch_size) * G
         n_seq = len(completions)
         for k in range(0, n_seq, micro):
@@ -114,6 +127,12 @@ def train_grpo(t: Trainer) -> None:
             lengths = comp.sum(1).clamp(min=1)
             seq_loss = (per_token * comp).sum(1) / lengths
             loss = seq_loss.sum() / n_seq
+            chosen = [row for row, i in enumerate(chunk) if i in best]
+            if chosen:  # an SFT term on each group's best completion (loss.sft_weight)
+                nll = -(logp * comp).sum(1) / lengths
+                sft = nll[chosen].sum() / n_groups
+                loss = loss + a.loss.sft_weight * sft
+                sums["sft_loss"] += float(sft.detach())
             t.accelerator.backward(loss)
             sums["loss"] += float(loss.detach())
             sums["kl"] += float(((kl.detach() * comp).sum(1) / lengths).sum()) / n_seq
@@ -131,6 +150,7 @@ def train_grpo(t: Trainer) -> None:
         tokens = sum(lengths_list) + sum(len(p) for p in prompts) * G
         metrics = {
             "loss": sums["loss"], "grad_norm": grad_norm, "learning rate": t.lr(),
+            **({"sft_loss": sums["sft_loss"]} if a.loss.sft_weight > 0 else {}),
             "reward": _mean(total), "reward_std": _std(total),
             **{f"reward/{name}": _mean(v) for name, v in per_fn.items()},
             "kl": sums["kl"], "entropy": sums["entropy"],
@@ -153,7 +173,7 @@ def train_grpo(t: Trainer) -> None:
             return
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 

@@ -11,8 +11,10 @@ import enum
 import fcntl
 import json
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,7 @@ class RunStatus(str, enum.Enum):
     PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    KILLED = "killed"
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -84,10 +87,16 @@ def validate_run_id(run_id: object) -> str:
     return run_id
 
 
+def run_id_prefix(name: str) -> str:
+    """A run id prefix from a recipe or script name: `sft_smollm2.toml` -> `sft-smollm2`."""
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(name).stem.replace("_", "-")).strip("-.")
+    return stem[:40].rstrip("-.") or "run"
+
+
 def new_run_id(prefix: str = "run", clock: Callable[[], float] = time.time) -> str:
-    """A fresh, sortable run id such as run-20261123-145512-3f9a."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
-    return f"{prefix}-{stamp}-{os.urandom(2).hex()}"
+    """A fresh run id that says what it is and when it started: sft-smollm2-0431-a3cd (hour, minute, random)."""
+    stamp = time.strftime("%H%M", time.localtime(clock()))
+    return f"{run_id_prefix(prefix)}-{stamp}-{os.urandom(2).hex()}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,12 @@ class RunPaths:
     @classmethod
     def of(cls, run_id: str, base_dir: str | os.PathLike[str] | None = None) -> RunPaths:
         return cls(twinkle_home(base_dir) / validate_run_id(run_id))
+
+    def check_not_symlink(self) -> RunPaths:
+        """Refuse a run directory that is a symbolic link: writing through it would leave $TWINKLE_HOME."""
+        if self.root.is_symlink():
+            raise InvalidRunId(f"run directory {self.root} is a symbolic link; refusing to use it")
+        return self
 
     @property
     def run_id(self) -> str:
@@ -191,34 +206,140 @@ META_DEFAULTS: dict[str, Any] = {
     "fix_attempts": 0,
     "launches": 0,
 }
+META_MAX_BYTES = 1024 * 1024  # a meta.json is a few KB; anything far larger is not one
+INVALID_KEY = "_invalid"  # fields a reader had to ignore; never written back
+MAX_STEP = 2**53  # steps beyond this are not integers a float (JSON, numpy) can hold exactly
+
+_INT_FIELDS = ("pid", "pid_start_time", "pgid", "supervisor_pid", "supervisor_start_time", "script_version",
+               "fix_attempts", "launches", "exit_code")
+_TIME_FIELDS = ("start_time", "end_time")
+_TEXT_FIELDS = ("run_id", "model_id", "cwd", "script_path", "exit_signal", "error", "display_name")
 
 
 class MetaError(Exception):
     """meta.json is missing or unreadable; the message is one line a user can act on."""
 
 
+def as_int(value: Any, lo: int = -MAX_STEP, hi: int = MAX_STEP) -> int | None:
+    """An integer in [lo, hi] from an int or an integral finite float; None for anything else (bools too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    if isinstance(value, int) and lo <= value <= hi:
+        return value
+    return None
+
+
+def as_time(value: Any) -> float | None:
+    """A finite, non-negative timestamp, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0 <= value < 1e11 else None
+
+
 def normalize_meta(raw: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-    """Fill missing fields with defaults, keep unknown ones, and read old status values."""
+    """Fill missing fields with defaults, keep unknown ones, read old status values, and replace values of the
+    wrong type (a pid that is a string, a step of 1e400) by their defaults, naming them under `_invalid`."""
     meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in META_DEFAULTS.items()}
     meta.update(raw)
+    meta.pop(INVALID_KEY, None)
+    invalid: list[str] = []
+
+    def reset(key: str, default: Any = None) -> None:
+        if raw.get(key) is not None:
+            invalid.append(key)
+        meta[key] = default
+
+    for key in _INT_FIELDS:
+        if meta.get(key) is not None:
+            number = as_int(meta[key])
+            if number is None:
+                reset(key, META_DEFAULTS.get(key))
+            else:
+                meta[key] = number
+    for key in _TIME_FIELDS:
+        if meta.get(key) is not None and as_time(meta[key]) is None:
+            reset(key)
+    for key in _TEXT_FIELDS:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            reset(key)
+    if not isinstance(meta.get("config"), dict):
+        reset("config", {})
+    command = meta.get("command")
+    if command is not None and not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+        reset("command")
     progress = dict(META_DEFAULTS["progress"])
-    if isinstance(raw.get("progress"), dict):
-        progress.update(raw["progress"])
+    raw_progress = raw.get("progress")
+    if isinstance(raw_progress, dict):
+        progress.update(raw_progress)
+    elif raw_progress is not None:
+        invalid.append("progress")
+    last = as_int(progress.get("last_step"), 0)
+    if last is None:
+        invalid.append("progress.last_step")
+        last = 0
+    progress["last_step"] = last
+    total = progress.get("total_steps")
+    if total is not None:
+        progress["total_steps"] = as_int(total, 1)
+        if progress["total_steps"] is None:
+            invalid.append("progress.total_steps")
     meta["progress"] = progress
+    checkpoint = meta.get("last_checkpoint")
+    if checkpoint is not None:
+        if isinstance(checkpoint, dict) and as_int(checkpoint.get("step"), 0) is not None \
+                and isinstance(checkpoint.get("path"), str):
+            meta["last_checkpoint"] = {**checkpoint, "step": as_int(checkpoint["step"], 0)}
+        else:
+            reset("last_checkpoint")
     meta["status"] = RunStatus.parse(raw.get("status")).value
     if run_id and not meta.get("run_id"):
         meta["run_id"] = run_id
+    if invalid:
+        meta[INVALID_KEY] = invalid
     return meta
 
 
-def read_meta(paths: RunPaths) -> dict[str, Any]:
-    """Read meta.json, tolerant of missing and unknown fields; raise MetaError if it is absent or not JSON."""
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes. A FIFO, a device, a directory or a file that is too
+    large raises OSError with a reason, without blocking (O_NONBLOCK) and without reading it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        raw = json.loads(paths.meta.read_text(encoding="utf-8"))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if st.st_size > max_bytes:
+            raise OSError(f"{path.name} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise OSError(f"{path.name} grew past {max_bytes:,} bytes while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_meta(paths: RunPaths) -> dict[str, Any]:
+    """Read meta.json, tolerant of missing and unknown fields and of values of the wrong type; raise MetaError
+    if it is absent, not a regular file, too large, or not a JSON object."""
+    try:
+        raw = json.loads(read_regular_file(paths.meta, META_MAX_BYTES))
     except FileNotFoundError:
         raise MetaError(f"run {paths.run_id!r} has no meta.json ({paths.meta})") from None
-    except (OSError, ValueError) as exc:
-        raise MetaError(f"run {paths.run_id!r}: meta.json is unreadable: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise MetaError(f"run {paths.run_id!r}: meta.json is unreadable: {reason.splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise MetaError(f"run {paths.run_id!r}: meta.json does not hold a JSON object")
     return normalize_meta(raw, paths.run_id)
@@ -253,16 +374,27 @@ def meta_lock(paths: RunPaths, timeout: float = 2.0) -> Iterator[None]:
         os.close(fd)
 
 
-def update_meta(paths: RunPaths, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Apply `change` to meta.json under the lock and write it atomically; a missing file starts from defaults."""
+def update_meta(paths: RunPaths, change: Callable[[dict[str, Any]], None], repair: bool = False) -> dict[str, Any]:
+    """Apply `change` to meta.json under the lock and write it atomically; a missing file starts from defaults.
+
+    `change` may raise to abort: nothing is written then. A corrupt meta.json raises MetaError, unless `repair`
+    is set (the training process itself: it rewrites a valid file from what it knows rather than stop training).
+    """
     with meta_lock(paths):
         try:
             meta = read_meta(paths)
         except MetaError:
-            if paths.meta.exists():
+            if paths.meta.exists() and not repair:
                 raise
+            if paths.meta.exists():
+                log.warning("meta.json of run %s was unreadable; rewriting it from what this process knows",
+                            paths.run_id)
+                with contextlib.suppress(OSError):
+                    if not paths.meta.is_file() or paths.meta.is_symlink():
+                        paths.meta.unlink()  # a FIFO or link in its place: os.replace needs a plain name
             meta = normalize_meta({}, paths.run_id)
         change(meta)
+        meta.pop(INVALID_KEY, None)
         write_json_atomic(paths.meta, meta)
         return meta
 
@@ -292,10 +424,8 @@ def process_start_time(pid: int | None) -> int | None:
 
 
 def process_is(pid: int | None, start_time: int | None) -> bool:
-    """True if the process `pid` is alive and is the same process that had `start_time`."""
-    if not pid:
+    """True if the process `pid` is alive and is the same process that had `start_time`. Without a start time
+    the identity cannot be confirmed (the pid may have been reused), so the answer is False."""
+    if not pid or start_time is None:
         return False
-    current = process_start_time(pid)
-    if current is None:
-        return False
-    return start_time is None or current == start_time
+    return process_start_time(pid) == start_time

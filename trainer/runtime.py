@@ -3,7 +3,7 @@
 Standard library only (torch is touched lazily, and only if the script already imported it).
 
     rt = TrainingRuntime().start(model_id="toy", config=cfg, total_steps=100)
-    resume = rt.get_resume_info()            # None on a fresh run
+    resume = rt.get_resume_info()            # falsy on a fresh run (resume["last_step"] == 0)
     rt.register_graceful_shutdown(save_fn=lambda path: save_everything(path))
     for step in range((resume.step if resume else 0) + 1, 101):
         loss = train_step()
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,7 +39,6 @@ from trainer.protocol import (
     append_jsonl,
     new_run_id,
     process_start_time,
-    read_meta,
     record_event,
     twinkle_home,
     update_meta,
@@ -57,15 +56,33 @@ SaveFn = Callable[[Path], None]
 
 @dataclass(frozen=True)
 class ResumeInfo:
-    """Where a relaunched run continues: the last completed checkpoint."""
+    """Where a relaunched run continues: the last complete checkpoint. On a fresh run it is empty and falsy
+    (step 0, no path), so both `resume.step if resume else 0` and the original Auto's `resume['last_step']` work."""
 
-    step: int
-    path: Path
-    state: dict[str, Any]
+    step: int = 0
+    path: Path | None = None
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def next_step(self) -> int:
         return self.step + 1
+
+    def __bool__(self) -> bool:
+        return self.path is not None
+
+    # The original Twinkle Auto returned a dict: resume['last_step'], resume.get('checkpoint_path').
+    def _as_dict(self) -> dict[str, Any]:
+        return {**self.state, "last_step": self.step, "step": self.step,
+                "checkpoint_path": str(self.path) if self.path else None, "path": str(self.path) if self.path else None}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._as_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._as_dict().get(key, default)
+
+    def keys(self) -> list[str]:
+        return list(self._as_dict())
 
 
 def _to_number(value: Any) -> Any:
@@ -95,8 +112,11 @@ class TrainingRuntime:
         clock: Callable[[], float] = time.time,
         progress_interval: float = 1.0,
     ) -> None:
-        self.run_id = validate_run_id(run_id or os.environ.get(RUN_ID_ENV) or new_run_id())
-        self.paths = RunPaths(twinkle_home(base_dir) / self.run_id)
+        managed = os.environ.get(RUN_ID_ENV)
+        self._renamed_from = run_id if managed and run_id and run_id != managed else None
+        # Under twinkle-tui the run directory already exists: the managed id wins, so there is one run, not two.
+        self.run_id = validate_run_id(managed or run_id or new_run_id(Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "run"))
+        self.paths = RunPaths(twinkle_home(base_dir) / self.run_id).check_not_symlink()
         self.clock = clock
         self.progress_interval = progress_interval
         self.supervised = os.environ.get(SUPERVISED_ENV) == "1"
@@ -109,6 +129,11 @@ class TrainingRuntime:
         self._started = False
         self._save_fn: SaveFn | None = None
         self._prev_excepthook: Callable[..., Any] | None = None
+        self._prev_sigterm: Any = None
+        self._prev_exit: Callable[..., Any] | None = None
+        self._exit_code: int | None = None
+        self._hooks_installed = False
+        self._meta_warned = False
 
     # ---------------------------------------------------------------- lifecycle
     def start(
@@ -148,13 +173,15 @@ class TrainingRuntime:
                 meta["launches"] = int(meta.get("launches") or 0) + 1
                 meta["command"] = meta.get("command") or [sys.executable, *sys.argv]
 
-        meta = update_meta(self.paths, change)
+        meta = update_meta(self.paths, change, repair=True)
         self._last_step = int(meta["progress"].get("last_step") or 0)
         self._total_steps = meta["progress"].get("total_steps")
         self._started = True
         if not self.supervised:
             record_event(self.paths, "launch", self.clock, pid=pid, launch=meta["launches"])
         self._install_hooks()
+        if self._renamed_from:
+            self.log(f"running as managed run {self.run_id!r} (the script asked for {self._renamed_from!r})")
         return self
 
     def finish(self, status: str | RunStatus = RunStatus.COMPLETED, error: str | None = None) -> None:
@@ -171,10 +198,11 @@ class TrainingRuntime:
             if error:
                 meta["error"] = error
 
-        update_meta(self.paths, change)
+        self._update_meta(change)
         self._progress_dirty = False
         self._finished = True
         record_event(self.paths, "finish", self.clock, status=status, step=self._last_step, **({"error": error} if error else {}))
+        self._uninstall_hooks()
 
     # ---------------------------------------------------------------- reporting
     def log_metrics(self, step: int | None = None, **metrics: Any) -> int:
@@ -203,7 +231,7 @@ class TrainingRuntime:
 
     def set_total_steps(self, total_steps: int) -> None:
         self._total_steps = int(total_steps)
-        update_meta(self.paths, lambda meta: meta["progress"].__setitem__("total_steps", self._total_steps))
+        self._update_meta(lambda meta: meta["progress"].__setitem__("total_steps", self._total_steps))
 
     def flush_progress(self) -> None:
         """Write the last step to meta.json now (log_metrics does it at most once per progress_interval)."""
@@ -212,9 +240,21 @@ class TrainingRuntime:
         def change(meta: dict[str, Any]) -> None:
             meta["progress"]["last_step"] = step
 
-        update_meta(self.paths, change)
+        self._update_meta(change)
         self._progress_written_at = self.clock()
         self._progress_dirty = False
+
+    def _update_meta(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+        """Write meta.json, never stopping training over it: a corrupt file is rewritten from what this process
+        knows, and any other failure is logged once and the step goes on."""
+        try:
+            return update_meta(self.paths, change, repair=True)
+        except Exception as exc:
+            if not self._meta_warned:
+                self._meta_warned = True
+                log.warning("could not update meta.json of %s: %s", self.run_id, exc)
+                print(f"[twinkle] warning: could not update meta.json: {exc}", file=sys.stderr, flush=True)
+            return None
 
     @property
     def last_step(self) -> int:
@@ -257,7 +297,7 @@ class TrainingRuntime:
         tmp.mkdir(parents=True)
         if save_fn is not None:
             save_fn(tmp)
-        record = {"step": int(step), "ts": self.clock(), "run_id": self.run_id, **state}
+        record = {"step": int(step), "ts": self.clock(), "run_id": self.run_id, **state, "files": file_manifest(tmp)}
         (tmp / STATE_FILE).write_text(json.dumps(record, default=str))
         if final.exists():
             shutil.rmtree(final)
@@ -268,44 +308,74 @@ class TrainingRuntime:
             meta["last_checkpoint"] = {"step": int(step), "path": str(final)}
             meta["progress"]["last_step"] = max(int(meta["progress"].get("last_step") or 0), self._last_step)
 
-        update_meta(self.paths, change)
+        self._update_meta(change)
         record_event(self.paths, "checkpoint", self.clock, step=int(step), path=str(final))
         return final
 
-    def get_resume_info(self) -> ResumeInfo | None:
-        """The last complete checkpoint of this run, or None for a fresh start."""
-        try:
-            last = read_meta(self.paths).get("last_checkpoint")
-        except Exception:  # a run without meta.json yet simply has nothing to resume
-            last = None
-        candidates: list[Path] = []
-        if isinstance(last, dict) and last.get("path"):
-            candidates.append(Path(last["path"]))
+    def get_resume_info(self) -> ResumeInfo:
+        """The newest complete checkpoint of this run; an empty (falsy) ResumeInfo on a fresh start."""
+        for info in self.resume_candidates():
+            return info
+        return ResumeInfo()
+
+    def resume_candidates(self) -> list[ResumeInfo]:
+        """Every complete checkpoint, newest first. A checkpoint whose files no longer match the manifest written
+        when it was saved (a file deleted or truncated since) is skipped, and the log says so."""
+        found: dict[Path, int] = {}
         if self.paths.checkpoints.is_dir():
-            found = []
             for child in self.paths.checkpoints.iterdir():
                 name = child.name
                 if name.startswith("step-") and name[5:].isdigit():
-                    found.append((int(name[5:]), child))
-            candidates.extend(p for _, p in sorted(found, reverse=True))
-        for path in candidates:
-            state_file = path / STATE_FILE
-            if state_file.is_file():
-                try:
-                    state = json.loads(state_file.read_text())
-                    return ResumeInfo(step=int(state["step"]), path=path, state=state)
-                except (ValueError, KeyError, OSError):
-                    continue  # a damaged checkpoint: fall back to an older one
-        return None
+                    found[child] = int(name[5:])
+        out = []
+        for path in sorted(found, key=found.__getitem__, reverse=True):
+            try:
+                state = json.loads((path / STATE_FILE).read_text())
+                step = int(state["step"])
+            except (ValueError, KeyError, TypeError, OSError):
+                continue  # never finished: os.replace publishes a checkpoint only whole
+            problem = verify_manifest(path, state.get("files"))
+            if problem:
+                self.log(f"checkpoint {path.name} is incomplete ({problem}); using an older one")
+                continue
+            out.append(ResumeInfo(step=step, path=path, state=state))
+        return out
 
     # ---------------------------------------------------------------- hooks
     def _install_hooks(self) -> None:
+        if self._hooks_installed:
+            return
+        self._hooks_installed = True
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        if self._prev_excepthook is None:
-            self._prev_excepthook = sys.excepthook
-            sys.excepthook = self._on_uncaught
+            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._prev_excepthook = sys.excepthook
+        sys.excepthook = self._on_uncaught
+        if not self.supervised:  # the supervisor knows the exit code; a plain `python train.py` needs sys.exit's
+            self._prev_exit = sys.exit
+            sys.exit = self._exit  # type: ignore[assignment]
         atexit.register(self._at_exit)
+
+    def _uninstall_hooks(self) -> None:
+        """Give back what start() took: the SIGTERM handler, sys.excepthook, sys.exit and the atexit hook."""
+        if not self._hooks_installed:
+            return
+        self._hooks_installed = False
+        if self._prev_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+        if sys.excepthook == self._on_uncaught and self._prev_excepthook is not None:
+            sys.excepthook = self._prev_excepthook
+        if self._prev_exit is not None and sys.exit == self._exit:
+            sys.exit = self._prev_exit
+        atexit.unregister(self._at_exit)
+
+    def close(self) -> None:
+        """Stop cooperating without recording a final status (the hooks are restored)."""
+        self._uninstall_hooks()
+
+    def _exit(self, code: Any = None) -> None:
+        self._exit_code = 0 if code is None else (code if isinstance(code, int) else 1)
+        assert self._prev_exit is not None
+        self._prev_exit(code)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         if self._stop_requested.is_set():
@@ -316,14 +386,27 @@ class TrainingRuntime:
     def _on_uncaught(
         self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
     ) -> None:
-        if not self._finished and not issubclass(exc_type, KeyboardInterrupt):
-            summary = f"{exc_type.__name__}: {exc}".strip().rstrip(":")
+        previous = self._prev_excepthook or sys.__excepthook__
+        if not self._finished:
             try:
-                self.finish(RunStatus.FAILED, error=summary.splitlines()[0] if summary else exc_type.__name__)
+                if issubclass(exc_type, KeyboardInterrupt):
+                    self._interrupted()
+                else:
+                    summary = f"{exc_type.__name__}: {exc}".strip().rstrip(":")
+                    self.finish(RunStatus.FAILED, error=summary.splitlines()[0] if summary else exc_type.__name__)
             except Exception:  # never hide the original traceback behind our own
                 log.exception("could not record the failure")
-        assert self._prev_excepthook is not None
-        self._prev_excepthook(exc_type, exc, tb)
+        previous(exc_type, exc, tb)
+
+    def _interrupted(self) -> None:
+        """Ctrl-C: the run is stopped, not completed, with a checkpoint of the last finished step if it can."""
+        if self._save_fn is not None and self._last_step > 0:
+            try:
+                self.save_checkpoint(self._last_step)
+            except Exception as exc:
+                self.log(f"could not save a checkpoint on interrupt: {exc}")
+        self.log(f"interrupted at step {self._last_step}")
+        self.finish(RunStatus.STOPPED, error=None)
 
     def _at_exit(self) -> None:
         if self._finished or not self._started:
@@ -332,6 +415,8 @@ class TrainingRuntime:
             if self.supervised:
                 if self._progress_dirty:  # the supervisor records the exit; we only must not lose the last step
                     self.flush_progress()
+            elif self._exit_code not in (None, 0):
+                self.finish(RunStatus.FAILED, error=f"exited with code {self._exit_code}")
             else:
                 self.finish(RunStatus.STOPPED if self.should_stop else RunStatus.COMPLETED)
         except Exception:
@@ -351,8 +436,48 @@ class TrainingRuntime:
                 self.finish(RunStatus.STOPPED if self.should_stop else RunStatus.COMPLETED)
             else:
                 self.finish(RunStatus.FAILED, error=f"exited with code {code}")
-        elif not issubclass(exc_type, KeyboardInterrupt):
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self._interrupted()
+        else:
             self.finish(RunStatus.FAILED, error=f"{exc_type.__name__}: {exc}".splitlines()[0])
+
+
+MANIFEST_HASH_LIMIT = 64 * 1024 * 1024  # files up to this size are also hashed; larger ones are checked by size
+
+
+def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size (and sha256 for files up to 64 MB) of every file under `folder`, by relative path."""
+    import hashlib
+
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name == STATE_FILE:
+            continue
+        entry: dict[str, Any] = {"size": path.stat().st_size}
+        if entry["size"] <= MANIFEST_HASH_LIMIT:
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path.relative_to(folder))] = entry
+    return out
+
+
+def verify_manifest(folder: Path, manifest: Any) -> str | None:
+    """None if every file of the manifest is there, whole and unchanged; else what is wrong, in a few words."""
+    if not isinstance(manifest, dict):
+        return None  # written before manifests existed: nothing to check against
+    import hashlib
+
+    for name, entry in manifest.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry.get("size"):
+            return f"{name} is {size} bytes, {entry.get('size')} were saved"
+        digest = entry.get("sha256")
+        if digest and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return f"{name} has changed since it was saved"
+    return None
 
 
 def _default_saver(model: Any, dataloader: Any) -> SaveFn:

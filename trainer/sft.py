@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainer.dataset import DataError, DataOrder, collate, tokenize_sft
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from trainer.train import Trainer
 
 
-def completion_loss_sum(model, batch):  # type: ignore[no-untyped-def]
+def completion_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     """Sum of next-token cross-entropy over completion tokens, and how many there were."""
     import torch.nn.functional as F
 
@@ -28,9 +28,9 @@ def train_sft(t: Trainer) -> None:
 
     a = t.args
     records = t.records()
-    examples = [tokenize_sft(r, t.tokenizer, a.template.max_length, a.template.truncation_strategy,
+    tokenized = [tokenize_sft(r, t.tokenizer, a.template.max_length, a.template.truncation_strategy,
                              a.template.enable_thinking) for r in records]
-    examples = [e for e in examples if e is not None]  # truncation_strategy=delete drops long ones
+    examples = [e for e in tokenized if e is not None]  # truncation_strategy=delete drops long ones
     if not examples:
         raise DataError("every example was dropped by truncation; raise max_length")
     order = DataOrder(len(examples), a.training.seed, a.dataset.shuffle)
@@ -45,7 +45,7 @@ def train_sft(t: Trainer) -> None:
         started = time.perf_counter()
         indices = list(order.take(t.data_position, a.training.batch_size))[rank::world]
         batch_examples = [examples[i] for i in indices]
-        tokens = sum(sum(1 for x in e.labels[1:] if x != -100) for e in batch_examples)
+        tokens = sum(sum(x != -100 for x in e.labels[1:]) for e in batch_examples)
         loss_sum = torch.zeros((), device=device)
         for k in range(0, len(batch_examples), micro):
             batch = {key: v.to(device) for key, v in collate(batch_examples[k : k + micro], t.tokenizer.pad_token_id).items()}
@@ -60,7 +60,7 @@ def train_sft(t: Trainer) -> None:
             totals = t.accelerator.reduce(totals, reduction="sum")
         elapsed = time.perf_counter() - started
         if t.runtime is not None and t.step % a.training.logging_steps == 0:
-            t.runtime.log_metrics(step=t.step, loss=float(totals[0] / max(totals[1], 1)), grad_norm=grad_norm,
+            t.runtime.log_metrics(step=t.step, loss=float(totals[0]) / max(float(totals[1]), 1.0), grad_norm=grad_norm,
                                   **{"learning rate": t.lr(), "tokens/s": float(totals[1]) / elapsed,
                                      "epoch": order.epoch(t.data_position)})
         if t.end_of_step():

@@ -110,11 +110,15 @@ class Trainer:
 
 
 def main(argv: list[str]) -> int:
+    from trainer.preflight import preflight
+
     try:
-        args = CLI.from_args(argv)
+        args = preflight(CLI.from_args(argv))  # data, model and reward problems now, not after the model loads
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.infra.nproc_per_node == 1:
+        select_cuda_device(args.model.device, os.environ)  # type: ignore[arg-type]
     if args.infra.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         if os.environ.get(LAUNCHED_ENV):  # a rank without a rank: never launch again (that would recurse)
             print("error: accelerate launch started this process without LOCAL_RANK", file=sys.stderr)
@@ -147,15 +151,43 @@ def launch_distributed(args: Args, argv: list[str]) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def resolve_device(device: str, cuda_available: bool) -> bool:
+    """True to train on the CPU. A named CUDA device needs one; cuda:N was mapped to CUDA_VISIBLE_DEVICES by main."""
+    if device.startswith("cuda") and not cuda_available:
+        raise ModelError(f"model.device {device} needs an NVIDIA GPU and none is visible; use device auto or cpu")
+    return device == "cpu" or not cuda_available
+
+
+def choose_precision(requested: str, use_cpu: bool, bf16_supported: bool) -> str:
+    """auto: fp32 on CPU, bf16 where the GPU supports it, else fp16 (T4, V100). bf16 asked for on a GPU without
+    it is refused rather than left to fail inside a kernel."""
+    if use_cpu:
+        return "no" if requested == "auto" else requested
+    if requested == "auto":
+        return "bf16" if bf16_supported else "fp16"
+    if requested == "bf16" and not bf16_supported:
+        raise ModelError("mixed_precision bf16 is not supported by this GPU; use fp16 or auto")
+    return requested
+
+
+def select_cuda_device(device: str, env: dict[str, str]) -> None:
+    """model.device cuda:N in one process: make GPU N the only visible one (before CUDA starts), so every library
+    (accelerate, vLLM) uses it as cuda:0."""
+    if not device.startswith("cuda:"):
+        return
+    index = int(device[5:])
+    visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+
+
 def run(args: Args) -> int:
     """Train in this process (one rank); a user error (bad data, model, reward) is recorded as the run's failure."""
-    from accelerate import Accelerator
     import torch
+    from accelerate import Accelerator
 
-    use_cpu = args.model.device == "cpu" or not torch.cuda.is_available()
-    precision = args.model.mixed_precision
-    if precision == "auto":
-        precision = "no" if use_cpu else "bf16"
+    use_cpu = resolve_device(args.model.device, torch.cuda.is_available())
+    precision = choose_precision(args.model.mixed_precision, use_cpu,
+                                 (not use_cpu) and torch.cuda.is_bf16_supported())
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision)
     runtime = None
     if accelerator.is_main_process:
@@ -167,6 +199,37 @@ def run(args: Args) -> int:
         if runtime is not None:
             runtime.finish("failed", error=str(exc))
         raise
+
+
+def _read_resume_checkpoint(trainer: Trainer, runtime: TrainingRuntime | None, args: Args) -> Any:
+    """The newest checkpoint that loads completely (rank 0 chooses; every rank reads the same one), or None.
+    A checkpoint with a missing or damaged file is skipped with a line in the log, never resumed half-way."""
+    from trainer import checkpoint
+
+    chosen: list[str | None] = [None]
+    loaded = None
+    if runtime is not None and args.checkpoint.resume:
+        for info in runtime.resume_candidates():
+            if info.path is None:
+                continue
+            try:
+                loaded = checkpoint.read(info.path, needs_adapter=args.lora.use_lora)
+                chosen[0] = str(info.path)
+                break
+            except checkpoint.CheckpointError as exc:
+                trainer.log(f"cannot resume from {exc}; trying an older checkpoint")
+        else:
+            if runtime.paths.checkpoints.is_dir() and any(runtime.paths.checkpoints.iterdir()):
+                trainer.log("no complete checkpoint to resume from: starting from step 0")
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(chosen)
+        if loaded is None and chosen[0]:
+            from pathlib import Path
+
+            loaded = checkpoint.read(Path(chosen[0]), needs_adapter=args.lora.use_lora)
+    return loaded
 
 
 def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cpu: bool) -> int:
@@ -209,24 +272,19 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
     scheduler = build_scheduler(optimizer, args)
     trainer = Trainer(args, accelerator, runtime, model, tokenizer, optimizer, scheduler, params, model_dir,
                       stop_flag=stop_flag)
+    for note in args.notes:
+        trainer.log(f"note: {note}")
     trainable = sum(p.numel() for p in params)
     trainer.log(f"model {args.model.model_id} loaded in {time.time() - t0:.1f}s; {trainable:,} trainable parameters; "
                 f"{accelerator.num_processes} process(es) on {accelerator.device}")
 
-    resume = runtime.get_resume_info() if runtime is not None and args.checkpoint.resume else None
-    resume_path = [str(resume.path) if resume else None]
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(resume_path)
-    if resume_path[0]:
-        from pathlib import Path
-
+    loaded = _read_resume_checkpoint(trainer, runtime, args)
+    if loaded is not None:
         # Restores rank 0's RNG exactly: the same dropout masks and samples an uninterrupted run would draw.
-        state = checkpoint.load(Path(resume_path[0]), model, optimizer, scheduler)
+        checkpoint.apply(loaded, model, optimizer, scheduler)
         if accelerator.process_index > 0:
-            torch.manual_seed(seed + accelerator.process_index + state["step"])
-        trainer.step, trainer.data_position = state["step"], state["data_position"]
+            torch.manual_seed(seed + accelerator.process_index + loaded.step)
+        trainer.step, trainer.data_position = loaded.step, loaded.data_position
         trainer.log(f"resumed from step {trainer.step} (data position {trainer.data_position})")
     trainer.model, trainer.optimizer = accelerator.prepare(model, optimizer)
 

@@ -8,23 +8,31 @@ run length.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-
 
 BLOCK = 256  # points per block summary
 BLOCKS_PER_COLUMN = 8
 
 
+MAX_DRAWABLE = 1e250  # larger magnitudes overflow the plotting arithmetic: shown as off-scale marks, not drawn
+
+
 @dataclass(frozen=True)
 class Decimated:
-    """What a chart draws for one series: x/y with NaN where the line breaks, and where values were not finite."""
+    """What a chart draws for one series: x/y with NaN where the line breaks, and where values were not drawn.
+
+    Two kinds of gap are kept apart: NaN/Inf values (a diverged run) and finite values that cannot be drawn (zero or
+    negative on a log axis, or beyond MAX_DRAWABLE); a user must never read the second kind as a NaN.
+    """
 
     x: np.ndarray
     y: np.ndarray
     nonfinite_x: np.ndarray  # steps (bucket starts) where NaN or Inf occurred: drawn as marked gaps
-    first_bad_step: int | None = None  # the exact first step in the window with a NaN/Inf (or <= 0 on log-y)
+    first_bad_step: int | None = None  # the exact first step in the window with a NaN/Inf
+    unplottable_x: np.ndarray = field(default_factory=lambda: np.empty(0))  # finite values that were not drawn
+    first_unplottable_step: int | None = None
 
     def segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Runs of finite points, each drawn as its own line so a gap never becomes a fake zero."""
@@ -59,7 +67,8 @@ class BlockSummary:
         done, total = self.n // self.block, len(values) // self.block
         if total > done:
             chunk = values[done * self.block : total * self.block].reshape(-1, self.block)
-            bad = ~np.isfinite(chunk)
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isfinite(chunk) | (np.abs(chunk) > MAX_DRAWABLE)
             clean = np.where(bad, np.nan, chunk)
             self.first = np.concatenate([self.first, clean[:, 0]])
             self.last = np.concatenate([self.last, clean[:, -1]])
@@ -77,21 +86,27 @@ def window(steps: np.ndarray, lo: float | None, hi: float | None) -> slice:
     return slice(a, b)
 
 
-def _raw(steps: np.ndarray, values: np.ndarray, log_y: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _raw(steps: np.ndarray, values: np.ndarray, log_y: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y with every undrawable value as NaN, and the masks of NaN/Inf and of finite-but-undrawable values."""
     v = values.astype(np.float64, copy=True)
-    bad = ~np.isfinite(v)
-    if log_y:
-        bad |= v <= 0
-    v[bad] = np.nan
-    return steps.astype(np.float64), v, bad
+    nonfinite = ~np.isfinite(v)
+    with np.errstate(invalid="ignore"):
+        unplottable = ~nonfinite & (np.abs(v) > MAX_DRAWABLE)
+        if log_y:
+            unplottable |= ~nonfinite & (v <= 0)
+    v[nonfinite | unplottable] = np.nan
+    return steps.astype(np.float64), v, nonfinite, unplottable
+
+
+def _first(x: np.ndarray, mask: np.ndarray) -> int | None:
+    return int(x[mask][0]) if mask.any() else None
 
 
 def decimate(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | None = None,
              hi: float | None = None, log_y: bool = False, summary: BlockSummary | None = None) -> Decimated:
-    """First/min/max/last per column of the points in [lo, hi]; non-finite values become gaps.
+    """First/min/max/last per column of the points in [lo, hi]; undrawable values become marked gaps.
 
-    With log_y, values <= 0 cannot be drawn and are treated like non-finite ones. With a BlockSummary of the
-    same series, windows much wider than the chart are decimated from blocks.
+    With a BlockSummary of the same series, windows much wider than the chart are decimated from blocks.
     """
     sl = window(steps, lo, hi)
     a, b = sl.start, sl.stop
@@ -103,41 +118,55 @@ def decimate(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | No
         ba, bb = -(-a // B), min(b // B, summary.n // B)
         if bb - ba >= 2:
             return _decimate_blocks(steps, values, columns, lo, hi, summary, a, b, ba, bb)
-    x, v, bad = _raw(steps[sl], values[sl], log_y)
-    first_bad = int(x[bad][0]) if bad.any() else None
+    x, v, nonfinite, unplottable = _raw(steps[sl], values[sl], log_y)
+    first_bad, first_off = _first(x, nonfinite), _first(x, unplottable)
     if len(x) <= 4 * columns:
-        return Decimated(x, v, x[bad], first_bad)
-    return _bucketize(x, v, bad, columns, lo, hi, first_bad)
+        return Decimated(x, v, x[nonfinite], first_bad, x[unplottable], first_off)
+    return _bucketize(x, v, nonfinite, unplottable, columns, lo, hi, first_bad, first_off)
 
 
 def _decimate_blocks(steps: np.ndarray, values: np.ndarray, columns: int, lo: float | None, hi: float | None,
                      summary: BlockSummary, a: int, b: int, ba: int, bb: int) -> Decimated:
     B = summary.block
-    hx, hv, hbad = _raw(steps[a : ba * B], values[a : ba * B], False)
-    tx, tv, tbad = _raw(steps[bb * B : b], values[bb * B : b], False)
+    hx, hv, hbad, hoff = _raw(steps[a : ba * B], values[a : ba * B], False)
+    tx, tv, tbad, toff = _raw(steps[bb * B : b], values[bb * B : b], False)
     xs = steps[ba * B : bb * B : B].astype(np.float64)
     xe = steps[ba * B + B - 1 : bb * B : B].astype(np.float64)
     blocks = slice(ba, bb)
     bx = np.stack([xs, xs, xs, xe], axis=1).ravel()
     bv = np.stack([summary.first[blocks], summary.mins[blocks], summary.maxs[blocks], summary.last[blocks]], axis=1).ravel()
-    bbad = np.repeat(summary.bad[blocks] > 0, 4)
-    first_bad = None
-    if hbad.any():
-        first_bad = int(hx[hbad][0])
-    elif (summary.bad[blocks] > 0).any():
-        k = ba + int(np.flatnonzero(summary.bad[blocks] > 0)[0])
+    marked = np.repeat(summary.bad[blocks] > 0, 4)
+    # A block with marks: which kind, and the exact first step of each (read from the raw values of that block).
+    block_bad = np.zeros_like(marked)
+    block_off = np.zeros_like(marked)
+    first_bad, first_off = _first(hx, hbad), _first(hx, hoff)
+    for k in (ba + np.flatnonzero(summary.bad[blocks] > 0)).tolist():
         raw = values[k * B : (k + 1) * B]
-        first_bad = int(steps[k * B + int(np.flatnonzero(~np.isfinite(raw))[0])])
-    elif tbad.any():
-        first_bad = int(tx[tbad][0])
+        nonfinite = ~np.isfinite(raw)
+        with np.errstate(invalid="ignore"):
+            off = ~nonfinite & (np.abs(raw) > MAX_DRAWABLE)
+        row = slice((k - ba) * 4, (k - ba + 1) * 4)
+        block_bad[row], block_off[row] = nonfinite.any(), off.any()
+        if first_bad is None and nonfinite.any():
+            first_bad = int(steps[k * B + int(np.flatnonzero(nonfinite)[0])])
+        if first_off is None and off.any():
+            first_off = int(steps[k * B + int(np.flatnonzero(off)[0])])
+        if first_bad is not None and first_off is not None:
+            break
+    if first_bad is None:
+        first_bad = _first(tx, tbad)
+    if first_off is None:
+        first_off = _first(tx, toff)
+    bv = np.where(np.isfinite(bv) & (np.abs(np.nan_to_num(bv)) <= MAX_DRAWABLE), bv, np.nan)
     x = np.concatenate([hx, bx, tx])
     v = np.concatenate([hv, bv, tv])
-    bad = np.concatenate([hbad, bbad, tbad])
-    return _bucketize(x, v, bad, columns, lo, hi, first_bad)
+    bad = np.concatenate([hbad, block_bad, tbad])
+    off = np.concatenate([hoff, block_off, toff])
+    return _bucketize(x, v, bad, off, columns, lo, hi, first_bad, first_off)
 
 
-def _bucketize(x: np.ndarray, v: np.ndarray, bad: np.ndarray, columns: int, lo: float | None, hi: float | None,
-               first_bad: int | None) -> Decimated:
+def _bucketize(x: np.ndarray, v: np.ndarray, bad: np.ndarray, off: np.ndarray, columns: int, lo: float | None,
+               hi: float | None, first_bad: int | None, first_off: int | None) -> Decimated:
     n = len(x)
     x0 = float(x[0] if lo is None else lo)
     x1 = float(x[-1] if hi is None else hi)
@@ -153,11 +182,12 @@ def _bucketize(x: np.ndarray, v: np.ndarray, bad: np.ndarray, columns: int, lo: 
     first = np.where(np.isnan(first), vmin, first)
     last = np.where(np.isnan(last), vmax, last)
     xs, xe = x[starts], x[ends]
-    # Four points per column; a column with no finite value stays NaN and so breaks the line.
+    # Four points per column; a column with no drawable value stays NaN and so breaks the line.
     out_x = np.stack([xs, xs, xs, xe], axis=1).ravel()
     out_y = np.stack([first, vmin, vmax, last], axis=1).ravel()
     has_bad = np.add.reduceat(bad.astype(np.int64), starts) > 0
-    return Decimated(out_x, out_y, xs[has_bad], first_bad)
+    has_off = np.add.reduceat(off.astype(np.int64), starts) > 0
+    return Decimated(out_x, out_y, xs[has_bad], first_bad, xs[has_off], first_off)
 
 
 @dataclass

@@ -6,7 +6,6 @@ import argparse
 import logging
 import logging.handlers
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InvalidRunId as exc:
             print(f"twinkle-tui: {exc}", file=sys.stderr)
             return 2
+    problem = home_problem(ns.home)
+    if problem:
+        print(f"twinkle-tui: {problem}", file=sys.stderr)
+        return 2
     setup_logging(ns.home, ns.verbose)
     if ns.run:
         from twinkle_tui.headless import run_headless
@@ -84,7 +87,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key)
     from twinkle_tui.ui.app import TwinkleApp
 
-    start = " ".join(shlex.quote(a) for a in [ns.start, *script_args]) if ns.start else None
+    start = (ns.start, script_args) if ns.start else None
     app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start)
     app.run()
+    live = [s.run_id for s in app.summaries if s.status.is_active]
+    if live:  # they do keep training: say so, and how to get back to them
+        print(f"twinkle-tui: {len(live)} run(s) keep training ({', '.join(live[:3])}{' …' if len(live) > 3 else ''}); "
+              "run twinkle-tui again to watch them", file=sys.stderr)
     return app.return_code or 0
+
+
+def home_problem(home: str | None) -> str | None:
+    """Why the runs directory cannot be used, in one line (None if it can)."""
+    path = twinkle_home(home)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the runs directory {path}: {exc.strerror or exc}"
+    if not path.is_dir():
+        return f"the runs directory {path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"the runs directory {path} is not writable (set --home or TWINKLE_HOME to another one)"
+    return None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -25,6 +27,7 @@ class GpuInfo:
     temperature: float | None  # degrees C
     power: float | None  # watts
     pids: tuple[int, ...] = ()
+    process_memory: tuple[tuple[int, int], ...] = ()  # (pid, bytes of GPU memory) where NVML reports it
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class ProcessUsage:
     rss: int
     threads: int
     processes: int
+    gpu_memory: int = 0  # bytes, summed over the processes of the tree that NVML lists
 
 
 class GpuProbe:
@@ -80,59 +84,85 @@ class GpuProbe:
                     mem = nv.nvmlDeviceGetMemoryInfo(h)
                     gpus.append(GpuInfo(
                         index=i, name=name,
-                        utilization=_try(lambda: float(nv.nvmlDeviceGetUtilizationRates(h).gpu)),
+                        utilization=_try(lambda h=h: float(nv.nvmlDeviceGetUtilizationRates(h).gpu)),
                         memory_used=int(mem.used), memory_total=int(mem.total),
-                        temperature=_try(lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))),
-                        power=_try(lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
-                        pids=tuple(sorted(_gpu_pids(nv, h))),
+                        temperature=_try(lambda h=h: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))),
+                        power=_try(lambda h=h: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                        **_gpu_processes(nv, h),
                     ))
                 return GpuSnapshot(tuple(gpus), None if gpus else "no GPU detected")
             except Exception as exc:
                 return GpuSnapshot(error=f"GPU query failed: {exc}")
 
 
-def _try(read):  # type: ignore[no-untyped-def]
+def _try(read: Callable[[], float]) -> float | None:
     try:
         return read()
     except Exception:
         return None
 
 
-def _gpu_pids(nv, handle) -> set[int]:  # type: ignore[no-untyped-def]
+def _gpu_processes(nv: Any, handle: Any) -> dict[str, tuple[Any, ...]]:
     pids: set[int] = set()
+    memory: dict[int, int] = {}
     for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
         try:
-            pids.update(p.pid for p in getattr(nv, getter)(handle))
+            for p in getattr(nv, getter)(handle):
+                pids.add(p.pid)
+                used = getattr(p, "usedGpuMemory", None)
+                if isinstance(used, int) and used >= 0:
+                    memory[p.pid] = memory.get(p.pid, 0) + used
         except Exception:
             continue
-    return pids
+    return {"pids": tuple(sorted(pids)), "process_memory": tuple(sorted(memory.items()))}
 
 
-_proc_cache: dict[int, psutil.Process] = {}
+class UsageSampler:
+    """CPU, memory and GPU memory of a run's process tree.
 
+    psutil measures CPU between two calls on the same Process object, so the objects are kept from one sample to
+    the next (a fresh object always reports 0%): multi-process runs and sampler engines show their real load.
+    """
 
-def process_usage(pid: int | None) -> ProcessUsage | None:
-    """CPU (percent of one core, since the last call for this pid) and RSS of pid and its children."""
-    if not pid:
-        return None
-    try:
-        root = _proc_cache.get(pid)
-        if root is None or not root.is_running():
-            root = _proc_cache[pid] = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-        cpu = rss = threads = 0
-        for p in procs:
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int | None, gpus: GpuSnapshot | None = None) -> ProcessUsage | None:
+        if not pid:
+            self._procs.clear()
+            return None
+        try:
+            root = self._cached(pid)
+            tree = [root, *root.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            self._procs.clear()
+            return None
+        live: dict[int, psutil.Process] = {}
+        cpu = 0.0
+        rss = threads = 0
+        for proc in tree:
             try:
-                with p.oneshot():
-                    cpu += p.cpu_percent(None)
-                    rss += p.memory_info().rss
-                    threads += p.num_threads()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                proc = self._cached(proc.pid, proc)
+                with proc.oneshot():
+                    cpu += proc.cpu_percent(None)
+                    rss += proc.memory_info().rss
+                    threads += proc.num_threads()
+                live[proc.pid] = proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        return ProcessUsage(cpu, rss, threads, len(procs))
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        _proc_cache.pop(pid, None)
-        return None
+        self._procs = live
+        gpu_memory = 0
+        for g in (gpus.gpus if gpus else ()):
+            gpu_memory += sum(used for p, used in g.process_memory if p in live)
+        return ProcessUsage(cpu, rss, threads, len(live), gpu_memory)
+
+    def _cached(self, pid: int, fresh: psutil.Process | None = None) -> psutil.Process:
+        known = self._procs.get(pid)
+        candidate = fresh or psutil.Process(pid)
+        if known is not None and known.create_time() == candidate.create_time():
+            return known
+        self._procs[pid] = candidate
+        return candidate
 
 
 def format_bytes(n: int) -> str:

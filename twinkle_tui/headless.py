@@ -1,4 +1,9 @@
-"""`twinkle-tui --run script.py`: a script as a managed run, its log and progress in this terminal."""
+"""`twinkle-tui --run script.py|recipe.toml`: a run without the dashboard, its log and progress in this terminal.
+
+Every line the run writes after the launch reaches stdout, in order (output.log is followed by byte offset, with no
+buffer to overflow). The run is followed until it ends, also when its supervisor dies and another one adopts it.
+If stdout is closed (`| head`), the run goes on; a line on stderr says so and how to watch it again.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +17,27 @@ from typing import Any, TextIO
 from trainer.protocol import RunStatus
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
-from twinkle_tui.runs.store import RunStore
+from twinkle_tui.runs.store import NoSuchRun, RunStore, RunView, clean_log_line
+from twinkle_tui.runs.tail import FileTail
 
 PROGRESS_METRICS = ("loss", "reward", "train/loss", "train/reward")
+LAUNCH_MARK = "===== twinkle launch"
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
 
 
-def progress_line(progress: RunProgress, metrics: dict[str, float]) -> str:
+def progress_line(progress: RunProgress, metrics: dict[str, float], active: bool = True) -> str:
     step = f"step {progress.step}/{progress.total}" if progress.total else f"step {progress.step}"
     parts = [step]
     if progress.fraction is not None:
         parts[0] += f" ({progress.fraction:.0%})"
     parts += [f"{k} {format_value(v)}" for k, v in metrics.items()]
     parts.append(format_rate(progress.rate))
-    if progress.eta is not None:
+    if progress.eta is not None and active:
         parts.append(f"ETA {format_duration(progress.eta)}")
     return " · ".join(parts)
 
 
-def last_metrics(view: Any) -> dict[str, float]:
+def last_metrics(view: RunView) -> dict[str, float]:
     """The newest values of the metrics a progress line shows."""
     out = {}
     for name in PROGRESS_METRICS:
@@ -39,8 +47,12 @@ def last_metrics(view: Any) -> dict[str, float]:
     return out
 
 
+class OutputClosed(Exception):
+    """stdout went away (a closed pipe)."""
+
+
 class HeadlessRun:
-    """Follows one run: prints new log lines and a progress line until the supervisor exits."""
+    """Follows one run: prints every new log line and a progress line until the run ends."""
 
     def __init__(self, controller: ProcessController, out: TextIO = sys.stdout, poll: float = 0.2) -> None:
         self.controller = controller
@@ -52,26 +64,46 @@ class HeadlessRun:
         self._stop_pending = False
         self._status_shown = ""
         self._last_progress_print = 0.0
-        self._log_seen = 0
+        self.run_id = ""
 
-    def run(self, script: str, args: Sequence[str], run_id: str | None) -> int:
+    def run(self, spec: str, args: Sequence[str], run_id: str | None) -> int:
         try:
-            launched = self.controller.launch_script(script, args, run_id)
-        except RunControlError as exc:
+            launched = self.controller.launch(spec, args, run_id)
+        except (RunControlError, ValueError) as exc:
             print(f"twinkle-tui: {exc}", file=sys.stderr)
             return 2
         self.run_id = launched.run_id
         view = self.store.view(launched.run_id)
-        self._say(f"twinkle-tui: run {launched.run_id} · log {view.paths.log}")
+        log = FileTail(view.paths.log)  # every line of this launch, from the first byte
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
-            while launched.supervisor.poll() is None:
-                self._follow(view)
+            self._say(f"twinkle-tui: run {launched.run_id} · log {view.paths.log}")
+            while True:
+                self._follow(view, log)
+                launched.supervisor.poll()  # reap it when it ends; the run's state says when we are done
+                if not self._active(view):
+                    break
                 time.sleep(self.poll)
-            self._follow(view)
+            self._follow(view, log)
+            return self._finish(view)
+        except OutputClosed:
+            return self._output_closed()
         finally:
             signal.signal(signal.SIGINT, previous)
-        return self._finish(view)
+
+    def _active(self, view: RunView) -> bool:
+        view.refresh_meta()
+        if view.status.is_active:
+            return True
+        if RunStatus.parse(view.meta.get("status")).is_active:  # claimed active, but its supervisor is gone
+            try:
+                if self.controller.recover(self.run_id) == "adopted":
+                    return True
+            except (RunControlError, NoSuchRun):
+                pass
+            view.refresh_meta()
+            return view.status.is_active
+        return False
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
@@ -82,74 +114,92 @@ class HeadlessRun:
             self._say("twinkle-tui: killing the run")
             try:
                 self.controller.kill(self.run_id)
-            except RunControlError as exc:
+            except (RunControlError, NoSuchRun) as exc:
                 self._say(f"twinkle-tui: {exc}")
 
-    def _follow(self, view: Any) -> None:
+    def _follow(self, view: RunView, log: FileTail) -> None:
         if self._stop_pending:
             try:
                 self.controller.stop(self.run_id)
                 self._stop_pending = False
             except RunControlError:
                 pass  # not started yet: try again on the next poll
-        if view.refresh():
-            self._print_new(view)
-
-    def _print_new(self, view: Any) -> None:
-        new_lines = view.log.since(self._log_seen)
-        self._log_seen = view.log.total_lines
-        if new_lines:
+        lines = log.read_lines() if log.has_new_data() else []
+        changed = view.refresh()
+        if lines:
             self._clear_status()
-            for line in new_lines:
-                if not line.startswith("===== twinkle launch"):
-                    self.out.write(line + "\n")
+            self._write("".join(clean_log_line(line) + "\n" for line in lines
+                                if not line.startswith(LAUNCH_MARK.encode())))
+        if lines or changed:
+            self._progress(view)
+
+    def _progress(self, view: RunView) -> None:
         progress = RunProgress.of(view)
         line = progress_line(progress, last_metrics(view))
         if self.tty:
             self._status_shown = line
-            self.out.write("\r\x1b[2K" + line)
+            self._write("\r\x1b[2K" + line)
         elif line != self._status_shown and time.monotonic() - self._last_progress_print >= 5.0 and progress.step:
             self._status_shown = line
             self._last_progress_print = time.monotonic()
-            self.out.write(line + "\n")
-        self.out.flush()
+            self._write(line + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+        except OSError as exc:
+            if exc.errno == 32:  # EPIPE
+                raise OutputClosed from None
+            raise
 
     def _clear_status(self) -> None:
         if self.tty and self._status_shown:
-            self.out.write("\r\x1b[2K")
+            self._write("\r\x1b[2K")
 
     def _say(self, text: str) -> None:
         self._clear_status()
-        self.out.write(text + "\n")
-        if self.tty and self._status_shown:
-            self.out.write(self._status_shown)
-        self.out.flush()
+        self._write(text + "\n" + (self._status_shown if self.tty and self._status_shown else ""))
 
-    def _finish(self, view: Any) -> int:
+    def _output_closed(self) -> int:
+        """The reader of our output left: the run goes on (runs outlive their viewers), and we say so."""
+        try:  # further writes to the closed pipe must not raise at interpreter exit either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        try:
+            print(f"twinkle-tui: output closed; run {self.run_id} keeps training "
+                  f"(watch it with: twinkle-tui --run-id {self.run_id})", file=sys.stderr)
+        except OSError:
+            pass
+        return EXIT_SIGPIPE
+
+    def _finish(self, view: RunView) -> int:
         view.refresh()
         meta = view.meta
         status = view.status
         code = meta.get("exit_code")
         if self.tty:
-            self.out.write("\n")
-        final = progress_line(RunProgress.of(view), last_metrics(view))
+            self._write("\n")
+        final = progress_line(RunProgress.of(view), last_metrics(view), active=False)
         detail = f" ({meta['error']})" if meta.get("error") else ""
-        self.out.write(f"twinkle-tui: run {view.run_id} {status.value}{detail} · {final}\n")
-        self.out.flush()
-        if not isinstance(code, int):
-            return 1
-        if code < 0:
-            return 128 - code
-        if code == 0 and status == RunStatus.STOPPED and self.interrupts:
+        self._write(f"twinkle-tui: run {view.run_id} {status.value}{detail} · {final}\n")
+        if status == RunStatus.STOPPED and self.interrupts and code in (0, None):
             return 130  # interrupted by the user, as a shell would report it
-        return code
+        if isinstance(code, int):
+            return 128 - code if code < 0 else code
+        # The exit code was not recorded (the run outlived its supervisor): say what the status says.
+        return {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 0, RunStatus.KILLED: 128 + signal.SIGKILL}.get(status, 1)
 
 
 def run_headless(
-    script: str, args: Sequence[str], run_id: str | None, home: str | None = None, grace: float = 30.0
+    spec: str, args: Sequence[str], run_id: str | None, home: str | None = None, grace: float = 30.0
 ) -> int:
-    if not os.path.isfile(script):
-        print(f"twinkle-tui: no such script: {script}", file=sys.stderr)
+    if not os.path.isfile(spec):
+        print(f"twinkle-tui: no such script or recipe: {spec}", file=sys.stderr)
         return 2
     controller = ProcessController(home, grace=grace)
-    return HeadlessRun(controller).run(script, args, run_id)
+    return HeadlessRun(controller).run(spec, args, run_id)

@@ -207,7 +207,7 @@ class ConfigResolver:
     def __init__(self, args: Args | None = None) -> None:
         self.args = args or Args()
         if not self.args.provenance:
-            self.args.provenance.update({key: "default" for key in FIELDS})
+            self.args.provenance.update(dict.fromkeys(FIELDS, "default"))
 
     def set(self, key: str, value: Any, source: str) -> None:
         """Set one value; an unknown key is an error that names the source and suggests the closest field."""
@@ -253,6 +253,39 @@ class ConfigResolver:
         return self.args
 
 
+CONFIG_MAX_BYTES = 4 * 1024 * 1024
+
+
+def clamp_warmup(args: Args) -> None:
+    """Warmup longer than the run (a recipe's warmup with --max_steps 1) is cut to fit, with a note."""
+    sch, steps = args.scheduler, args.training.max_steps
+    if steps >= 1 and sch.num_warmup_steps >= steps:
+        new = steps - 1
+        args.notes.append(f"num_warmup_steps {sch.num_warmup_steps} -> {new}: the run has only {steps} step(s)")
+        sch.num_warmup_steps = new
+
+
+def read_dotenv(path: Path) -> dict[str, str | None]:
+    """The bindings of a .env file; a line python-dotenv cannot parse is a ConfigError naming file and line
+    (dotenv_values would only log a warning and drop it)."""
+    import io
+
+    from dotenv.parser import parse_stream
+
+    from trainer.protocol import read_regular_file
+
+    try:
+        text = read_regular_file(path, CONFIG_MAX_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.string.strip().splitlines()[0] if binding.original.string.strip() else ""
+            raise ConfigError(f"{path.name}:{binding.original.line}: cannot parse {line[:60]!r} "
+                              "(an unterminated quote?)")
+    return dict(dotenv_values(stream=io.StringIO(text)))
+
+
 class FileSource:
     """A YAML (.yaml, .yml) or TOML (.toml) config file with flat keys or per-group tables."""
 
@@ -261,9 +294,11 @@ class FileSource:
         self.name = self.path.name
 
     def load(self) -> Mapping[str, Any]:
+        from trainer.protocol import read_regular_file
+
         suffix = self.path.suffix.lower()
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular_file(self.path, CONFIG_MAX_BYTES)  # never a FIFO or /dev/zero
         except OSError as exc:
             raise ConfigError(f"cannot read config file {self.path}: {exc.strerror or exc}") from None
         try:
@@ -354,7 +389,7 @@ class CLI:
         resolver = ConfigResolver()
         dotenv_path = Path(cwd or os.getcwd()) / ".env"
         if dotenv_path.is_file():
-            resolver.apply_environment(dotenv_values(dotenv_path), source=".env")
+            resolver.apply_environment(read_dotenv(dotenv_path), source=".env")
         resolver.apply_environment(env, source="environment")
         for source in sources:
             resolver.apply_source(source)
@@ -365,6 +400,10 @@ class CLI:
             resolver.apply_source(FileSource(path))
         for key, value in pairs:
             resolver.set(key, value, "command line")
+        prov = resolver.args.provenance
+        if prov.get("dataset.data_file") != "default" and prov.get("dataset.dataset_id") == "default":
+            resolver.args.dataset.dataset_id = None  # a data file replaces the default dataset
+        clamp_warmup(resolver.args)
         if validate:
             validate_args(resolver.args)
         return resolver.args

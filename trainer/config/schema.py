@@ -185,6 +185,8 @@ class Args:
     checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
     # Which source set each value ("group.field" -> source); not part of the configuration itself.
     provenance: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # What resolution adjusted, for the run's log ("num_warmup_steps 3 -> 0: the run has 1 step").
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain data (JSON-ready), as stored in meta.json `config`."""
@@ -204,8 +206,6 @@ class Args:
         return getattr(getattr(self, group), name)
 
     # Dictionaries ready for component construction.
-    def get_model_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.model)
 
     def get_lora_args(self) -> dict[str, Any]:
         """Keyword arguments for peft.LoraConfig."""
@@ -220,15 +220,6 @@ class Args:
         n = self.lora.lora_last_layers
         return list(range(max(0, num_layers - n), num_layers)) if 0 < n < num_layers else None
 
-    def get_dataset_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.dataset)
-
-    def get_template_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.template)
-
-    def get_training_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.training)
-
     def get_optimizer_args(self) -> dict[str, Any]:
         """Keyword arguments for the torch optimizer named by optimizer_cls."""
         o = self.optimizer
@@ -240,24 +231,3 @@ class Args:
         s = self.scheduler
         return {"name": s.scheduler_cls, "num_warmup_steps": s.num_warmup_steps,
                 "num_training_steps": s.t_max or self.training.max_steps, "min_lr_ratio": s.min_lr_ratio}
-
-    def get_loss_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.loss)
-
-    def get_sampler_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.sampler)
-
-    def get_sampling_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.sampling)
-
-    def get_infra_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.infra)
-
-    def get_server_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.server)
-
-    def get_rl_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.rl)
-
-    def get_checkpoint_args(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.checkpoint)

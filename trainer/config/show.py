@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from trainer.config.resolve import FIELDS, CLI, ConfigError
+from trainer.config.resolve import CLI, FIELDS, ConfigError
 from trainer.config.schema import GROUPS
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from trainer.config.resolve import ConfigError
-from trainer.config.schema import Args
+from trainer.config.schema import GROUPS, Args
 
 
 def problems(args: Args) -> list[str]:
     """Every violated invariant, each as a sentence that says what to change."""
-    out: list[str] = []
+    out: list[str] = [*_ranges(args), *_unsupported(args)]
     t, o, lo, d, s, rl = args.training, args.optimizer, args.lora, args.dataset, args.sampling, args.rl
     for name, value in (("max_steps", t.max_steps), ("batch_size", t.batch_size), ("micro_batch_size", t.micro_batch_size),
                         ("save_steps", t.save_steps), ("logging_steps", t.logging_steps),
@@ -56,8 +56,8 @@ def problems(args: Args) -> list[str]:
     if args.template.max_length < 8:
         out.append(f"max_length must be at least 8 tokens (got {args.template.max_length})")
     sch = args.scheduler
-    if sch.num_warmup_steps and not 0 <= sch.num_warmup_steps < t.max_steps:
-        out.append(f"num_warmup_steps ({sch.num_warmup_steps}) must be between 0 and max_steps ({t.max_steps})")
+    if sch.num_warmup_steps < 0:
+        out.append(f"num_warmup_steps must not be negative (got {sch.num_warmup_steps})")
     if not 0 <= sch.min_lr_ratio <= 1:
         out.append(f"min_lr_ratio must be in [0, 1] (got {sch.min_lr_ratio})")
     if t.task == "grpo":
@@ -71,6 +71,72 @@ def problems(args: Args) -> list[str]:
             out.append(f"beta must not be negative (got {args.loss.beta})")
     if args.sampler.sampler_type == "vllm" and args.model.device == "cpu":
         out.append("sampler_type vllm needs a GPU; use sampler_type hf on CPU")
+    return out
+
+
+INT_LIMIT = 10**9  # no count in a configuration is sensibly larger; beyond, a typo (1e29 steps) is likely
+
+
+def _ranges(args: Args) -> list[str]:
+    """Non-finite floats and integers out of any sane range, for every field."""
+    import dataclasses
+    import math
+
+    out = []
+    for group in GROUPS:
+        for f in dataclasses.fields(getattr(args, group)):
+            value = getattr(getattr(args, group), f.name)
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if isinstance(v, float) and not math.isfinite(v):
+                    out.append(f"{f.name} must be a finite number (got {v})")
+                elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_LIMIT and f.name != "seed":
+                    out.append(f"{f.name} is out of range (got {v}; at most {INT_LIMIT:,})")
+    if not 0 <= args.training.seed < 2**32:
+        out.append(f"seed must be between 0 and 2^32-1 (got {args.training.seed})")
+    return out
+
+
+def _unsupported(args: Args) -> list[str]:
+    """Keys that are accepted by the schema but not built yet: refused when set to anything but their default,
+    so no option is silently ignored."""
+    out = []
+    m, d, t, lo, sa, inf, sv, rl, ck = (args.model, args.dataset, args.template, args.loss, args.sampling, args.infra,
+                                         args.server, args.rl, args.checkpoint)
+    if m.strategy == "native_fsdp":
+        out.append("strategy native_fsdp is not supported yet; several processes train with DDP (strategy ddp)")
+    if d.streaming:
+        out.append("dataset streaming is not supported yet; datasets are loaded whole")
+    if t.template_cls != "auto":
+        out.append(f"template_cls {t.template_cls!r} is not supported yet; the tokenizer's chat template is used (auto)")
+    expected_loss = {"sft": "cross_entropy", "grpo": "grpo"}.get(args.training.task)
+    if lo.loss_cls not in ("auto", expected_loss):
+        out.append(f"loss_cls {lo.loss_cls!r} does not fit task {args.training.task!r} (use auto or {expected_loss})")
+    if sa.num_samples != 1:
+        out.append("num_samples is not supported yet (only RL samples, with num_generations)")
+    if inf.mode != "local":
+        out.append(f"infra mode {inf.mode!r} is not supported yet; training runs locally (mode local); "
+                   "for a training service use `twinkle-tui serve`")
+    if inf.dp_size != 1:
+        out.append("dp_size is not supported; use nproc_per_node for data-parallel processes")
+    if inf.model_gpus or inf.sampler_gpus:
+        out.append("model_gpus and sampler_gpus are not supported yet; choose GPUs with CUDA_VISIBLE_DEVICES or "
+                   "model.device cuda:N")
+    defaults = type(sv)()
+    for key in ("config", "host", "port", "ray_namespace"):
+        if getattr(sv, key) != getattr(defaults, key):
+            out.append(f"server.{key} is not used by the trainer; the training service takes --host/--port "
+                       "(twinkle-tui serve)")
+    if rl.teacher_model_id and args.training.task != "gkd":
+        out.append("teacher_model_id is only used by task gkd (distillation)")
+    if ck.platform != "local":
+        out.append(f"checkpoint platform {ck.platform!r} is not supported yet; checkpoints are saved locally")
+    device = m.device
+    if device.startswith("cuda:") and inf.nproc_per_node > 1:
+        out.append("device cuda:N names one GPU, but nproc_per_node > 1 runs several processes; use device auto "
+                   "(one GPU per process)")
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        out.append(f"device must be auto, cpu, cuda or cuda:N (got {device!r})")
     return out
 
 

@@ -1,7 +1,14 @@
-"""ProcessController: the only way twinkle-tui changes a run (launch, pause, resume, stop, kill, update script)."""
+"""ProcessController: the only way twinkle-tui changes a run (launch, pause, resume, stop, kill, update script).
+
+Every action checks the run's state and changes it under the meta.json lock, so two dashboards acting at once
+see one order of events; a signal is sent inside that critical section. Signals go to the run's whole process
+tree (tree.py), and never to a pid whose identity (pid + start time) cannot be confirmed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -14,20 +21,29 @@ from pathlib import Path
 from typing import Any
 
 from trainer.protocol import (
-    RUN_ID_ENV,
-    HOME_ENV,
+    InvalidRunId,
     MetaError,
     RunPaths,
     RunStatus,
     new_run_id,
     process_is,
+    process_start_time,
     read_meta,
     record_event,
     twinkle_home,
     update_meta,
     validate_run_id,
+    write_json_atomic,
 )
-from twinkle_tui.runs.store import effective_status
+from twinkle_tui.process.exits import record_exit
+from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
+from twinkle_tui.runs.store import NoSuchRun, effective_status
+
+log = logging.getLogger(__name__)
+
+SCRIPT_SUFFIXES = (".py",)
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
+CONTROLLABLE = {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED, RunStatus.STOPPING}
 
 
 class RunControlError(Exception):
@@ -42,8 +58,16 @@ class Launched:
     supervisor: subprocess.Popen[bytes]
 
 
+@dataclass(frozen=True)
+class ResumePlan:
+    """What `resume` would do: continue a paused process, or relaunch (from a checkpoint step, or from scratch)."""
+
+    relaunch: bool
+    from_step: int | None
+
+
 class ProcessController:
-    """Launches runs under a supervisor and signals their process groups."""
+    """Launches runs under a supervisor and signals their processes."""
 
     def __init__(
         self,
@@ -58,15 +82,34 @@ class ProcessController:
         self.clock = clock
 
     def paths(self, run_id: str) -> RunPaths:
-        return RunPaths(self.home / validate_run_id(run_id))
+        return RunPaths(self.home / validate_run_id(run_id)).check_not_symlink()
+
+    def existing(self, run_id: str) -> RunPaths:
+        paths = self.paths(run_id)
+        if not paths.root.is_dir():
+            raise NoSuchRun(f"no run {run_id!r} under {self.home}")
+        return paths
 
     def meta(self, run_id: str) -> dict[str, Any]:
         try:
-            return read_meta(self.paths(run_id))
+            return read_meta(self.existing(run_id))
         except MetaError as exc:
             raise RunControlError(str(exc)) from None
 
     # ---------------------------------------------------------------- launching
+    def launch(self, spec: str | os.PathLike[str], args: Sequence[str] = (), run_id: str | None = None,
+               cwd: str | os.PathLike[str] | None = None) -> Launched:
+        """Start a run from a path: a .py script as itself, a .toml/.yaml recipe through the embedded trainer."""
+        path = Path(spec).expanduser()
+        suffix = path.suffix.lower()
+        if suffix not in SCRIPT_SUFFIXES + CONFIG_SUFFIXES:
+            raise RunControlError(f"{path.name} is not a training script (.py) or a recipe (.toml, .yaml)")
+        if not path.is_file():
+            raise RunControlError(f"no such script or recipe: {spec}")
+        if suffix in SCRIPT_SUFFIXES:
+            return self.launch_script(path, args, run_id, cwd)
+        return self.launch_config(path, args, run_id, cwd)
+
     def launch_script(
         self,
         script: str | os.PathLike[str],
@@ -75,29 +118,27 @@ class ProcessController:
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
     ) -> Launched:
-        """Run a Python script as a new run. The script is copied to the run's train.py (the version fixes edit)."""
+        """Run a Python script as a new run. It runs as `python script.py` would; the run directory keeps the
+        copy that runs (train.py) and the versions fixes make of it."""
         source_path = Path(script).expanduser().resolve()
-        try:
-            source = source_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise RunControlError(f"cannot read script {script}: {exc.strerror or exc}") from None
-        check_compiles(source, str(source_path))
-        run_id = validate_run_id(run_id) if run_id else new_run_id(source_path.stem.replace("_", "-")[:40] or "run")
-        paths = self.paths(run_id)
-        if paths.root.exists() and paths.meta.exists():
-            raise RunControlError(f"run {run_id!r} already exists; resume it or choose another --run-id")
-        paths.root.mkdir(parents=True, exist_ok=True)
-        paths.script.write_text(source, encoding="utf-8")
-        command = [self.python, "-u", str(paths.script), *args]
+        check_compiles(read_script(source_path), str(source_path))
+        run_id = validate_run_id(run_id) if run_id else new_run_id(source_path.name)
+        paths = self._new_run(run_id)
+        shutil.copyfile(source_path, paths.script)  # the bytes as they are: a coding line stays true
 
         def init(meta: dict[str, Any]) -> None:
             meta["script_path"] = str(source_path)
             meta["script_version"] = 1
             meta["model_id"] = model_id
-            # Sibling modules of the original script stay importable from the copy.
-            meta["extra_pythonpath"] = str(source_path.parent)
 
-        return self._launch(paths, command, Path(cwd or os.getcwd()), init)
+        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True)
+
+    def launch_config(self, config: str | os.PathLike[str], args: Sequence[str] = (), run_id: str | None = None,
+                      cwd: str | os.PathLike[str] | None = None) -> Launched:
+        """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m trainer CONFIG args...`."""
+        path = Path(config).expanduser().resolve()
+        run_id = validate_run_id(run_id) if run_id else new_run_id(path.name)
+        return self.launch_module("trainer", [str(path), *args], run_id, cwd)
 
     def launch_module(
         self,
@@ -109,20 +150,41 @@ class ProcessController:
     ) -> Launched:
         """Run `python -m module args...` as a new run (the embedded trainer: module='trainer')."""
         run_id = validate_run_id(run_id) if run_id else new_run_id(module.split(".")[0])
-        paths = self.paths(run_id)
-        if paths.meta.exists():
-            raise RunControlError(f"run {run_id!r} already exists; resume it or choose another --run-id")
-        command = [self.python, "-u", "-m", module, *args]
+        paths = self._new_run(run_id)
+        command = [self.python, "-u", "-m", "twinkle_tui.process.bootstrap", "--module", module, "--", *args]
 
         def init(meta: dict[str, Any]) -> None:
             meta["model_id"] = model_id
 
-        return self._launch(paths, command, Path(cwd or os.getcwd()), init)
+        return self._launch(paths, command, cwd, init, new=True)
 
-    def _launch(
-        self, paths: RunPaths, command: list[str], cwd: Path, init: Callable[[dict[str, Any]], None] | None = None
-    ) -> Launched:
+    def _script_command(self, paths: RunPaths, original: str, args: Sequence[str]) -> list[str]:
+        return [self.python, "-u", "-m", "twinkle_tui.process.bootstrap", "--script", str(paths.script),
+                "--as", original, "--", *args]
+
+    def _new_run(self, run_id: str) -> RunPaths:
+        paths = self.paths(run_id)
+        if paths.root.exists() and (paths.meta.exists() or any(paths.root.iterdir())):
+            raise RunControlError(f"run {run_id!r} already exists; resume it or choose another run id")
+        try:
+            paths.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunControlError(f"cannot create the run directory {paths.root}: {exc.strerror or exc}") from None
+        return paths
+
+    def _launch(self, paths: RunPaths, command: list[str], cwd: str | os.PathLike[str] | None,
+                init: Callable[[dict[str, Any]], None] | None = None, new: bool = False) -> Launched:
+        """Mark the run starting and start its supervisor. If the supervisor cannot start, meta.json is rolled
+        back (a new run's directory is removed) and the failure is recorded, so nothing is left 'starting'."""
+        workdir = Path(cwd or os.getcwd())
+        if not workdir.is_dir():
+            if new:
+                shutil.rmtree(paths.root, ignore_errors=True)
+            raise RunControlError(f"cannot launch {paths.run_id!r}: its working directory {workdir} no longer exists")
         now = self.clock()
+        before: dict[str, Any] | None = None
+        with contextlib.suppress(MetaError):
+            before = read_meta(paths) if paths.meta.exists() else None
 
         def starting(meta: dict[str, Any]) -> None:
             if init is not None:
@@ -130,31 +192,37 @@ class ProcessController:
             meta["run_id"] = paths.run_id
             meta["status"] = RunStatus.STARTING.value
             meta["command"] = command
-            meta["cwd"] = str(cwd)
+            meta["cwd"] = str(workdir)
             meta["start_time"] = meta.get("start_time") or now
-            meta["end_time"] = None
-            meta["exit_code"] = None
-            meta["exit_signal"] = None
-            meta["error"] = None
+            for key in ("end_time", "exit_code", "exit_signal", "error", "pid", "pid_start_time", "pgid",
+                        "supervisor_pid", "supervisor_start_time"):
+                meta[key] = None
             meta["launches"] = int(meta.get("launches") or 0) + 1
 
         meta = update_meta(paths, starting)
         env = dict(os.environ)
-        env[RUN_ID_ENV] = paths.run_id
-        env[HOME_ENV] = str(self.home)
-        extra = meta.get("extra_pythonpath")
-        if extra:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH")) if p)
+        env[ROLE_ENV] = "supervisor"
+        env.pop("TWINKLE_RUN_ID", None)  # only the run's own processes carry it (tree.py finds them by it)
         supervisor_cmd = [
             self.python, "-m", "twinkle_tui.process.supervisor",
             "--home", str(self.home), "--run-id", paths.run_id, "--grace", str(self.grace),
-            "--cwd", str(cwd), "--launch", str(meta["launches"]), "--", *command,
+            "--cwd", str(workdir), "--launch", str(meta["launches"]), "--", *command,
         ]
-        proc = subprocess.Popen(
-            supervisor_cmd, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=open(paths.root / "supervisor.log", "ab"),
-            start_new_session=True,  # the run outlives the dashboard and never sees its Ctrl-C
-        )
+        try:
+            with open(paths.root / "supervisor.log", "ab") as errors:
+                proc = subprocess.Popen(
+                    supervisor_cmd, env=env, cwd=str(workdir), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=errors,
+                    start_new_session=True,  # the run outlives the dashboard and never sees its Ctrl-C
+                )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if new or before is None:
+                shutil.rmtree(paths.root, ignore_errors=True)
+            else:
+                write_json_atomic(paths.meta, before)
+                record_event(paths, "launch_failed", self.clock, error=reason)
+            raise RunControlError(f"cannot launch {paths.run_id!r}: {reason}") from None
         return Launched(paths.run_id, proc)
 
     # ---------------------------------------------------------------- state changes
@@ -166,101 +234,295 @@ class ProcessController:
         return process_is(meta.get("pid"), meta.get("pid_start_time"))
 
     def pause(self, run_id: str) -> None:
-        """Freeze the run's process group (SIGSTOP): memory and GPU state stay, no step progresses."""
-        meta = self._require(run_id, {RunStatus.RUNNING, RunStatus.STARTING}, "pause")
-        paths = self.paths(run_id)
-        # Write first, then stop: the child may be frozen holding the meta lock only after we no longer need it.
-        update_meta(paths, lambda m: m.__setitem__("status", RunStatus.PAUSED.value))
-        self._signal(meta, signal.SIGSTOP)
-        record_event(paths, "pause", self.clock, step=meta["progress"].get("last_step"))
+        """Freeze the run's processes (SIGSTOP): memory and GPU state stay, no step progresses."""
+        paths = self.existing(run_id)
+        self.recover(run_id)
 
-    def resume(self, run_id: str) -> Launched | None:
-        """Continue a paused run (SIGCONT), or relaunch a stopped/failed run from its last checkpoint."""
+        def change(meta: dict[str, Any]) -> None:
+            self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING}, "pause")
+            self._signal(meta, signal.SIGSTOP)  # under the lock: no other dashboard's resume can come between
+            meta["status"] = RunStatus.PAUSED.value
+            record_event(paths, "pause", self.clock, step=meta["progress"].get("last_step"))
+
+        self._locked(paths, change)
+
+    def resume_plan(self, run_id: str) -> ResumePlan:
+        """What resume would do now; raises if the run cannot be resumed."""
         meta = self.meta(run_id)
         status = effective_status(meta)
-        paths = self.paths(run_id)
         if status == RunStatus.PAUSED:
-            self._signal(meta, signal.SIGCONT)
-            update_meta(paths, lambda m: m.__setitem__("status", RunStatus.RUNNING.value))
-            record_event(paths, "resume", self.clock, step=meta["progress"].get("last_step"))
-            return None
-        if status in (RunStatus.STOPPED, RunStatus.FAILED):
-            command = meta.get("command")
-            if not command:
+            return ResumePlan(False, None)
+        if status in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
+            if not meta.get("command"):
                 raise RunControlError(f"run {run_id!r} has no recorded command to relaunch")
-            if meta.get("script_path") and paths.script.exists():
-                check_compiles(paths.script.read_text(encoding="utf-8"), str(paths.script))
-            checkpoint = (meta.get("last_checkpoint") or {}).get("step")
-            record_event(paths, "resume", self.clock, relaunch=True, from_checkpoint=checkpoint)
-            return self._launch(paths, list(command), Path(meta.get("cwd") or os.getcwd()))
+            checkpoint = meta.get("last_checkpoint")
+            return ResumePlan(True, checkpoint["step"] if isinstance(checkpoint, dict) else None)
         raise RunControlError(f"cannot resume run {run_id!r}: it is {status.value}")
 
+    def resume(self, run_id: str) -> Launched | None:
+        """Continue a paused run (SIGCONT), or relaunch a stopped/failed/killed run from its last checkpoint."""
+        paths = self.existing(run_id)
+        self.recover(run_id)
+        relaunch: list[dict[str, Any]] = []
+
+        def change(meta: dict[str, Any]) -> None:
+            status = effective_status(meta)
+            if status == RunStatus.PAUSED:
+                self._check(meta, {RunStatus.PAUSED}, "resume")
+                self._signal(meta, signal.SIGCONT)
+                meta["status"] = RunStatus.RUNNING.value
+                record_event(paths, "resume", self.clock, step=meta["progress"].get("last_step"))
+                return
+            if status not in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
+                raise RunControlError(f"cannot resume run {run_id!r}: it is {status.value}")
+            if process_is(meta.get("pid"), meta.get("pid_start_time")) or \
+                    process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
+                raise RunControlError(f"run {run_id!r} is still shutting down; resume it in a moment")
+            if not meta.get("command"):
+                raise RunControlError(f"run {run_id!r} has no recorded command to relaunch")
+            relaunch.append(dict(meta))
+            raise _NoWrite
+
+        self._locked(paths, change)
+        if not relaunch:
+            return None
+        meta = relaunch[0]
+        if meta.get("script_path") and paths.script.exists():
+            check_compiles(read_script(paths.script), str(paths.script))
+        checkpoint = meta.get("last_checkpoint")
+        record_event(paths, "resume", self.clock, relaunch=True,
+                     from_checkpoint=checkpoint["step"] if isinstance(checkpoint, dict) else None)
+        return self._launch(paths, list(meta["command"]), meta.get("cwd"))
+
     def stop(self, run_id: str) -> None:
-        """Graceful stop: SIGTERM, the runtime checkpoints and exits; SIGKILL after the grace period."""
-        meta = self._require(
-            run_id, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED, RunStatus.STOPPING}, "stop"
-        )
-        paths = self.paths(run_id)
-        update_meta(paths, lambda m: m.__setitem__("status", RunStatus.STOPPING.value))
-        record_event(paths, "stop", self.clock, step=meta["progress"].get("last_step"))
-        supervisor = meta.get("supervisor_pid")
-        if supervisor and process_is(supervisor, meta.get("supervisor_start_time")):
-            os.kill(supervisor, signal.SIGTERM)  # it forwards to the group and enforces the grace period
-        else:
-            self._signal(meta, signal.SIGTERM)
-            self._signal(meta, signal.SIGCONT)
+        """Graceful stop: SIGTERM, the runtime checkpoints and exits; SIGKILL after the grace period (enforced by
+        the supervisor, or by an adopting one when the supervisor is gone)."""
+        paths = self.existing(run_id)
+        self.recover(run_id)
+        supervisor: list[int] = []
+
+        def change(meta: dict[str, Any]) -> None:
+            self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED}, "stop")
+            meta["status"] = RunStatus.STOPPING.value
+            record_event(paths, "stop", self.clock, step=meta["progress"].get("last_step"))
+            if process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
+                supervisor.append(meta["supervisor_pid"])
+
+        self._locked(paths, change)
+        if supervisor:
+            try:
+                os.kill(supervisor[0], signal.SIGTERM)  # it signals the run and enforces the grace period
+                return
+            except OSError:
+                pass
+        self.recover(run_id, force_adopt=True)  # an adopter reads "stopping" and does the same
 
     def kill(self, run_id: str) -> None:
-        """SIGKILL the run's process group now (no checkpoint)."""
-        meta = self._require(
-            run_id, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED, RunStatus.STOPPING}, "kill"
-        )
-        record_event(self.paths(run_id), "kill", self.clock, step=meta["progress"].get("last_step"))
-        self._signal(meta, signal.SIGKILL)
+        """SIGKILL every process of the run now (no checkpoint); the run is recorded as killed."""
+        paths = self.existing(run_id)
+        self.recover(run_id)
+
+        def change(meta: dict[str, Any]) -> None:
+            self._check(meta, CONTROLLABLE, "kill")
+            meta["status"] = RunStatus.KILLED.value
+            record_event(paths, "kill", self.clock, step=meta["progress"].get("last_step"))
+            self._signal(meta, signal.SIGCONT)
+            self._signal(meta, signal.SIGKILL)
+
+        self._locked(paths, change)
+
+    def recover(self, run_id: str, force_adopt: bool = False) -> str | None:
+        """Give a run whose supervisor is gone a new one: adopt its live process, or record it as failed if
+        nothing is left. Returns what was done, or None when the run needed nothing."""
+        paths = self.existing(run_id)
+        try:
+            meta = read_meta(paths)
+        except MetaError:
+            return None
+        status = RunStatus.parse(meta.get("status"))
+        if not status.is_active:
+            return None
+        if process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
+            return None
+        if not force_adopt and status == RunStatus.STARTING and not meta.get("supervisor_pid"):
+            started = meta.get("start_time") or 0
+            if self.clock() - float(started) < 10:  # a supervisor that is still starting has not written yet
+                return None
+        launch = int(meta.get("launches") or 0)
+        pid, start = meta.get("pid"), meta.get("pid_start_time")
+        if pid and start is None and process_start_time(pid) is not None:
+            return None  # an old writer recorded no start time: that pid may or may not be the run; leave it be
+        if not process_is(pid, start):
+            found = self._find_leader(run_id, launch)  # a supervisor that died before it recorded its child
+            if found is not None:
+                pid, start = found
+                self._locked(paths, lambda m: m.update(pid=pid, pid_start_time=start))
+        if pid is not None and start is not None and process_is(pid, start):
+            self._start_adopter(paths, pid, start, launch)
+            return "adopted"
+        record_exit(paths, None, launch, error="the run's supervisor and process are gone; how it ended was not recorded",
+                    note="recovered: nothing of the run was left")
+        return "recorded as ended"
+
+    def _find_leader(self, run_id: str, launch: int) -> tuple[int, int] | None:
+        """The oldest live process whose environment names this launch of the run (its leader), if any."""
+        from twinkle_tui.process.tree import tagged_processes
+
+        procs = tagged_processes(RunIdentity(run_id, str(self.home), None, None, launch=launch))
+        best: tuple[float, int] | None = None
+        for proc in procs:
+            try:
+                created = proc.create_time()
+            except Exception:
+                continue
+            if best is None or created < best[0]:
+                best = (created, proc.pid)
+        if best is None:
+            return None
+        start = process_start_time(best[1])
+        return (best[1], start) if start is not None else None
+
+    def _start_adopter(self, paths: RunPaths, pid: int, start: int, launch: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env[ROLE_ENV] = "supervisor"
+        env.pop("TWINKLE_RUN_ID", None)
+        cmd = [self.python, "-m", "twinkle_tui.process.supervisor", "--home", str(self.home), "--run-id",
+               paths.run_id, "--grace", str(self.grace), "--launch", str(launch), "--adopt", str(pid),
+               "--adopt-start", str(start)]
+        with open(paths.root / "supervisor.log", "ab") as errors:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=errors, start_new_session=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:  # until it has published itself
+            with contextlib.suppress(MetaError):
+                if read_meta(paths).get("supervisor_pid") == proc.pid:
+                    break
+            time.sleep(0.02)
+        return proc
 
     def update_script(self, run_id: str, source: str, reason: str | None = None) -> int:
         """Archive train.py as train_v{N}.py and write the new source; refuses source that does not compile."""
-        paths = self.paths(run_id)
+        paths = self.existing(run_id)
         check_compiles(source, str(paths.script))
         current = int(self.meta(run_id).get("script_version") or 0)
-        if paths.script.exists():
-            current = max(current, 1)
-            shutil.copy2(paths.script, paths.script_version(current))
-        tmp = paths.script.with_name(".train.py.tmp")
-        tmp.write_text(source, encoding="utf-8")
-        os.replace(tmp, paths.script)
+        try:
+            if paths.script.exists():
+                current = max(current, 1)
+                shutil.copy2(paths.script, paths.script_version(current))
+            tmp = paths.script.with_name(".train.py.tmp")
+            tmp.write_text(source, encoding="utf-8")
+            os.replace(tmp, paths.script)
+        except OSError as exc:
+            raise RunControlError(f"cannot write the script of {run_id!r}: {exc.strerror or exc}") from None
         new_version = current + 1
-        update_meta(paths, lambda m: m.__setitem__("script_version", new_version))
+        self._locked(paths, lambda m: m.__setitem__("script_version", new_version))
         record_event(paths, "script", self.clock, version=new_version, reason=reason)
         return new_version
 
+    # ---------------------------------------------------------------- managing runs
+    def _require_ended(self, run_id: str, action: str) -> RunPaths:
+        paths = self.existing(run_id)
+        self.recover(run_id)
+        try:
+            meta = read_meta(paths)
+        except MetaError:
+            meta = None  # an unreadable run can still be removed
+        if meta is not None:
+            status = effective_status(meta)
+            alive = process_is(meta.get("pid"), meta.get("pid_start_time")) or \
+                process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time"))
+            if status.is_active or alive:
+                raise RunControlError(f"cannot {action} run {run_id!r}: it is {status.value}; stop it first")
+        return paths
+
+    def delete(self, run_id: str) -> None:
+        """Remove an ended run's directory (metrics, logs, checkpoints) for good."""
+        paths = self._require_ended(run_id, "delete")
+        try:
+            shutil.rmtree(paths.root)
+        except OSError as exc:
+            raise RunControlError(f"cannot delete {run_id!r}: {exc.strerror or exc}") from None
+
+    def archive(self, run_id: str) -> Path:
+        """Move an ended run to $TWINKLE_HOME/.archive/ (out of the run list; move it back to restore it)."""
+        paths = self._require_ended(run_id, "archive")
+        target = self.home / ".archive" / run_id
+        if target.exists():
+            target = target.with_name(f"{run_id}-{int(self.clock())}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(paths.root, target)
+        except OSError as exc:
+            raise RunControlError(f"cannot archive {run_id!r}: {exc.strerror or exc}") from None
+        return target
+
+    def rename(self, run_id: str, display_name: str) -> None:
+        """Give a run a display name (its id, and so its directory, stay as they are)."""
+        paths = self.existing(run_id)
+        name = " ".join(display_name.split())[:80]
+        self._locked(paths, lambda m: m.__setitem__("display_name", name or None))
+        record_event(paths, "rename", self.clock, display_name=name or None)
+
     # ---------------------------------------------------------------- helpers
-    def _require(self, run_id: str, allowed: set[RunStatus], action: str) -> dict[str, Any]:
-        meta = self.meta(run_id)
+    def _locked(self, paths: RunPaths, change: Callable[[dict[str, Any]], None]) -> None:
+        """update_meta with every failure as a RunControlError (a change may raise _NoWrite to write nothing)."""
+        try:
+            update_meta(paths, change)
+        except _NoWrite:
+            pass
+        except MetaError as exc:
+            raise RunControlError(str(exc)) from None
+        except OSError as exc:
+            raise RunControlError(f"run {paths.run_id!r}: {exc.strerror or exc}") from None
+
+    def _check(self, meta: dict[str, Any], allowed: set[RunStatus], action: str) -> None:
         status = effective_status(meta)
+        run_id = meta.get("run_id")
         if status not in allowed:
             raise RunControlError(f"cannot {action} run {run_id!r}: it is {status.value}")
         if not process_is(meta.get("pid"), meta.get("pid_start_time")):
+            if meta.get("pid") and meta.get("pid_start_time") is None:
+                raise RunControlError(f"cannot {action} run {run_id!r}: the identity of process {meta['pid']} "
+                                      "cannot be confirmed (no start time recorded)")
             raise RunControlError(f"cannot {action} run {run_id!r}: its process has not started or is gone")
-        return meta
 
     def _signal(self, meta: dict[str, Any], sig: int) -> None:
-        pid = meta.get("pid")
-        if not process_is(pid, meta.get("pid_start_time")):
-            raise RunControlError(f"run {meta.get('run_id')!r} has no live process")
-        pgid = meta.get("pgid")
-        try:
-            if pgid and pgid == pid:
-                os.killpg(pgid, sig)
-            else:  # a script started by hand shares its shell's group: signal only the process itself
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            raise RunControlError(f"run {meta.get('run_id')!r}: process {pid} is gone") from None
+        identity = RunIdentity(str(meta.get("run_id")), str(self.home), meta.get("pid"), meta.get("pid_start_time"),
+                               meta.get("pgid"))
+        if not process_is(identity.pid, identity.pid_start_time):
+            raise RunControlError(f"run {identity.run_id!r} has no live process")
+        signal_run(identity, sig)
+
+
+class _NoWrite(Exception):
+    pass
+
+
+def read_script(path: Path) -> str:
+    """A script's text (UTF-8, or what its PEP 263 coding line declares), or a one-line error."""
+    import io
+    import tokenize
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RunControlError(f"cannot read script {path}: {exc.strerror or exc}") from None
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        return raw.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
+        raise RunControlError(f"{path.name} is not readable as Python source: {exc}") from None
 
 
 def check_compiles(source: str, filename: str) -> None:
     """Refuse a script that does not compile, with the compiler's one-line reason."""
     try:
         compile(source, filename, "exec")
-    except SyntaxError as exc:
-        raise RunControlError(f"{Path(filename).name} does not compile: {exc.msg} (line {exc.lineno})") from None
+    except (SyntaxError, ValueError) as exc:
+        if isinstance(exc, SyntaxError):
+            raise RunControlError(f"{Path(filename).name} does not compile: {exc.msg} (line {exc.lineno})") from None
+        raise RunControlError(f"{Path(filename).name} does not compile: {exc}") from None
+
+
+__all__ = ["InvalidRunId", "Launched", "NoSuchRun", "ProcessController", "ResumePlan", "RunControlError",
+           "check_compiles", "read_script"]

@@ -1,9 +1,15 @@
-"""Incremental reading of metrics.jsonl into one numpy series per metric."""
+"""Incremental reading of metrics.jsonl into one numpy series per metric.
+
+Nothing in a metrics file is fatal: a line that is not a JSON object, or has no integer step in [0, 2^53], is
+skipped and counted; a value that is not a number (a string, a list) is kept aside and not charted; a number
+too large for a float is skipped and counted. A torn last line waits for the next read.
+"""
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -11,17 +17,18 @@ from typing import Any
 import numpy as np
 import orjson
 
+from trainer.protocol import MAX_STEP
 from twinkle_tui.runs.tail import FileTail
 
 RESERVED = ("step", "ts")
-_NUMERIC_KINDS = frozenset("fiub")
+_NUMERIC_KINDS = frozenset("fiu")
 
 
 class MetricSeries:
     """All points of one metric in step order, kept in growable numpy buffers.
 
-    When a step repeats or goes back (a relaunch resumed from an earlier checkpoint), the points at and after it
-    belong to the superseded launch and are dropped, so the newest launch's values win and steps stay sorted.
+    A step written again (a relaunch from a checkpoint repeats steps) replaces the earlier value: the newest launch
+    wins for repeated steps, and the history of steps not repeated is kept.
     """
 
     __slots__ = ("name", "_steps", "_values", "_n", "non_numeric", "version")
@@ -32,7 +39,7 @@ class MetricSeries:
         self._values = np.empty(0, dtype=np.float64)
         self._n = 0
         self.non_numeric: list[tuple[int, Any]] = []
-        self.version = 0  # bumped when points are dropped, so caches of derived data know the past changed
+        self.version = 0  # bumped when points before the end change, so caches of derived data know
 
     def __len__(self) -> int:
         return self._n
@@ -46,10 +53,9 @@ class MetricSeries:
         return self._values[: self._n]
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """Steps and values of the same length, safe to use while another thread appends."""
+        """Steps and values of the same length."""
         n = self._n
-        steps, values = self._steps, self._values
-        return steps[:n], values[:n]
+        return self._steps[:n], self._values[:n]
 
     def last(self) -> tuple[int, float] | None:
         if not self._n:
@@ -65,43 +71,46 @@ class MetricSeries:
             self._steps, self._values = steps, values
 
     def extend(self, steps: np.ndarray, values: np.ndarray) -> None:
-        """Append points in file order."""
+        """Add points in file order (a later point for the same step wins)."""
         k = len(steps)
         if not k:
             return
-        regress = k > 1 and bool(np.any(steps[1:] <= steps[:-1]))
-        if not regress and (not self._n or steps[0] > self._steps[self._n - 1]):
+        in_order = k == 1 or not bool(np.any(steps[1:] <= steps[:-1]))
+        if in_order and (not self._n or steps[0] > self._steps[self._n - 1]):
             self._append(steps, values)
             return
-        cuts = [0, *(np.flatnonzero(steps[1:] <= steps[:-1]) + 1).tolist(), k]
-        for a, b in zip(cuts, cuts[1:], strict=False):
-            self.truncate_from(int(steps[a]))
-            self._append(steps[a:b], values[a:b])
+        self._merge(steps, values)
 
-    def truncate_from(self, step: int) -> None:
-        """Drop the points at `step` and later."""
-        if self._n and self._steps[self._n - 1] >= step:
-            self._n = int(np.searchsorted(self._steps[: self._n], step, side="left"))
-            self.version += 1
-        if self.non_numeric and self.non_numeric[-1][0] >= step:
-            self.non_numeric = [p for p in self.non_numeric if p[0] < step]
+    def _merge(self, steps: np.ndarray, values: np.ndarray) -> None:
+        all_steps = np.concatenate([self._steps[: self._n], steps])
+        all_values = np.concatenate([self._values[: self._n], values])
+        order = np.argsort(all_steps, kind="stable")  # equal steps keep file order: the last one is the newest
+        s, v = all_steps[order], all_values[order]
+        keep = np.r_[s[1:] != s[:-1], True]
+        s, v = s[keep], v[keep]
+        self._steps, self._values, self._n = s.copy(), v.copy(), len(s)
+        self.version += 1
 
     def _append(self, steps: np.ndarray, values: np.ndarray) -> None:
         k = len(steps)
         need = self._n + k
         if need > len(self._steps):
-            self.reserve(max(need, len(self._steps) + len(self._steps) // 2, 256))
+            self.reserve(max(need, len(self._steps) + len(self._steps) // 2, 64))
         self._steps[self._n : need] = steps
         self._values[self._n : need] = values
         self._n = need
 
+    def keep_non_numeric(self, step: int, value: Any) -> None:
+        kept = self.non_numeric
+        if kept and kept[-1][0] >= step:
+            kept[:] = [p for p in kept if p[0] != step]
+        kept.append((step, value))
+        if len(kept) > 10_000:  # a bound on what is never charted
+            del kept[: len(kept) - 10_000]
+
 
 class MetricsTable:
-    """The metrics of one run, read from metrics.jsonl by byte offset.
-
-    Malformed lines are skipped and counted, NaN/Infinity are read as such, a torn last line waits for the next
-    read, and metric names are free text.
-    """
+    """The metrics of one run, read from metrics.jsonl by byte offset."""
 
     def __init__(self, path: Path) -> None:
         self.tail = FileTail(path)
@@ -117,6 +126,16 @@ class MetricsTable:
     def path(self) -> Path:
         return self.tail.path
 
+    @property
+    def pending(self) -> bool:
+        """More data waits than the last bounded read took."""
+        return self.tail.pending
+
+    @property
+    def skipped(self) -> int:
+        """Lines that were not read: malformed, or longer than the line cap."""
+        return self.malformed + self.tail.overlong
+
     def names(self) -> list[str]:
         """Metric names that have at least one numeric point, in the order they first appeared."""
         return [name for name, s in self.series.items() if len(s)]
@@ -125,14 +144,14 @@ class MetricsTable:
         last = self.ts.last()
         return last[0] if last else None
 
-    def read_new(self) -> bool:
-        """Read whatever was appended since the last call; True if anything changed."""
+    def read_new(self, max_bytes: int | None = None) -> bool:
+        """Read what was appended since the last call (at most max_bytes); True if anything changed."""
         if not self.tail.has_new_data():
             return False
         changed = False
         first_block = True
         start = self.tail.offset
-        for lines in self.tail.blocks():
+        for lines in self.tail.blocks(max_bytes):
             if first_block:
                 first_block = False
                 if self.tail.reset:
@@ -158,7 +177,7 @@ class MetricsTable:
         self.lines_read = 0
 
     def _estimate_lines(self, lines_in_block: int, start: int) -> int:
-        """On a first read of a large file, size every buffer once from the first block's bytes per line."""
+        """On a first read of a large file, size the buffers of dense columns once from the first block."""
         consumed = self.tail.offset - start
         try:
             remaining = self.tail.path.stat().st_size - start
@@ -168,11 +187,11 @@ class MetricsTable:
             return 0
         return int(lines_in_block * remaining / consumed * 1.02) + 256
 
-    def _series(self, name: str) -> MetricSeries:
+    def _series(self, name: str, dense: bool = False) -> MetricSeries:
         s = self.series.get(name)
         if s is None:
             s = self.series[name] = MetricSeries(name)
-            if self._capacity_hint:
+            if dense and self._capacity_hint:  # only columns of every line: sparse ones grow as they fill
                 s.reserve(self._capacity_hint)
         return s
 
@@ -182,33 +201,35 @@ class MetricsTable:
 
     def _ingest(self, lines: list[bytes]) -> bool:
         records: list[dict[str, Any]] = []
-        append = records.append
-        loads = orjson.loads
         # A block makes ~20k acyclic dicts; letting the cyclic GC scan them on the way costs a third of the time.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._parse_lines(lines, append, loads)
+            self._parse_lines(lines, records.append)
         finally:
             if gc_was_enabled:
                 gc.enable()
         if not records:
             return False
         self.lines_read += len(records)
-        if not self._ingest_uniform(records):
-            self._ingest_mixed(records)
-        return True
+        try:
+            if self._ingest_uniform(records):
+                return True
+        except (ValueError, TypeError, OverflowError):
+            pass  # a ragged or oversized value: the careful path below handles it record by record
+        return self._ingest_mixed(records)
 
-    def _parse_lines(self, lines: list[bytes], append: Any, loads: Any) -> None:
+    def _parse_lines(self, lines: list[bytes], append: Any) -> None:
+        loads = orjson.loads
         for line in lines:
             try:
                 rec = loads(line)
             except orjson.JSONDecodeError:
                 if not line.strip():
                     continue
-                try:  # the standard parser reads the bare NaN/Infinity tokens that orjson refuses
+                try:  # the standard parser reads the bare NaN/Infinity tokens (and huge integers) orjson refuses
                     rec = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     self._bad(line)
                     continue
             if type(rec) is not dict:
@@ -222,8 +243,7 @@ class MetricsTable:
         nkeys = len(keys)
         if "step" not in keys or nkeys < 2:
             return False
-        lengths = set(map(len, records))
-        if lengths != {nkeys}:
+        if set(map(len, records)) != {nkeys}:
             return False
         try:
             rows = list(map(itemgetter(*keys), records))
@@ -236,40 +256,55 @@ class MetricsTable:
         if steps_col.dtype.kind == "f":
             if not np.all(np.isfinite(steps_col)) or not np.all(steps_col == np.floor(steps_col)):
                 return False
+        if steps_col.min() < 0 or steps_col.max() > MAX_STEP:
+            return False
         steps = steps_col.astype(np.int64)
         for j, key in enumerate(keys):
             if key == "step":
                 continue
-            series = self.ts if key == "ts" else self._series(key)
+            series = self.ts if key == "ts" else self._series(key, dense=True)
             series.extend(steps, table[:, j].astype(np.float64))
         return True
 
-    def _ingest_mixed(self, records: list[dict[str, Any]]) -> None:
-        """General path: per-record keys, non-numeric values kept aside, records without an int step skipped."""
+    def _ingest_mixed(self, records: list[dict[str, Any]]) -> bool:
+        """General path: per-record keys, non-numeric values kept aside, records without a valid step skipped."""
         cols: dict[str, tuple[list[int], list[float]]] = {}
+        used = 0
         for rec in records:
-            step = rec.get("step")
-            if type(step) is float and step.is_integer():
-                step = int(step)
-            if type(step) is not int:
-                self._bad(f"(no integer step) {rec!r}".encode())
+            step = _valid_step(rec.get("step"))
+            if step is None:
+                self._bad(f"(no valid step) {str(rec)[:100]}".encode())
                 self.lines_read -= 1
                 continue
+            used += 1
             for key, value in rec.items():
                 if key == "step":
                     continue
-                if isinstance(value, int | float):
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    try:
+                        number = float(value)
+                    except OverflowError:  # an integer beyond any float: one bad value, not a lost line
+                        self._bad(f"(value out of range) {key}".encode())
+                        continue
                     col = cols.get(key)
                     if col is None:
                         col = cols[key] = ([], [])
                     col[0].append(step)
-                    col[1].append(float(value))
+                    col[1].append(number)
                 elif key != "ts":
-                    kept = self._series(key).non_numeric
-                    if kept and kept[-1][0] >= step:  # a relaunch repeats steps: the newest value wins
-                        kept[:] = [p for p in kept if p[0] < step]
-                    kept.append((step, value))
+                    self._series(key).keep_non_numeric(step, value)
         for key, (steps, values) in cols.items():
             series = self.ts if key == "ts" else self._series(key)
             series.extend(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
+        return used > 0
 
+
+def _valid_step(step: Any) -> int | None:
+    """An integer step in [0, 2^53] (an integral float counts); None for anything else."""
+    if type(step) is float:
+        if not math.isfinite(step) or not step.is_integer():
+            return None
+        step = int(step)
+    if type(step) is not int or not 0 <= step <= MAX_STEP:
+        return None
+    return step

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,8 +19,11 @@ from trainer.protocol import (
     MetaError,
     RunPaths,
     RunStatus,
+    as_int,
+    as_time,
     normalize_meta,
     process_is,
+    process_start_time,
     read_meta,
     twinkle_home,
     validate_run_id,
@@ -25,20 +31,34 @@ from trainer.protocol import (
 from twinkle_tui.runs.metrics import MetricsTable
 from twinkle_tui.runs.tail import FileTail
 
-ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+log = logging.getLogger(__name__)
+
+# Escape sequences (CSI, OSC, DCS/PM/APC strings, and two- or three-byte ones such as ESC c that resets a terminal
+# or ESC ( 0 that switches its character set), then every control character left but tab.
+ANSI_RE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
+    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings
+    r"|\x1b[ -/]*[0-~]"  # ESC c, ESC ( 0, ESC 7 ...
+    r"|\x1b"  # a lone ESC
+)
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 LOG_TAIL_BYTES = 512 * 1024
+LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
 
 
 def clean_log_line(raw: bytes) -> str:
-    """Decode a log line, keep what a terminal would finally show after carriage returns, drop ANSI codes."""
+    """Decode a log line, keep what a terminal would finally show after carriage returns, and drop every escape
+    sequence and control character: the log panel shows text, never terminal commands."""
     text = raw.decode("utf-8", "replace").rstrip("\r")
     if "\r" in text:
         text = text.rsplit("\r", 1)[-1]
-    return ANSI_RE.sub("", text).replace("\t", "    ")
+    text = ANSI_RE.sub("", text).replace("\t", "    ")
+    return CONTROL_RE.sub("", text)
 
 
 class LogTail:
-    """The last `max_lines` lines of output.log, updated by byte offset."""
+    """The last `max_lines` lines of output.log, updated by byte offset (for the dashboard's log panel)."""
 
     def __init__(self, path: Path, max_lines: int = 5000) -> None:
         self.tail = FileTail(path)
@@ -46,14 +66,14 @@ class LogTail:
         self.total_lines = 0
         self._started = False
 
-    def read_new(self) -> list[str]:
+    def read_new(self, max_bytes: int | None = LOG_READ_BYTES) -> list[str]:
         """Read appended lines; returns the new ones (all of them after a reset)."""
         if not self._started:
             self.tail.seek_to_last(LOG_TAIL_BYTES)
             self._started = True
         if not self.tail.has_new_data():
             return []
-        new = [clean_log_line(line) for line in self.tail.read_lines()]
+        new = [clean_log_line(line) for line in self.tail.read_lines(max_bytes)]
         if self.tail.reset:
             self.lines.clear()
         self.lines.extend(new)
@@ -89,14 +109,15 @@ class EventLog:
     def read_new(self) -> bool:
         if not self.tail.has_new_data():
             return False
-        lines = self.tail.read_lines()
+        lines = self.tail.read_lines(LOG_READ_BYTES)
         if self.tail.reset:
             self.events.clear()
         for line in lines:
             try:
                 rec = json.loads(line)
-                event = RunEvent(float(rec.get("ts", 0.0)), str(rec["kind"]), _int_or_none(rec.get("step")), rec)
-            except (ValueError, KeyError, TypeError, AttributeError):
+                ts = as_time(rec.get("ts", 0.0))
+                event = RunEvent(ts or 0.0, str(rec["kind"]), as_int(rec.get("step"), 0), rec)
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 if line.strip():
                     self.malformed += 1
                 continue
@@ -104,11 +125,7 @@ class EventLog:
         return True
 
 
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-@dataclass
+@dataclass(frozen=True)
 class RunSummary:
     """What the run list shows for one run."""
 
@@ -127,15 +144,31 @@ class RunSummary:
         return self.start_time or 0.0
 
 
-def effective_status(meta: dict[str, Any], alive: Callable[[int | None, int | None], bool] = process_is) -> RunStatus:
-    """The status meta.json claims, corrected when an active run's process is gone (machine restart, kill -9
+STARTING_GRACE = 10.0  # seconds a launch may stay "starting" before a missing supervisor counts as dead
+
+
+def effective_status(meta: dict[str, Any], alive: Callable[[int | None, int | None], bool] = process_is,
+                     now: float | None = None) -> RunStatus:
+    """The status meta.json claims, corrected when an active run's processes are gone (machine restart, kill -9
     of the supervisor): such a run is reported failed, since nothing will ever finish it."""
     status = RunStatus.parse(meta.get("status"))
-    if status.is_active and meta.get("pid") and not alive(meta.get("pid"), meta.get("pid_start_time")):
-        supervisor = meta.get("supervisor_pid")
-        if not (supervisor and alive(supervisor, meta.get("supervisor_start_time"))):
-            return RunStatus.FAILED
-    return status
+    if not status.is_active:
+        return status
+    pid, supervisor = meta.get("pid"), meta.get("supervisor_pid")
+    if supervisor and alive(supervisor, meta.get("supervisor_start_time")):
+        return status
+    if pid and alive(pid, meta.get("pid_start_time")):
+        return status
+    if pid and meta.get("pid_start_time") is None and process_start_time(pid) is not None:
+        return status  # an old writer recorded no start time: the process may be ours, we cannot tell
+    if not pid and not supervisor:
+        started = meta.get("start_time")
+        now = time.time() if now is None else now
+        if status == RunStatus.STARTING and isinstance(started, int | float) and now - started < STARTING_GRACE:
+            return status  # the supervisor is still starting
+        if status != RunStatus.STARTING:
+            return status  # no process was ever recorded (a foreign writer): nothing to check
+    return RunStatus.FAILED
 
 
 class RunView:
@@ -147,8 +180,8 @@ class RunView:
         self.log = LogTail(paths.log)
         self.events = EventLog(paths.events)
         self.meta: dict[str, Any] = normalize_meta({}, paths.run_id)
-        self.problem: str | None = None
-        self._meta_mtime: int | None = None
+        self.meta_problem: str | None = None
+        self._meta_key: tuple[int, int, int] | None = None
 
     @property
     def run_id(self) -> str:
@@ -167,28 +200,49 @@ class RunView:
         total = self.meta["progress"].get("total_steps")
         return int(total) if isinstance(total, int | float) and total > 0 else None
 
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the run's files, in one line (None when nothing is)."""
+        found = [self.meta_problem] if self.meta_problem else []
+        for name, tail in (("metrics.jsonl", self.metrics.tail), ("output.log", self.log.tail),
+                           ("events.jsonl", self.events.tail)):
+            if tail.problem:
+                found.append(f"{name}: {tail.problem}")
+        return " · ".join(found) or None
+
+    @property
+    def pending(self) -> bool:
+        """A bounded refresh left data to read."""
+        return self.metrics.pending or self.log.tail.pending or self.events.tail.pending
+
     def refresh_meta(self) -> bool:
         try:
-            mtime = os.stat(self.paths.meta).st_mtime_ns
+            st = os.stat(self.paths.meta)
         except FileNotFoundError:
-            self.problem = f"run {self.run_id!r} has no meta.json yet"
+            self.meta_problem = f"run {self.run_id!r} has no meta.json yet"
             return False
-        if mtime == self._meta_mtime:
+        except OSError as exc:
+            self.meta_problem = f"meta.json: {exc.strerror or exc}"
+            return False
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._meta_key:
             return False
         try:
             self.meta = read_meta(self.paths)
-            self.problem = None
+            invalid = self.meta.get("_invalid")
+            self.meta_problem = f"meta.json: ignored bad values of {', '.join(invalid)}" if invalid else None
         except MetaError as exc:
-            self.problem = str(exc)  # keep the last good meta; a torn write by a foreign writer heals itself
-        self._meta_mtime = mtime
+            self.meta_problem = str(exc)  # keep the last good meta; a torn write by a foreign writer heals itself
+        self._meta_key = key
         return True
 
-    def refresh(self) -> set[str]:
-        """Read everything new; returns the parts that changed: meta, metrics, log, events."""
+    def refresh(self, max_bytes: int | None = None) -> set[str]:
+        """Read what is new (at most about max_bytes of metrics; `pending` says if more is left); returns the
+        parts that changed: meta, metrics, log, events."""
         changed = set()
         if self.refresh_meta():
             changed.add("meta")
-        if self.metrics.read_new():
+        if self.metrics.read_new(max_bytes):
             changed.add("metrics")
         if self.log.read_new():
             changed.add("log")
@@ -217,12 +271,24 @@ class RunView:
             return 0.0
 
 
+class NoSuchRun(LookupError):
+    """A run id that names no run under $TWINKLE_HOME; the message is one line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such run"
+
+
 class RunStore:
-    """All runs under one $TWINKLE_HOME. Views are created on demand and cached."""
+    """All runs under one $TWINKLE_HOME. Views are created on demand and cached.
+
+    Views grow as files are read; whoever reads or draws them holds `lock` (readers release it between bounded
+    reads, so drawing never waits long).
+    """
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = twinkle_home(home)
         self._views: dict[str, RunView] = {}
+        self.lock = threading.RLock()
 
     def run_ids(self) -> list[str]:
         try:
@@ -239,24 +305,36 @@ class RunStore:
         return ids
 
     def view(self, run_id: str) -> RunView:
-        """The view of one run; a bad run id raises InvalidRunId, a missing run KeyError."""
+        """The view of one run; a bad run id raises InvalidRunId, a missing run NoSuchRun."""
         validate_run_id(run_id)
         view = self._views.get(run_id)
         if view is None:
             paths = RunPaths(self.home / run_id)
-            if not paths.root.is_dir():
-                raise KeyError(f"no run {run_id!r} under {self.home}")
+            if paths.root.is_symlink() or not paths.root.is_dir():
+                raise NoSuchRun(f"no run {run_id!r} under {self.home}")
             view = self._views[run_id] = RunView(paths)
             view.refresh_meta()
         return view
 
+    def forget(self, run_id: str) -> None:
+        """Drop the cached view of a run that was deleted or archived."""
+        self._views.pop(run_id, None)
+
     def list_runs(self) -> list[RunSummary]:
-        """Every run, newest first, from meta.json only (cheap: metrics are read when a run is opened)."""
+        """Every run, newest first, from meta.json only (cheap: metrics are read when a run is opened). A run
+        whose files cannot be read is listed with its problem; it never hides the others."""
         out = []
         for run_id in self.run_ids():
-            view = self.view(run_id)
-            view.refresh_meta()
-            out.append(view.summary())
+            try:
+                view = self.view(run_id)
+                view.refresh_meta()
+                out.append(view.summary())
+            except NoSuchRun:
+                continue  # removed while we listed
+            except Exception as exc:  # a bad run marks itself, never the list
+                log.warning("cannot read run %s: %s", run_id, exc)
+                out.append(RunSummary(run_id, RunStatus.FAILED, None, 0, None, None, None,
+                                      problem=f"unreadable: {exc}"))
         out.sort(key=lambda s: s.sort_key, reverse=True)
         return out
 

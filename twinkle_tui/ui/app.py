@@ -1,49 +1,72 @@
 """The twinkle-tui dashboard: run list, status, charts, log, GPU panel and chat on one screen.
 
-Workers do the I/O (watching files, reading the store, sampling GPUs) and post payload-free messages; the
-handlers here own the state. Widgets are redrawn at most ~4 times a second and only when what they show changed.
+The app renders a Session (twinkle_tui.commands) and forwards input to it: keys, slash commands and the palette
+run the same registered commands, destructive ones after a confirmation. Workers do the I/O (watching files,
+reading the store, sampling GPUs, controlling runs) and post messages; the handlers here own the state.
 """
 
 from __future__ import annotations
 
-import shlex
+import asyncio
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
+from textual.worker import Worker, WorkerState
 from watchfiles import awatch
 
-from trainer.protocol import InvalidRunId, RunStatus
-from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, process_usage
-from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
-from twinkle_tui.runs.store import RunStore, RunSummary, RunView
-from twinkle_tui.slash import SlashCommand, SlashError, help_text, metric_names, parse
+from twinkle_tui.commands import REGISTRY, CommandError, Confirmation, Reply, Resources, Session, parse_slash
+from twinkle_tui.commands.charts import pan, zoom_by
+from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
+from twinkle_tui.process.controller import ProcessController
+from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
 from twinkle_tui.ui.commands import RunCommands
 from twinkle_tui.ui.messages import FilesChanged, ResourcesSampled, RunsRefreshed
+from twinkle_tui.ui.scheduler import RedrawScheduler
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
-from twinkle_tui.ui.widgets.charts import ChartGrid, ChartSettings, MetricChart, default_metrics
+from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart, default_metrics
 from twinkle_tui.ui.widgets.chat import ChatPanel
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
+log = logging.getLogger(__name__)
+
 REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-FLUSH_INTERVAL = 0.25  # at most ~4 redraws a second
+FLUSH_INTERVAL = 0.25  # the redraw tick
 RESOURCE_INTERVAL = 2.0
 LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
-INITIAL_SYNC_BYTES = 32 * 1024 * 1024  # ~0.25 s of metrics reading
 DATA_INTERVAL = 1.0  # streamed data redraws the screen at most once a second; keys redraw at once
+READ_BUDGET = 8 * 1024 * 1024  # bytes of one run read under the store lock before the UI gets a turn
+NOTICE_SECONDS = 12.0
+
+
+class RunFilesFilter:
+    """watchfiles filter: changes inside run directories only. The app's own files (.logs, .chat, .views, the
+    model cache) live under $TWINKLE_HOME too; a log line about a change must not cause another change."""
+
+    def __init__(self, home: Path) -> None:
+        self.prefixes = tuple({str(home) + os.sep, str(home.resolve()) + os.sep})
+
+    def __call__(self, change: Any, path: str) -> bool:
+        for prefix in self.prefixes:
+            if path.startswith(prefix):
+                return not path[len(prefix):].startswith(".")
+        return False
 
 
 class TwinkleApp(App[int]):
@@ -56,17 +79,20 @@ class TwinkleApp(App[int]):
         Binding("p", "pause", "Pause", id="pause"),
         Binding("r", "resume", "Resume", id="resume"),
         Binding("s", "stop", "Stop", id="stop"),
+        Binding("k", "kill", "Kill", id="kill", show=False),
         Binding("n", "new_run", "New run", id="new_run"),
-        Binding("slash", "focus_chat", "Chat", id="focus_chat"),
+        Binding("slash", "focus_chat", "Chat", id="focus_chat", key_display="/"),
         Binding("m", "pick_metrics", "Metrics", id="pick_metrics"),
         Binding("z", "zoom(0.5)", "Zoom in", id="zoom_in"),
         Binding("x", "zoom(2.0)", "Zoom out", id="zoom_out"),
-        Binding("left_square_bracket", "pan(-0.25)", "Pan left", id="pan_left", show=False),
-        Binding("right_square_bracket", "pan(0.25)", "Pan right", id="pan_right", show=False),
+        Binding("left_square_bracket", "pan(-0.25)", "Pan left", id="pan_left", show=False, key_display="["),
+        Binding("right_square_bracket", "pan(0.25)", "Pan right", id="pan_right", show=False, key_display="]"),
         Binding("0", "reset_zoom", "Reset zoom", id="reset_zoom"),
         Binding("e", "toggle_smoothing", "Smooth", id="toggle_smoothing"),
         Binding("l", "toggle_log_y", "Log-y", id="toggle_log_y"),
-        Binding("question_mark", "help", "Help", id="help"),
+        Binding("d", "delete_run", "Delete run", id="delete_run", show=False),
+        Binding("a", "archive_run", "Archive run", id="archive_run", show=False),
+        Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -79,38 +105,54 @@ class TwinkleApp(App[int]):
         grace: float = 30.0,
         clock: Callable[[], float] = time.time,
         gpu_probe: Callable[[], GpuSnapshot] | None = None,
-        usage_probe: Callable[[int | None], ProcessUsage | None] = process_usage,
+        usage_probe: Callable[..., ProcessUsage | None] | None = None,
         watch: bool = True,
         recipe_dirs: list[Path] | None = None,
-        start: str | None = None,
+        start: tuple[str, list[str]] | None = None,
+        data_interval: float = DATA_INTERVAL,
+        auto_yes: bool = False,
     ) -> None:
         super().__init__()
-        self.store = RunStore(home)
-        self.controller = ProcessController(self.store.home, grace=grace)
+        store = RunStore(home)
+        self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
+        self.session = Session(store, ProcessController(store.home, grace=grace), clock, self.recipe_dirs,
+                               resources=lambda: Resources(self.gpus, self.usage))
         self.llm = llm
         self.clock = clock
         self.gpu_probe = gpu_probe or GpuProbe().snapshot
-        self.usage_probe = usage_probe
+        self.usage_probe = usage_probe or UsageSampler().sample
         self.watch_enabled = watch
-        self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
-        self.selected: str | None = run_id
-        self.settings = ChartSettings()
-        self.summaries: list[RunSummary] = []
+        self.auto_yes = auto_yes
+        self.summaries: tuple[RunSummary, ...] = ()
         self.gpus = GpuSnapshot(error="probing GPUs…")
         self.usage: ProcessUsage | None = None
+        self.scheduler = RedrawScheduler(data_interval=data_interval)
+        self.notice: tuple[str, float] | None = None
+        self._requested_run = run_id
+        self._start = start
+        self._drawn: tuple[Any, ...] | None = None
+        self._stop_watch = threading.Event()
         self._pending_runs: set[str] = set()
         self._list_stale = True
-        self._io_lock = threading.Lock()
-        self._dirty: set[str] = set()
-        self._last_flush = 0.0
-        # Parts whose data changed since the last data redraw: workers add, the UI thread takes (under the lock).
-        self._data_pending: set[str] = set()
-        self._data_lock = threading.Lock()
-        self._data_drawn_at = 0.0
-        self._drawn: tuple[Any, ...] | None = None
-        self._launched: list[Launched] = []
-        self._stop_watch = threading.Event()
-        self._start_spec = start
+        self._refresh_lock = threading.Lock()
+        self._refresh_wanted: tuple[bool, set[str]] = (False, set())
+        self._refresh_running = False
+
+    @property
+    def store(self) -> RunStore:
+        return self.session.store
+
+    @property
+    def controller(self) -> ProcessController:
+        return self.session.controller
+
+    @property
+    def selected(self) -> str | None:
+        return self.session.selected
+
+    @property
+    def settings(self) -> Any:
+        return self.session.settings
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -122,6 +164,8 @@ class TwinkleApp(App[int]):
                 yield GpuPanel(id="gpu")
             with Vertical(id="center"):
                 yield RunStatusBar(id="status")
+                yield Static("", id="waiting")
+                yield Static("", id="legend")
                 yield ChartGrid(id="charts")
                 yield Static("log", classes="panel-title")
                 yield RunLog(id="log")
@@ -136,20 +180,21 @@ class TwinkleApp(App[int]):
         self.run_log = self.query_one(RunLog)
         self.gpu_panel = self.query_one(GpuPanel)
         self.chat = self.query_one(ChatPanel)
-        self.store.home.mkdir(parents=True, exist_ok=True)
+        self.waiting = self.query_one("#waiting", Static)
+        self.legend = self.query_one("#legend", Static)
         self.run_list.focus()
-        if self._start_spec:
+        if self._requested_run:
             try:
-                self.notify(self.start_run(self._start_spec), timeout=4)
-            except (RunControlError, InvalidRunId) as exc:
-                self.notify(str(exc), severity="error", timeout=10)
-        if self._initial_read_is_small():
-            # A reader thread during Textual's own start-up runs at half speed and delays the first paint;
-            # a small first read in the main thread gives the first full frame sooner.
-            self._read_store(full_list=True)
-            self.post_message(RunsRefreshed())
-        else:
-            self.refresh_store(full_list=True)
+                self.session.select(self._requested_run)
+            except CommandError as exc:
+                self.say(f"{exc}; showing the newest run instead", error=True)
+        if self._start:
+            path, args = self._start
+            self.run_worker(self.run_command("start_training", {"path": path, "args": args}, "key", confirmed=True),
+                            group="commands", exit_on_error=False)
+        # A small first read in the main thread gives the first full frame sooner than a reader thread would
+        # during Textual's own start-up; a large one goes to the worker and streams in.
+        self._refresh(full_list=True, run_ids=set(), inline=True)
         if self.watch_enabled:
             self.watch_home()
         self.set_interval(FLUSH_INTERVAL, self.flush)
@@ -159,10 +204,12 @@ class TwinkleApp(App[int]):
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < 130, "narrow")
-        self._dirty.add("charts")
+        self.set_class(self.size.width < 100, "very-narrow")
+        self.scheduler.now("charts", "list", "status")
 
     def on_unmount(self) -> None:
         self._stop_watch.set()
+        self.session.save_settings()
 
     # ------------------------------------------------------------------ workers (I/O only; they post messages)
     @work(exclusive=True, group="watch", exit_on_error=False)
@@ -170,81 +217,133 @@ class TwinkleApp(App[int]):
         home = self.store.home
         # Batches of up to 0.4 s: a run writing every step would otherwise wake us for every line.
         async for changes in awatch(home, debounce=400, step=200, stop_event=self._stop_watch,
-                                    ignore_permission_denied=True):
+                                    ignore_permission_denied=True, watch_filter=RunFilesFilter(home)):
             paths = [p for _, p in changes]
             self._pending_runs |= self.store.run_ids_for_paths(paths)
             if any(p.endswith("meta.json") or Path(p).parent == home for p in paths):
                 self._list_stale = True
             self.post_message(FilesChanged())
 
+    def _refresh(self, full_list: bool = False, run_ids: set[str] | None = None, inline: bool = False) -> None:
+        """Ask for a read of the run list and/or runs; one reader at a time drains every request."""
+        with self._refresh_lock:
+            full, ids = self._refresh_wanted
+            self._refresh_wanted = (full or full_list, ids | (run_ids if run_ids is not None else set()))
+            if self._refresh_running:
+                return
+            self._refresh_running = True
+        if inline and not self._read_store(budget=READ_BUDGET // 4, passes=1):
+            return
+        self.read_store()
+
     @work(thread=True, group="io", exit_on_error=False)
-    def refresh_store(self, full_list: bool = False, run_ids: frozenset[str] = frozenset()) -> None:
-        self._read_store(full_list, run_ids)
-        self.post_message(RunsRefreshed())
+    def read_store(self) -> None:
+        self._read_store(budget=READ_BUDGET)
 
-    def _read_store(self, full_list: bool = False, run_ids: frozenset[str] = frozenset()) -> None:
-        """Read the run list and the watched runs' new data (the only place the app reads files); remember
-        which parts of the screen that data feeds."""
-        with self._io_lock:
-            if full_list:
-                summaries = self.store.list_runs()
-                if [(s.run_id, s.status, s.last_step, s.total_steps) for s in summaries] != [
-                        (s.run_id, s.status, s.last_step, s.total_steps) for s in self.summaries]:
-                    self._note_changed("list")
-                self.summaries = summaries
-            wanted = {self.selected, self.settings.compare}
-            if self.selected is None and self.summaries:  # the newest run will be selected: read it now
-                wanted.add(self.summaries[0].run_id)
-            for run_id in wanted - {None}:
-                if run_id is not None and (full_list or run_id in run_ids or not run_ids):
-                    try:
-                        parts = self.store.view(run_id).refresh()
-                    except (KeyError, InvalidRunId):
-                        continue
-                    if "metrics" in parts or "events" in parts:
-                        self._note_changed("charts", "status")
-                    if "meta" in parts:
-                        self._note_changed("status", "list")
-                    if "log" in parts:
-                        self._note_changed("log")
+    def _read_store(self, budget: int, passes: int | None = None) -> bool:
+        """Drain the read requests: the run list (meta.json only) and the new data of the runs on screen, in
+        bounded reads, so the UI can draw between them and a huge file never freezes the other runs. Returns
+        True if work is left (only when `passes` ran out)."""
+        while True:
+            if passes is not None:
+                if passes == 0:
+                    return True
+                passes -= 1
+            with self._refresh_lock:
+                (full, ids), self._refresh_wanted = self._refresh_wanted, (False, set())
+                if not full and not ids and not self._refresh_more:
+                    self._refresh_running = False
+                    return False
+            summaries = None
+            if full:
+                with self.store.lock:
+                    summaries = tuple(self.store.list_runs())
+                if [(s.run_id, s.status, s.last_step, s.total_steps, s.meta.get("display_name")) for s in summaries] \
+                        != [(s.run_id, s.status, s.last_step, s.total_steps, s.meta.get("display_name"))
+                            for s in self.summaries]:
+                    self.scheduler.data("list")
+            more = self._read_runs(full, ids, summaries, budget)
+            self.post_message(RunsRefreshed(summaries))
+            with self._refresh_lock:
+                self._refresh_more = more
+            if self._stop_watch.is_set():
+                with self._refresh_lock:
+                    self._refresh_running = False
+                return False
 
-    def _note_changed(self, *parts: str) -> None:
-        with self._data_lock:
-            self._data_pending.update(parts)
+    _refresh_more = False
 
-    def _initial_read_is_small(self) -> bool:
-        """True if the run shown first can be read before the first frame without a noticeable pause."""
-        summaries = self.store.list_runs()
-        run_id = self.selected or (summaries[0].run_id if summaries else None)
-        if run_id is None:
-            return True
-        try:
-            return self.store.view(run_id).paths.metrics.stat().st_size <= INITIAL_SYNC_BYTES
-        except (OSError, KeyError, InvalidRunId):
-            return True
+    def _read_runs(self, full: bool, ids: set[str], summaries: tuple[RunSummary, ...] | None, budget: int) -> bool:
+        wanted = {self.session.selected, self.session.settings.compare}
+        if self.session.selected is None:
+            newest = (summaries or self.summaries or (None,))[0]
+            if newest is not None:  # the newest run will be selected: read it now
+                wanted.add(newest.run_id)
+        more = False
+        for run_id in wanted - {None}:
+            assert run_id is not None
+            if not (full or run_id in ids or not ids or self._refresh_more):
+                continue
+            with self.store.lock:
+                try:
+                    view = self.store.view(run_id)
+                    parts = view.refresh(budget)
+                except (NoSuchRun, ValueError):
+                    continue
+            more |= view.pending
+            if "metrics" in parts or "events" in parts:
+                self.scheduler.data("charts", "status")
+            if "meta" in parts:
+                self.scheduler.data("status", "list")
+            if "log" in parts:
+                self.scheduler.data("log")
+        return more
 
     @work(thread=True, exclusive=True, group="resources", exit_on_error=False)
     def sample_resources(self) -> None:
         gpus = self.gpu_probe()
         view = self.current_view()
         pid = view.meta.get("pid") if view is not None and view.status.is_active else None
-        self.post_message(ResourcesSampled(gpus, self.usage_probe(pid)))
+        try:
+            usage = self.usage_probe(pid, gpus)
+        except TypeError:
+            usage = self.usage_probe(pid)  # a probe that takes only the pid
+        self.post_message(ResourcesSampled(gpus, usage))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that failed is logged with its traceback and named in the status bar, never silent."""
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            log.error("worker %s failed", event.worker.name, exc_info=error)
+            self.say(f"internal error in {event.worker.name or 'a worker'}: {type(error).__name__}: {error} "
+                     "(details in the log)", error=True)
+            if event.worker.group == "io":
+                with self._refresh_lock:
+                    self._refresh_running = False
 
     # ------------------------------------------------------------------ message handlers (own the state)
     @on(FilesChanged)
     def _files_changed(self) -> None:
-        ids, self._pending_runs = frozenset(self._pending_runs), set()
+        ids, self._pending_runs = set(self._pending_runs), set()
         full, self._list_stale = self._list_stale, False
-        watched = {self.selected, self.settings.compare}
+        watched = {self.session.selected, self.session.settings.compare}
         if full or ids & watched:
-            self.refresh_store(full_list=full, run_ids=ids)
+            self._refresh(full_list=full, run_ids=ids)
 
     @on(RunsRefreshed)
-    def _runs_refreshed(self) -> None:
-        if self.selected is None and self.summaries:
-            self.select_run(self.summaries[0].run_id)
+    def _runs_refreshed(self, message: RunsRefreshed) -> None:
+        if message.summaries is not None:
+            self.summaries = message.summaries
+        if self.session.selected is None and self.summaries:
+            self.select(self.summaries[0].run_id)
             return
-        self._flush_data()
+        if self.session.selected is not None and self.summaries and \
+                self.session.selected not in {s.run_id for s in self.summaries} and message.summaries is not None:
+            gone, self.session.selected = self.session.selected, None  # deleted or archived elsewhere
+            self.say(f"run {gone} is gone", error=True)
+            self.select(self.summaries[0].run_id)
+            return
+        self.flush()
 
     @on(ResourcesSampled)
     def _resources_sampled(self, message: ResourcesSampled) -> None:
@@ -254,70 +353,153 @@ class TwinkleApp(App[int]):
 
     @on(RunList.Selected)
     def _run_selected(self, message: RunList.Selected) -> None:
-        if message.run_id != self.selected:
-            self.select_run(message.run_id)
+        if message.run_id != self.session.selected:
+            self.select(message.run_id)
 
     @on(MetricChart.ZoomRequest)
     def _zoom_request(self, message: MetricChart.ZoomRequest) -> None:
         if message.lo is not None and message.hi is not None:
-            self.set_zoom(message.lo, message.hi)
+            self.run_view_command("zoom_metrics", {"start": message.lo, "end": message.hi})
         elif message.factor is not None:
-            self.action_zoom(message.factor, message.center)
+            zoom_by(self.session, message.factor, message.center)
+            self.scheduler.now("charts")
+            self.flush()
 
     @on(ChatPanel.Submitted)
     async def _chat_submitted(self, message: ChatPanel.Submitted) -> None:
-        chat = self.chat
-        await chat.add(message.text, "user")
-        if not message.text.startswith("/"):
-            await chat.add("The LLM agent is not connected in this version; slash commands work: **/help**.", "reply")
+        await self.chat.add(message.text, "user")
+        if message.text.startswith("/"):
+            try:
+                name, args = parse_slash(message.text)
+            except CommandError as exc:
+                await self.chat.add(f"⚠ {exc}", "error")
+                return
+            self.run_worker(self.run_command(name, args, "chat"), group="commands", exit_on_error=False)
             return
+        await self.chat.add("No LLM agent is connected; slash commands work: **/help**.", "reply")
+
+    # ------------------------------------------------------------------ commands
+    async def run_command(self, name: str, args: dict[str, Any] | None = None, origin: str = "key",
+                          confirmed: bool = False) -> Reply | None:
+        """Run a registered command: validate, confirm if it asks, run it where its kind says (control commands
+        in a thread), apply the reply to the view, and tell the user where the command came from."""
+        cmd = REGISTRY.get(name)
+        if cmd is None:
+            await self.tell(f"unknown command {name}", origin, error=True)
+            return None
+        blocking = cmd.kind != "view"
         try:
-            reply = self.run_slash(parse(message.text))
-        except (SlashError, RunControlError, InvalidRunId, KeyError) as exc:
-            await chat.add(f"⚠ {str(exc).strip(chr(39))}", "error")
-            return
-        if reply:
-            await chat.add(reply, "reply")
+            if blocking:
+                valid, confirmation = await asyncio.to_thread(self.session.prepare, name, args)
+            else:
+                valid, confirmation = self.session.prepare(name, args)
+            if confirmation is not None and not (confirmed or self.auto_yes):
+                if not await self.ask(confirmation):
+                    await self.tell(f"cancelled: {confirmation.title.rstrip('?')}", origin)
+                    return None
+            if blocking:
+                reply = await asyncio.to_thread(self.session.execute, name, valid)
+            else:
+                reply = self.session.execute(name, valid)
+        except CommandError as exc:
+            await self.tell(str(exc), origin, error=True)
+            return None
+        self.apply(reply)
+        await self.tell(reply.text, origin)
+        return reply
 
-    # ------------------------------------------------------------------ drawing (at most ~4 Hz)
-    def _flush_data(self) -> None:
-        """Redraw what new data changed, at most once per DATA_INTERVAL; the flush tick catches the rest."""
-        if time.monotonic() - self._data_drawn_at < DATA_INTERVAL:
+    def run_view_command(self, name: str, args: dict[str, Any] | None = None) -> None:
+        """A view command from a key or the mouse: synchronous, errors as a notice."""
+        try:
+            reply = self.session.execute(name, args)
+        except CommandError as exc:
+            self.say(str(exc), error=True)
             return
-        with self._data_lock:
-            parts, self._data_pending = self._data_pending, set()
-        if parts:
-            self._data_drawn_at = time.monotonic()
-            self.redraw(*parts)
+        self.apply(reply)
 
-    async def flush(self) -> None:
-        self._flush_data()
-        if not self._dirty:
+    def apply(self, reply: Reply) -> None:
+        before = self.session.selected
+        self.session.apply(reply)
+        if self.session.selected != before:
+            self._selection_changed()
+        if reply.redraw & {"list", "status"}:  # a run changed state: read the list and that run now
+            self._refresh(full_list=True, run_ids=self._on_screen())
+        self.scheduler.now(*(reply.redraw or {"charts"}))
+        self.flush()
+
+    async def ask(self, confirmation: Confirmation) -> bool:
+        """Show a confirmation and wait for the answer."""
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def answered(yes: bool | None) -> None:
+            if not answer.done():
+                answer.set_result(bool(yes))
+
+        self.push_screen(ConfirmScreen(confirmation.title, confirmation.detail, confirmation.action), answered)
+        return await answer
+
+    async def tell(self, text: str, origin: str, error: bool = False) -> None:
+        """A reply goes back where the command came from: the chat log for chat commands, a notice otherwise."""
+        if origin == "chat":
+            await self.chat.add(f"⚠ {text}" if error else text, "error" if error else "reply")
+        else:
+            self.say(text, error=error)
+
+    def say(self, text: str, error: bool = False) -> None:
+        """A short notice (a toast); errors also stay in the status bar for a while."""
+        first = text.splitlines()[0] if text else ""
+        self.notify(first, severity="error" if error else "information", timeout=8 if error else 4)
+        if error:
+            self.notice = (first, time.monotonic())
+            self.scheduler.now("status")
+
+    # ------------------------------------------------------------------ drawing
+    def flush(self) -> None:
+        """Draw what is due (keys at once, streamed data at most once per data interval)."""
+        parts = self.scheduler.take()
+        if not parts:
             return
-        self._last_flush = time.monotonic()
-        dirty, self._dirty = self._dirty, set()
         now = self.clock()
-        view = self.current_view()
-        if "list" in dirty:
-            self.run_list.show(self.summaries, self.selected, now)
-        if "status" in dirty:
-            self.status_bar.show(view, now)
-        if "log" in dirty:
-            self.run_log.show(view)
-        if "charts" in dirty:
-            await self._draw_charts(view)
+        with self.store.lock:
+            view = self.current_view()
+            if "list" in parts:
+                self.run_list.show(list(self.summaries), self.session.selected, now)
+            if "status" in parts:
+                self.status_bar.show(view, now, self._notice_text())
+            if "log" in parts:
+                self.run_log.show(view)
+            if "charts" in parts:
+                self._draw_charts(view)
 
-    async def _draw_charts(self, view: RunView | None) -> None:
+    def _notice_text(self) -> str | None:
+        if self.notice is None:
+            return None
+        text, at = self.notice
+        if time.monotonic() - at > NOTICE_SECONDS:
+            self.notice = None
+            return None
+        return text
+
+    def _draw_charts(self, view: RunView | None) -> None:
         grid = self.chart_grid
+        s = self.session.settings
         if view is None:
-            await grid.set_metrics([])
+            grid.set_metrics([])
+            self._show_waiting(None)
+            self.legend.display = False
             return
         names = view.metrics.names()
-        if not self.settings.user_chose_metrics or not set(self.settings.metrics) & set(names):
-            self.settings.metrics = default_metrics(names)
-        await grid.set_metrics([m for m in self.settings.metrics if m in names] or self.settings.metrics)
+        self._show_waiting(view if not names else None)
+        if not names:
+            grid.set_metrics([])
+            return
+        if not s.user_chose_metrics or not set(s.metrics) & set(names):
+            s.metrics = default_metrics(names)
+        grid.set_metrics([m for m in s.metrics if m in names] or s.metrics)
         compare = self.compare_view()
-        s = self.settings
+        self.legend.display = compare is not None
+        if compare is not None:
+            self.legend.update(f"[cyan]━━[/] {escape(view.run_id)}   [orange1]━━[/] {escape(compare.run_id)}")
         key = (view.run_id, view.metrics.generation, len(view.events.events),
                compare.run_id if compare else None, compare.metrics.generation if compare else None,
                tuple(s.metrics), s.zoom, s.smoothing, s.smoothing_weight, s.log_y, grid.size)
@@ -326,108 +508,90 @@ class TwinkleApp(App[int]):
         self._drawn = key
         grid.draw(view, s, compare)
 
-    def redraw(self, *parts: str) -> None:
-        """Mark parts for redrawing: at once if nothing was drawn for an interval, else on the next tick."""
-        self._dirty |= set(parts) or {"list", "status", "charts", "log"}
-        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
-            self._last_flush = time.monotonic()
-            self.call_later(self.flush)
+    def _show_waiting(self, view: RunView | None) -> None:
+        """Before the first metric line, say what the run is doing instead of showing empty charts."""
+        self.waiting.display = view is not None
+        self.chart_grid.display = view is None
+        if view is None:
+            return
+        if view.status.is_active:
+            last = next((line for line in reversed(view.log.lines) if line.strip()
+                         and not line.startswith("===== twinkle launch")), "")
+            text = "waiting for the first step…" + (f"\n\n[dim]{escape(last[-300:])}[/]" if last else "")
+        else:
+            text = f"this run logged no metrics ({view.status.value})"
+        self.waiting.update(text)
+
+    @property
+    def quiescent(self) -> bool:
+        """Nothing is being read and nothing waits to be drawn (tests wait for this instead of sleeping)."""
+        return not self._refresh_running and self.scheduler.idle
 
     # ------------------------------------------------------------------ selection
     def current_view(self) -> RunView | None:
-        if self.selected is None:
+        if self.session.selected is None:
             return None
         try:
-            return self.store.view(self.selected)
-        except (KeyError, InvalidRunId):
+            return self.store.view(self.session.selected)
+        except (NoSuchRun, ValueError):
             return None
 
     def compare_view(self) -> RunView | None:
-        if not self.settings.compare:
+        if not self.session.settings.compare:
             return None
         try:
-            return self.store.view(self.settings.compare)
-        except (KeyError, InvalidRunId):
+            return self.store.view(self.session.settings.compare)
+        except (NoSuchRun, ValueError):
             return None
 
-    def select_run(self, run_id: str) -> None:
-        self.store.view(run_id)  # raises for a bad or unknown id
-        self.selected = run_id
-        self.settings.zoom = None
-        if self.settings.compare == run_id:
-            self.settings.compare = None
-        self.refresh_store(run_ids=frozenset({run_id}))
+    def select(self, run_id: str) -> None:
+        try:
+            self.session.select(run_id)
+        except CommandError as exc:
+            self.say(str(exc), error=True)
+            return
+        self._selection_changed()
+
+    def _on_screen(self) -> set[str]:
+        return {r for r in (self.session.selected, self.session.settings.compare) if r is not None}
+
+    def _selection_changed(self) -> None:
+        self._drawn = None
+        self._refresh(run_ids=self._on_screen())
         self.sample_resources()
-        self.redraw()
+        self.scheduler.now()
+        self.flush()
 
-    # ------------------------------------------------------------------ actions (keys, palette and /commands)
-    def _control(self, action: str) -> str:
-        if self.selected is None:
-            raise RunControlError("no run selected")
-        result = getattr(self.controller, action)(self.selected)
-        if isinstance(result, Launched):
-            self._launched.append(result)
-        self._list_stale = True
-        self.refresh_store(full_list=True)
-        return f"{action} {self.selected}: done"
-
-    def _act(self, action: str) -> None:
-        try:
-            self.notify(self._control(action), timeout=3)
-        except (RunControlError, InvalidRunId) as exc:
-            self.notify(str(exc), severity="error", timeout=6)
+    # ------------------------------------------------------------------ actions (keys and palette)
+    def _command(self, name: str, args: dict[str, Any] | None = None) -> None:
+        self.run_worker(self.run_command(name, args, "key"), group="commands", exit_on_error=False)
 
     def action_pause(self) -> None:
-        self._act("pause")
+        self._command("pause_training")
 
     def action_resume(self) -> None:
-        self._act("resume")
+        self._command("resume_training")
 
     def action_stop(self) -> None:
-        view = self.current_view()
-        if view is None:
-            self.notify("no run selected", severity="error")
-            return
-        if not view.status.is_active or view.status == RunStatus.STOPPING:
-            self.notify(f"cannot stop run {view.run_id!r}: it is {view.status.value}", severity="error")
-            return
+        self._command("stop_training")
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._act("stop")
+    def action_kill(self) -> None:
+        self._command("kill_training")
 
-        self.push_screen(ConfirmScreen(
-            f"Stop run {view.run_id}?",
-            f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
-            f"Resume later with r (relaunch from the checkpoint).",
-        ), answered)
+    def action_delete_run(self) -> None:
+        self._command("delete_run")
+
+    def action_archive_run(self) -> None:
+        self._command("archive_run")
 
     def action_new_run(self) -> None:
-        def chosen(value: str | None) -> None:
-            if value:
-                try:
-                    self.notify(self.start_run(value), timeout=4)
-                except (RunControlError, InvalidRunId, ValueError) as exc:
-                    self.notify(str(exc), severity="error", timeout=8)
+        def chosen(value: tuple[str, list[str]] | None) -> None:
+            if value:  # the picker is itself the deliberate choice: no second question
+                path, args = value
+                self.run_worker(self.run_command("start_training", {"path": path, "args": args}, "key",
+                                                 confirmed=True), group="commands", exit_on_error=False)
 
         self.push_screen(NewRunScreen(find_recipes(*self.recipe_dirs)), chosen)
-
-    def start_run(self, spec: str) -> str:
-        """Launch 'path [-- args]': a .py script as itself, a .toml/.yaml config through the embedded trainer."""
-        parts = shlex.split(spec)
-        path, args = parts[0], [a for a in parts[1:] if a != "--"]
-        if not Path(path).exists():
-            raise RunControlError(f"no such script or config: {path}")
-        if path.endswith(".py"):
-            launched = self.controller.launch_script(path, args)
-        else:
-            launched = self.controller.launch_module("trainer", [str(Path(path).resolve()), *args])
-        self._launched.append(launched)
-        self.selected = launched.run_id
-        self.settings.zoom = None
-        self._list_stale = True
-        self.refresh_store(full_list=True)
-        return f"started {launched.run_id}"
 
     def action_focus_chat(self) -> None:
         self.chat.query_one("#chat-input", Input).focus()
@@ -438,146 +602,47 @@ class TwinkleApp(App[int]):
     def action_pick_metrics(self) -> None:
         view = self.current_view()
         if view is None or not view.metrics.names():
-            self.notify("this run has no numeric metrics yet", severity="warning")
+            self.say("this run has no numeric metrics yet", error=True)
             return
 
         def picked(names: list[str] | None) -> None:
             if names:
-                self.set_metrics(names)
+                self.run_view_command("select_metrics", {"names": names})
 
-        self.push_screen(MetricPicker(view.metrics.names(), self.settings.metrics), picked)
+        self.push_screen(MetricPicker(view.metrics.names(), self.session.settings.metrics), picked)
 
     def set_metrics(self, names: list[str]) -> None:
-        self.settings.metrics = names[:4]
-        self.settings.user_chose_metrics = True
-        self.redraw("charts")
-
-    def _data_range(self) -> tuple[float, float] | None:
-        view = self.current_view()
-        if view is None:
-            return None
-        ranges = [view.metrics.series[m].snapshot()[0] for m in self.settings.metrics if m in view.metrics.series]
-        ranges = [r for r in ranges if len(r)]
-        if not ranges:
-            return None
-        return float(min(r[0] for r in ranges)), float(max(r[-1] for r in ranges))
-
-    def set_zoom(self, lo: float, hi: float) -> None:
-        if hi - lo < 1:
-            hi = lo + 1
-        self.settings.zoom = (lo, hi)
-        self.redraw("charts")
+        self.run_view_command("select_metrics", {"names": names})
 
     def action_zoom(self, factor: float, center: float | None = None) -> None:
-        full = self._data_range()
-        if full is None:
-            return
-        lo, hi = self.settings.zoom or full
-        center = (lo + hi) / 2 if center is None else center
-        half = (hi - lo) * factor / 2
-        if factor > 1 and half * 2 >= full[1] - full[0]:
-            self.action_reset_zoom()
-            return
-        self.set_zoom(max(full[0], center - half), min(full[1], center + half) if factor > 1 else center + half)
+        zoom_by(self.session, factor, center)
+        self.scheduler.now("charts")
+        self.flush()
 
     def action_pan(self, fraction: float) -> None:
-        if self.settings.zoom is None:
-            return
-        lo, hi = self.settings.zoom
-        shift = (hi - lo) * fraction
-        self.set_zoom(lo + shift, hi + shift)
+        pan(self.session, fraction)
+        self.scheduler.now("charts")
+        self.flush()
 
     def action_reset_zoom(self) -> None:
-        self.settings.zoom = None
-        self.redraw("charts")
+        self.run_view_command("zoom_metrics", {"reset": True})
 
     def action_toggle_smoothing(self) -> None:
-        self.settings.smoothing = not self.settings.smoothing
-        self.redraw("charts")
+        self.run_view_command("set_chart_options", {"toggle": "smoothing"})
 
     def action_toggle_log_y(self) -> None:
-        self.settings.log_y = not self.settings.log_y
-        self.redraw("charts")
+        self.run_view_command("set_chart_options", {"toggle": "log_y"})
 
     def action_help(self) -> None:
         keys = [(b.key_display or b.key, b.description, b.id or "") for b in self.BINDINGS if isinstance(b, Binding)]
         self.push_screen(HelpScreen(keys))
 
     def set_compare(self, run_id: str | None) -> None:
-        if run_id is not None:
-            self.store.view(run_id)
-        self.settings.compare = run_id
-        if run_id:
-            self.refresh_store(run_ids=frozenset({run_id}))
-        self.redraw("charts")
-
-    # ------------------------------------------------------------------ slash commands
-    def run_slash(self, cmd: SlashCommand) -> str | None:
-        """Run a parsed slash command with the same handlers the keys use; returns the reply text."""
-        name, args = cmd.name, cmd.args
-        if name == "help":
-            return "```\n" + help_text() + "\n```"
-        if name == "runs":
-            if not self.summaries:
-                return "no runs yet under " + str(self.store.home)
-            rows = "\n".join(f"| {s.run_id} | {s.status.value} | {s.last_step}/{s.total_steps or '?'} |" for s in self.summaries[:30])
-            return "| run | status | step |\n|---|---|---|\n" + rows
-        if name == "select":
-            self.select_run(args[0])
-            return f"selected {args[0]}"
-        if name in ("pause", "resume"):
-            return self._control(name)
-        if name == "stop":
-            self.action_stop()
-            return None
-        if name == "zoom":
-            self.set_zoom(float(args[0]), float(args[1]))
-            return f"showing steps {args[0]}–{args[1]}"
-        if name == "reset":
-            self.action_reset_zoom()
-            return "zoom reset"
-        if name == "metrics":
-            view = self.current_view()
-            known = view.metrics.names() if view else []
-            wanted = metric_names(args)
-            unknown = [n for n in wanted if n not in known]
-            if unknown:
-                raise SlashError(f"unknown metric(s): {', '.join(unknown)}; this run logs: {', '.join(known) or 'nothing yet'}")
-            self.set_metrics(wanted)
-            return "charting " + ", ".join(wanted)
-        if name == "compare":
-            target = args[0] if args and args[0] != "none" else None
-            self.set_compare(target)
-            return f"comparing with {target}" if target else "comparison off"
-        if name == "smooth":
-            if args:
-                self.settings.smoothing_weight = float(args[0])
-                self.settings.smoothing = True
-            else:
-                self.settings.smoothing = not self.settings.smoothing
-            self.redraw("charts")
-            return f"smoothing {'on' if self.settings.smoothing else 'off'} (weight {self.settings.smoothing_weight})"
-        if name == "logy":
-            self.action_toggle_log_y()
-            return f"log-y {'on' if self.settings.log_y else 'off'}"
-        if name == "gpu":
-            return self._gpu_text()
-        if name == "new":
-            return self.start_run(" ".join(shlex.quote(a) for a in args))
-        raise SlashError(f"/{name} is not handled")
-
-    def _gpu_text(self) -> str:
-        lines = [self.gpus.error] if self.gpus.error else []
-        for g in self.gpus.gpus:
-            lines.append(f"GPU{g.index} {g.name}: {g.utilization or 0:.0f}% util, "
-                         f"{g.memory_used / 2**30:.1f}/{g.memory_total / 2**30:.1f} GiB")
-        if self.usage:
-            lines.append(f"selected run: CPU {self.usage.cpu_percent:.0f}%, RAM {self.usage.rss / 2**20:.0f} MiB")
-        return "\n\n".join(lines) or "nothing to show"
+        self._command("compare_runs", {"run_id": run_id or "none"})
 
     # ------------------------------------------------------------------ housekeeping
     def _periodic(self) -> None:
-        self._launched = [ln for ln in self._launched if ln.supervisor.poll() is None]  # reap supervisors
-        self.refresh_store(full_list=True)
-        self.redraw("status", "list")  # elapsed time and ages move on without any file changing
-
+        launched = self.session.services.get("launched", [])
+        self.session.services["launched"] = [ln for ln in launched if ln.supervisor.poll() is None]  # reap
+        self._refresh(full_list=True)
+        self.scheduler.data("status", "list")  # elapsed time and ages move on without any file changing

@@ -19,6 +19,9 @@ class RunCommands(Provider):
             ("Pause the selected run", app.action_pause, "SIGSTOP: memory and GPU state are kept"),
             ("Resume the selected run", app.action_resume, "SIGCONT, or relaunch from the last checkpoint"),
             ("Stop the selected run", app.action_stop, "checkpoint and exit (asks first)"),
+            ("Kill the selected run", app.action_kill, "SIGKILL now, no checkpoint (asks first)"),
+            ("Delete the selected run", app.action_delete_run, "an ended run and its files (asks first)"),
+            ("Archive the selected run", app.action_archive_run, "move an ended run to .archive/ (asks first)"),
             ("Start a new run", app.action_new_run, "a recipe from examples/ or a script path"),
             ("Choose metrics", app.action_pick_metrics, "up to four charts"),
             ("Reset zoom", app.action_reset_zoom, "show every step"),
@@ -28,7 +31,7 @@ class RunCommands(Provider):
         ]
         for summary in app.summaries:
             if summary.run_id != app.selected:
-                cmds.append((f"Switch to run {summary.run_id}", partial(app.select_run, summary.run_id),
+                cmds.append((f"Switch to run {summary.run_id}", partial(app.select, summary.run_id),
                              f"{summary.status.value}, step {summary.last_step}"))
                 cmds.append((f"Compare with run {summary.run_id}", partial(app.set_compare, summary.run_id),
                              "overlay its metrics on the charts"))

@@ -1,10 +1,11 @@
-"""Payload-free "changed" messages: a burst of file changes collapses into one repaint (can_replace)."""
+"""Messages from workers to the app: "changed" with as little payload as possible (can_replace collapses bursts)."""
 
 from __future__ import annotations
 
 from textual.message import Message
 
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
+from twinkle_tui.runs.store import RunSummary
 
 
 class FilesChanged(Message):
@@ -15,10 +16,16 @@ class FilesChanged(Message):
 
 
 class RunsRefreshed(Message):
-    """The run store has read new data; widgets pull what they show."""
+    """The store read new data; widgets pull what they show. `summaries` is a new run list (immutable rows built
+    by the worker), or None when only run data changed."""
+
+    def __init__(self, summaries: tuple[RunSummary, ...] | None = None) -> None:
+        super().__init__()
+        self.summaries = summaries
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RunsRefreshed)
+        # The newer message (`message`) supersedes this one unless this one carries a run list the newer lacks.
+        return isinstance(message, RunsRefreshed) and (message.summaries is not None or self.summaries is None)
 
 
 class ResourcesSampled(Message):

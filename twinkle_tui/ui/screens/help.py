@@ -1,4 +1,4 @@
-"""Keys and slash commands."""
+"""Keys and chat commands, as they are typed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from twinkle_tui.slash import COMMANDS
+from twinkle_tui.commands.registry import slash_help
+
+KEY_NAMES = {"slash": "/", "question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
+             "escape": "esc", "enter": "enter", "tab": "tab"}
+
+
+def key_as_typed(key: str) -> str:
+    return ", ".join(KEY_NAMES.get(k, k) for k in key.split(","))
 
 
 class HelpScreen(ModalScreen[None]):
@@ -20,14 +27,20 @@ class HelpScreen(ModalScreen[None]):
         self.bindings = bindings
 
     def compose(self) -> ComposeResult:
-        keys = Table(title="Keys", show_header=False, box=None, padding=(0, 2))
+        keys = Table(title="Keys", show_header=False, box=None, padding=(0, 2), expand=True)
+        keys.add_column(no_wrap=True)
+        keys.add_column(ratio=1)
+        keys.add_column(no_wrap=True, style="dim")
         for key, description, binding_id in self.bindings:
-            keys.add_row(f"[bold]{key}[/]", description, f"[dim]{binding_id}[/]")
-        slash = Table(title="Chat commands", show_header=False, box=None, padding=(0, 2))
-        for name, text in COMMANDS.items():
-            slash.add_row(f"[bold]/{name}[/]", text)
+            keys.add_row(f"[bold]{key_as_typed(key)}[/]", description, binding_id)
+        slash = Table(title="Chat commands", show_header=False, box=None, padding=(0, 2), expand=True)
+        slash.add_column(no_wrap=True)
+        slash.add_column(ratio=1)  # descriptions wrap rather than being cut
+        for usage, text in slash_help():
+            slash.add_row(f"[bold]{usage}[/]", text)
         with VerticalScroll(id="dialog"):
             yield Static("twinkle-tui help  ·  esc to close", classes="dialog-title")
             yield Static(keys)
             yield Static(slash)
-            yield Static("[dim]Remap keys by binding id in the keymap; ctrl+p opens the command palette.[/]")
+            yield Static("[dim]Anything typed in the chat that is not a /command goes to the LLM agent. "
+                         "Remap keys by binding id in the keymap; ctrl+p opens the command palette.[/]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -15,15 +16,23 @@ RECIPE_SUFFIXES = (".py", ".toml", ".yaml", ".yml")
 
 
 def find_recipes(*folders: Path) -> list[Path]:
+    """Scripts and recipes in the folders, each file once (the working directory's examples/ and the package's
+    are the same folder when the app starts from the repository root)."""
+    seen: set[Path] = set()
     out: list[Path] = []
     for folder in folders:
-        if folder.is_dir():
-            out.extend(sorted(p for p in folder.iterdir() if p.suffix in RECIPE_SUFFIXES and not p.name.startswith("_")))
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            real = p.resolve()
+            if p.suffix in RECIPE_SUFFIXES and not p.name.startswith("_") and real not in seen:
+                seen.add(real)
+                out.append(p)
     return out
 
 
-class NewRunScreen(ModalScreen[str | None]):
-    """Returns the chosen path followed by any arguments the user typed, or None."""
+class NewRunScreen(ModalScreen[tuple[str, list[str]] | None]):
+    """Returns the chosen path and any arguments the user typed, or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="newrun.cancel")]
 
@@ -33,16 +42,32 @@ class NewRunScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static("Start a run · pick a recipe, or type a script/config path (and -- args)", classes="dialog-title")
-            yield OptionList(*[Option(f"{p.name}  [dim]{p.parent}[/]", id=str(p)) for p in self.recipes], id="recipes")
+            yield Static("Start a run · move to a recipe (↑↓) and press enter, or type a script or recipe path "
+                         "(and -- args) below", classes="dialog-title")
+            yield OptionList(*[Option(f"{p.name}  [dim]{p.parent}[/]", id=str(p.resolve())) for p in self.recipes],
+                             id="recipes")
             yield Input(placeholder="path/to/train.py -- --steps 100", id="newrun-path")
 
+    def on_mount(self) -> None:
+        # Nothing is highlighted at first: a stray Enter (typed for something else) must not start a run.
+        options = self.query_one(OptionList)
+        options.highlighted = None
+        options.focus()
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(event.option.id)
+        if event.option.id:
+            self.dismiss((event.option.id, []))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.value.strip():
-            self.dismiss(event.value.strip())
+        text = event.value.strip()
+        if not text:
+            return
+        try:
+            parts = shlex.split(text)
+        except ValueError as exc:
+            self.notify(f"cannot read that: {exc}", severity="error")
+            return
+        self.dismiss((parts[0], [a for a in parts[1:] if a != "--"]))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from textual import events
 from textual.app import ComposeResult
@@ -12,11 +10,11 @@ from textual.message import Message
 from textual_plotext import PlotextPlot
 
 from twinkle_tui.charts import BlockSummary, Decimated, SmoothedSeries, decimate
+from twinkle_tui.commands.view import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.progress import format_value
 from twinkle_tui.runs.store import RunView
 
 PREFERRED = ("loss", "reward", "grad_norm", "learning rate", "lr", "learning_rate")
-MAX_CHARTS = 4
 Y_AXIS_WIDTH = 9  # cells plotext uses for y tick labels and the frame, roughly
 MAX_MARKERS = 40
 EVENT_COLORS = {"launch": "blue", "warning": "orange", "fix": "magenta", "undo": "magenta", "error": "red"}
@@ -37,19 +35,6 @@ def default_metrics(names: list[str]) -> list[str]:
         if name not in chosen and name not in ("step time",):
             chosen.append(name)
     return chosen[:MAX_CHARTS]
-
-
-@dataclass
-class ChartSettings:
-    """What every chart shows: the metrics, the step window, smoothing, log-y, a compared run."""
-
-    metrics: list[str] = field(default_factory=list)
-    user_chose_metrics: bool = False
-    zoom: tuple[float, float] | None = None
-    smoothing: bool = False
-    smoothing_weight: float = 0.6
-    log_y: bool = False
-    compare: str | None = None
 
 
 def event_markers(view: RunView, lo: float, hi: float) -> list[tuple[float, str, str]]:
@@ -73,6 +58,50 @@ def event_markers(view: RunView, lo: float, hi: float) -> list[tuple[float, str,
         elif ev.kind in EVENT_COLORS:
             out.append((float(step), ev.kind, EVENT_COLORS[ev.kind]))
     return out[-MAX_MARKERS:]
+
+
+def margins(ymin: float, ymax: float, log_y: bool) -> tuple[float, float]:
+    """The y range with a band below the data (checkpoint dots) and above it (NaN marks)."""
+    if log_y and ymin > 0:
+        ratio = max(ymax / ymin, 1.5)
+        pad = ratio ** 0.08
+        return ymin / pad, ymax * pad
+    span = ymax - ymin or abs(ymax) or 1.0
+    return ymin - 0.08 * span, ymax + 0.08 * span
+
+
+def fit_name_and_value(name: str, value: float | None, width: int) -> str:
+    """'name value' in at most `width` cells: the value with fewer digits if it must, dropped if it cannot fit,
+    never cut (a cut 2.73e-04 would read as 2); a name that is itself too long ends in an ellipsis."""
+    if len(name) > width:
+        return name[: max(1, width - 1)] + "…"
+    if value is None:
+        return name
+    for text in value_forms(value):
+        if len(name) + 1 + len(text) <= width:
+            return f"{name} {text}"
+    return name
+
+
+def value_forms(value: float) -> list[str]:
+    """A number written ever shorter, each form exact to its digits."""
+    if not np.isfinite(value):
+        return [format_value(value)]
+    forms = [format_value(value)]
+    for digits in (4, 3, 2, 1):
+        forms.append(f"{value:.{digits}g}")
+        forms.append(f"{value:.{max(0, digits - 1)}e}")
+    out: list[str] = []
+    for f in forms:
+        for form in (f, f.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")):
+            if form not in out:
+                out.append(form)
+    return sorted(out, key=lambda f: (-significant_digits(f), len(f)))
+
+
+def significant_digits(text: str) -> int:
+    mantissa = text.split("e")[0].lstrip("+-").replace(".", "").lstrip("0")
+    return len(mantissa.rstrip("0")) if "." in text.split("e")[0] else len(mantissa)
 
 
 def step_ticks(lo: float, hi: float, count: int) -> list[int]:
@@ -155,31 +184,35 @@ class MetricChart(PlotextPlot):
             other = compare.metrics.series[self.metric]
             cs, cv = other.snapshot()
             dc = decimate(cs, cv, cols, lo, hi, settings.log_y, self._summary(compare.run_id, cv, other.version))
-            for i, (x, y) in enumerate(dc.segments()):
-                plt.plot(x.tolist(), y.tolist(), marker="braille", color="orange",
-                         label=compare.run_id if i == 0 else None)
+            for x, y in dc.segments():  # the legend is above the charts, never over the data
+                plt.plot(x.tolist(), y.tolist(), marker="braille", color="orange")
         finite = d.y[np.isfinite(d.y)]
-        ymin, ymax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        ymin, ymax = (float(finite.min()), float(finite.max())) if len(finite) else (1.0, 2.0)
+        below, above = margins(ymin, ymax, settings.log_y)
+        plt.ylim(below, above)
         if len(d.nonfinite_x):  # marked gaps: a red x along the top where a value was NaN or Inf
             xs = d.nonfinite_x[:: max(1, len(d.nonfinite_x) // MAX_MARKERS)]
-            plt.scatter(xs.tolist(), [ymax] * len(xs), marker="x", color="red")
+            plt.scatter(xs.tolist(), [above] * len(xs), marker="x", color="red")
+        if len(d.unplottable_x):  # finite values that cannot be drawn here (<= 0 on log-y, or too large)
+            xs = d.unplottable_x[:: max(1, len(d.unplottable_x) // MAX_MARKERS)]
+            plt.scatter(xs.tolist(), [above] * len(xs), marker="o", color="yellow")
         markers = event_markers(view, lo, hi)
         checkpoints = [m[0] for m in markers if m[1] == "checkpoint"]
         room = max(1, self.columns // 3)  # a dot every third cell at most
         if len(checkpoints) > room:
             checkpoints = checkpoints[:: -(-len(checkpoints) // room)][:-1] + checkpoints[-1:]
-        if checkpoints:
-            plt.scatter(checkpoints, [ymin] * len(checkpoints), marker="•", color="grey50")
+        if checkpoints:  # in the margin below the data, so a dot never hides a point of the line
+            plt.scatter(checkpoints, [below] * len(checkpoints), marker="•", color="grey50")
         for step, kind, color in markers:
             if kind != "checkpoint":
                 plt.vline(step, color)
         plt.xlim(lo, hi)
         label_width = len(f"{int(hi):,}") + 3
         ticks = step_ticks(lo, hi, max(2, self.columns // label_width))
-        plt.xticks(ticks, [f"{t:,}" for t in ticks])
+        plt.xticks([float(t) for t in ticks], [f"{t:,}" for t in ticks])
         if settings.log_y:
             plt.yscale("log")
-        self.title_text = self._title(values, d, finite, settings)
+        self.title_text = self._title(steps, values, d, finite, settings)
         plt.title(self.title_text)
         self.refresh()
 
@@ -189,19 +222,25 @@ class MetricChart(PlotextPlot):
             summary = self._summaries[key] = BlockSummary()
         return summary.update(values, version)
 
-    def _title(self, values: np.ndarray, d: Decimated, finite: np.ndarray, settings: ChartSettings) -> str:
-        parts = [f"{self.metric} {format_value(float(values[-1]))}" if len(values) else self.metric]
+    def _title(self, steps: np.ndarray, values: np.ndarray, d: Decimated, finite: np.ndarray,
+               settings: ChartSettings) -> str:
+        width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
+        last = float(values[-1]) if len(values) else None
+        title = fit_name_and_value(self.metric, last, width)
+        parts = []
         if d.first_bad_step is not None:  # more important than min/max: it survives a narrow chart
             parts.append(f"NaN/Inf@{d.first_bad_step}")
+        if d.first_unplottable_step is not None:
+            i = int(np.searchsorted(steps, d.first_unplottable_step))
+            value = float(values[min(i, len(values) - 1)])
+            parts.append(f"{'≤0' if value <= 0 else 'off-scale'}@{d.first_unplottable_step}")
         flags = [f for f, on in (("smooth", settings.smoothing), ("log", settings.log_y),
                                  ("zoom", settings.zoom is not None)) if on]
         if flags:
             parts.append("[" + " ".join(flags) + "]")
         if len(finite):  # every column keeps its min and max, so these are the window's
             parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
-        width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
-        title = parts[0][:width]
-        for part in parts[1:]:
+        for part in parts:
             if len(title) + 2 + len(part) <= width:
                 title += "  " + part
         return title
@@ -240,7 +279,7 @@ class ChartGrid(Grid):
         for _ in range(MAX_CHARTS):
             yield MetricChart("", classes="chart unused")
 
-    async def set_metrics(self, metrics: list[str]) -> None:
+    def set_metrics(self, metrics: list[str]) -> None:
         metrics = metrics[:MAX_CHARTS]
         for chart, metric in zip(self.query(MetricChart), [*metrics, *[""] * MAX_CHARTS], strict=False):
             if chart.metric != metric:

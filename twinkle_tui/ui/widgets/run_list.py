@@ -67,7 +67,7 @@ class RunList(DataTable[Text]):
         ids = [r.run_id for r in runs]
         column = self.columns.get(ColumnKey("run"))
         resized = column is not None and column.width != self._width
-        if resized:
+        if column is not None and resized:
             column.auto_width, column.width = False, self._width
         self._suppress = True
         try:

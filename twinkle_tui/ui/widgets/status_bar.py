@@ -22,9 +22,12 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> Text:
 class RunStatusBar(Static):
     """Pulls everything it shows from the run view when asked to update."""
 
-    def show(self, view: RunView | None, now: float) -> None:
+    def show(self, view: RunView | None, now: float, notice: str | None = None) -> None:
         if view is None:
-            self.update(Text("no run selected · press n to start one", style="dim"), layout=False)
+            lines = [Text("no run selected · press n to start one", style="dim")]
+            if notice:
+                lines.append(Text(notice, style="red"))
+            self.update(Text("\n").join(lines), layout=False)
             return
         progress = RunProgress.of(view, now)
         icon, style = STATUS_ICONS[view.status]
@@ -44,7 +47,7 @@ class RunStatusBar(Static):
             ("  ·  ETA ", "dim"), format_duration(progress.eta) if view.status.is_active else "--",
         )
         lines = [head, steps]
-        problems = [p for p in (view.meta.get("error"), view.problem) if p]
+        problems = [p for p in (notice, view.meta.get("error"), view.problem) if p]
         if view.metrics.malformed:
             problems.append(f"{view.metrics.malformed} malformed metric line(s) skipped")
         if problems:

@@ -1,0 +1,424 @@
+"""Commands over runs: list, status, select, compare, pause, resume, stop, kill, start, update, delete, archive."""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from pathlib import Path
+from typing import Any
+
+from trainer.protocol import RunStatus, validate_run_id
+from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command, slash
+from twinkle_tui.commands.session import Session
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, Launched
+from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
+from twinkle_tui.runs.store import RunSummary, RunView
+
+RUN_ID = {"type": "string", "description": "run id or a unique prefix of it (default: the selected run)"}
+MAX_LISTED = 30
+
+
+def run_label(summary: RunSummary) -> str:
+    name = summary.meta.get("display_name")
+    return f"{name} (`{summary.run_id}`)" if name else f"`{summary.run_id}`"
+
+
+def run_line(summary: RunSummary, now: float) -> str:
+    step = f"{summary.last_step}/{summary.total_steps}" if summary.total_steps else f"step {summary.last_step}"
+    model = (summary.model_id or "?").split("/")[-1].removeprefix("builtin:")
+    if summary.status.is_active:
+        when = f"running for {format_duration(now - summary.start_time)}" if summary.start_time else ""
+    elif summary.start_time and summary.end_time:
+        when = f"took {format_duration(summary.end_time - summary.start_time)}"
+    else:
+        when = ""
+    return " · ".join(p for p in (run_label(summary), f"**{summary.status.value}**", step, model, when) if p)
+
+
+@command("list_training_runs", "List the training runs, newest first, with status, step, model and duration.", "read",
+         {"status": {"type": "string", "description": "only runs with this status",
+                     "enum": [s.value for s in RunStatus]},
+          "limit": {"type": "integer", "minimum": 1, "maximum": 200}})
+def list_training_runs(s: Session, a: dict[str, Any]) -> Reply:
+    runs = s.summaries()
+    if a.get("status"):
+        runs = [r for r in runs if r.status.value == a["status"]]
+    if not runs:
+        return Reply(f"no runs under {s.store.home}" + (f" with status {a['status']}" if a.get("status") else ""))
+    limit = int(a.get("limit") or MAX_LISTED)
+    now = s.clock()
+    lines = [f"- {run_line(r, now)}" + (" ← selected" if r.run_id == s.selected else "") for r in runs[:limit]]
+    if len(runs) > limit:
+        lines.append(f"- … and {len(runs) - limit} more")
+    return Reply("\n".join(lines), data=[r.run_id for r in runs[:limit]])
+
+
+def status_text(view: RunView, now: float, selected: bool = False) -> str:
+    p = RunProgress.of(view, now)
+    meta = view.meta
+    head = f"**{view.run_id}** · {view.status.value} · step {p.step}" + (f"/{p.total}" if p.total else "")
+    if p.fraction is not None:
+        head += f" ({p.fraction:.0%})"
+    head += f" · {format_rate(p.rate)}"
+    if p.eta is not None and view.status.is_active:
+        head += f" · ETA {format_duration(p.eta)}"
+    head += f" · {'elapsed' if view.status.is_active else 'ran'} {format_duration(p.elapsed)}"
+    lines = [head]
+    facts = []
+    if meta.get("model_id"):
+        facts.append(f"model {meta['model_id']}")
+    if meta.get("launches", 0) > 1:
+        facts.append(f"launch {meta['launches']}")
+    checkpoint = meta.get("last_checkpoint")
+    facts.append(f"last checkpoint step {checkpoint['step']}" if checkpoint else "no checkpoint yet")
+    if meta.get("fix_attempts"):
+        facts.append(f"{meta['fix_attempts']} fix attempt(s)")
+    lines.append(" · ".join(facts))
+    latest = []
+    for name in view.metrics.names()[:8]:
+        last = view.metrics.series[name].last()
+        if last is not None:
+            latest.append(f"{name} {format_value(last[1])}")
+    if latest:
+        lines.append("latest: " + " · ".join(latest))
+    if meta.get("error"):
+        lines.append(f"error: {meta['error']}")
+    if view.problem:
+        lines.append(f"problem: {view.problem}")
+    return "\n\n".join(lines)
+
+
+@command("get_training_status", "Status of a run: state, step/total, rate, ETA, latest metric values, checkpoint, "
+         "error.", "read", {"run_id": RUN_ID})
+def get_training_status(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    view = s.view(run_id)
+    with s.store.lock:
+        return Reply(status_text(view, s.clock()), data={"run_id": run_id, "status": view.status.value,
+                                                         "step": view.last_step, "total": view.total_steps})
+
+
+@command("select_run", "Show a run in the dashboard (its charts, status and log).", "view",
+         {"run_id": {"type": "string", "description": "run id or a unique prefix"}}, ("run_id",))
+def select_run(s: Session, a: dict[str, Any]) -> Reply:
+    s.select(a["run_id"])
+    return Reply(f"selected `{s.selected}`", redraw={"list", "status", "charts", "log"})
+
+
+def _compare_table(s: Session, a_id: str, b_id: str) -> str:
+    a, b = s.view(a_id), s.view(b_id)
+    with s.store.lock:
+        names = [n for n in a.metrics.names() if n in b.metrics.series][:8]
+        if not names:
+            return "the two runs log no metric in common"
+        rows = ["| metric | " + a_id + " | " + b_id + " |", "|---|---|---|"]
+        for name in names:
+            cells = []
+            for view in (a, b):
+                last = view.metrics.series[name].last()
+                cells.append(f"{format_value(last[1])} @ {last[0]}" if last else "–")
+            rows.append(f"| {name} | {cells[0]} | {cells[1]} |")
+        return "\n".join(rows)
+
+
+@command("compare_runs", "Overlay another run on the charts of the selected run and compare their latest metric "
+         "values; run_id 'none' turns the comparison off.", "view",
+         {"run_id": {"type": "string", "description": "the run to compare with, or 'none'"}}, ("run_id",))
+def compare_runs(s: Session, a: dict[str, Any]) -> Reply:
+    if a["run_id"].lower() in ("none", "off", ""):
+        s.settings.compare = None
+        s.save_settings()
+        return Reply("comparison off", redraw={"charts"})
+    other = s.resolve_run(a["run_id"])
+    base = s.target({})
+    if other == base:
+        raise CommandError(f"`{other}` is the selected run; compare it with another one")
+    s.settings.compare = other
+    s.save_settings()
+    return Reply(f"comparing `{base}` (cyan) with `{other}` (orange)\n\n" + _compare_table(s, base, other),
+                 redraw={"charts"})
+
+
+# ------------------------------------------------------------------ control
+@command("pause_training", "Pause a run (SIGSTOP to all its processes: memory and GPU state are kept).", "control",
+         {"run_id": RUN_ID})
+def pause_training(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    s.controller.pause(run_id)
+    return Reply(f"paused `{run_id}`", redraw={"list", "status"})
+
+
+def _resume_confirm(s: Session, a: dict[str, Any]) -> Confirmation | None:
+    run_id = s.target(a)
+    plan = s.controller.resume_plan(run_id)
+    if plan.relaunch and plan.from_step is None:
+        return Confirmation(f"Restart {run_id} from step 0?",
+                            "It has no checkpoint to resume from, so a relaunch starts over from the beginning.",
+                            "Restart")
+    return None
+
+
+@command("resume_training", "Resume a run: continue a paused one (SIGCONT), or relaunch a stopped, failed or "
+         "killed one from its last checkpoint.", "control", {"run_id": RUN_ID}, confirm=_resume_confirm)
+def resume_training(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    plan = s.controller.resume_plan(run_id)
+    launched = s.controller.resume(run_id)
+    _remember(s, launched)
+    if not plan.relaunch:
+        return Reply(f"resumed `{run_id}`", redraw={"list", "status"})
+    where = f"from the checkpoint of step {plan.from_step}" if plan.from_step is not None else "from step 0"
+    return Reply(f"relaunched `{run_id}` {where}", redraw={"list", "status", "log"})
+
+
+def _remember(s: Session, launched: Launched | None) -> None:
+    """Keep a launch's supervisor handle, so the front end can reap it."""
+    if launched is not None:
+        s.services.setdefault("launched", []).append(launched)
+
+
+def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+    run_id = s.target(a)
+    view = s.view(run_id)
+    if view.status not in (RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED):
+        hint = "; it can be killed (k)" if view.status == RunStatus.STOPPING else ""
+        raise CommandError(f"cannot stop run {run_id!r}: it is {view.status.value}{hint}")
+    return Confirmation(f"Stop run {run_id}?",
+                        f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
+                        "Resume it later with r (a relaunch from that checkpoint).", "Stop")
+
+
+@command("stop_training", "Stop a run gracefully: it finishes the current step, saves a checkpoint and exits "
+         "(killed after the grace period if it does not).", "control", {"run_id": RUN_ID}, destructive=True,
+         confirm=_stop_confirm)
+def stop_training(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    s.controller.stop(run_id)
+    return Reply(f"stopping `{run_id}`: it saves a checkpoint and exits", redraw={"list", "status"})
+
+
+def _kill_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+    run_id = s.target(a)
+    view = s.view(run_id)
+    if not view.status.is_active:
+        raise CommandError(f"cannot kill run {run_id!r}: it is {view.status.value}")
+    checkpoint = view.meta.get("last_checkpoint")
+    since = f"since the checkpoint of step {checkpoint['step']}" if checkpoint else "(it has no checkpoint)"
+    return Confirmation(f"Kill run {run_id}?", f"SIGKILL to all its processes now: the steps {since} are lost.",
+                        "Kill")
+
+
+@command("kill_training", "Kill a run now (SIGKILL to all its processes; no checkpoint).", "control",
+         {"run_id": RUN_ID}, destructive=True, confirm=_kill_confirm)
+def kill_training(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    s.controller.kill(run_id)
+    return Reply(f"killed `{run_id}`", redraw={"list", "status"})
+
+
+# ------------------------------------------------------------------ starting runs
+def _to_cli(overrides: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | None]:
+    """The path to launch, its arguments and run id, checked before anything starts: a recipe's configuration is
+    resolved (unknown keys, bad values and missing data files are refused here, not after the model loads)."""
+    args = [str(x) for x in a.get("args") or []] + _to_cli(a.get("overrides") or {})
+    run_id = validate_run_id(a["run_id"]) if a.get("run_id") else None
+    if a.get("script"):
+        folder = s.store.home / ".scripts"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = (a.get("path") or "agent_script.py").rsplit("/", 1)[-1]
+        if not name.endswith(".py"):
+            name += ".py"
+        path = folder / name
+        from twinkle_tui.process.controller import check_compiles
+
+        check_compiles(a["script"], name)
+        path.write_text(a["script"], encoding="utf-8")
+        return path, args, run_id
+    if not a.get("path"):
+        raise CommandError("start_training needs a recipe or script path, or the script's content")
+    path = Path(a["path"]).expanduser()
+    if not path.is_absolute() and not path.exists():
+        for folder in s.recipe_dirs:
+            if (folder / path).exists():
+                path = folder / path
+                break
+    suffix = path.suffix.lower()
+    if suffix not in SCRIPT_SUFFIXES + CONFIG_SUFFIXES:
+        raise CommandError(f"{path.name} is not a training script (.py) or a recipe (.toml, .yaml)")
+    if not path.is_file():
+        raise CommandError(f"no such script or recipe: {a['path']}")
+    if suffix in CONFIG_SUFFIXES:
+        from trainer.config import CLI
+        from trainer.preflight import preflight
+
+        preflight(CLI.from_args([str(path), *args]))
+    return path, args, run_id
+
+
+def _start_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+    path, args, run_id = _start_plan(s, a)
+    line = " ".join(shlex.quote(x) for x in [str(path), *args])
+    return Confirmation("Start a training run?", f"{line}" + (f"\nas run {run_id}" if run_id else ""), "Start")
+
+
+@command("start_training", "Start a training run from a recipe (.toml/.yaml for the embedded trainer, e.g. "
+         "examples/sft_smollm2.toml) or a Python script, with config overrides; or from a full script's content.",
+         "control",
+         {"path": {"type": "string", "description": "recipe or script path (examples/ is searched too)"},
+          "overrides": {"type": "object", "description": "config keys to override, e.g. {\"learning_rate\": 5e-4}",
+                        "additionalProperties": {"type": ["string", "number", "boolean", "array"]}},
+          "args": {"type": "array", "items": {"type": "string"}, "description": "extra command-line arguments"},
+          "script": {"type": "string", "description": "the complete content of a Python training script"},
+          "run_id": {"type": "string", "description": "a run id to use instead of a generated one"}},
+         destructive=True, confirm=_start_confirm)
+def start_training(s: Session, a: dict[str, Any]) -> Reply:
+    path, args, run_id = _start_plan(s, a)
+    launched = s.controller.launch(path, args, run_id)
+    _remember(s, launched)
+    return Reply(f"started `{launched.run_id}` from {path.name}", select=launched.run_id,
+                 redraw={"list", "status", "charts", "log"})
+
+
+def script_diff(old: str, new: str, name: str = "train.py") -> str:
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a/{name}", f"b/{name}"))
+
+
+def _update_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+    run_id = s.target(a)
+    paths = s.controller.existing(run_id)
+    if not paths.script.exists():
+        raise CommandError(f"run {run_id!r} has no script to update (it runs a recipe or a module)")
+    from twinkle_tui.process.controller import check_compiles
+
+    check_compiles(a["content"], "train.py")
+    diff = script_diff(paths.script.read_text(encoding="utf-8", errors="replace"), a["content"])
+    if not diff:
+        raise CommandError("the new script is the same as the current one")
+    return Confirmation(f"Update the script of {run_id}?", diff, "Update")
+
+
+@command("update_script", "Replace a run's script (train.py) with new content; the old version is archived as "
+         "train_v{N}.py. The change is shown to the user as a diff first. Resume the run to use it.", "control",
+         {"run_id": RUN_ID, "content": {"type": "string", "description": "the complete new script"},
+          "reason": {"type": "string", "description": "why, in one line"}},
+         ("content",), destructive=True, confirm=_update_confirm)
+def update_script(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    version = s.controller.update_script(run_id, a["content"], a.get("reason"))
+    return Reply(f"`{run_id}`: script updated to version {version} (the old one is train_v{version - 1}.py); "
+                 "resume the run to use it")
+
+
+# ------------------------------------------------------------------ managing runs
+def _ended_confirm(verb: str, detail: str) -> Any:
+    def confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+        run_id = s.target(a)
+        status = s.view(run_id).status
+        if status.is_active:
+            raise CommandError(f"cannot {verb} run {run_id!r}: it is {status.value}; stop it first")
+        return Confirmation(f"{verb.capitalize()} run {run_id}?", detail, verb.capitalize())
+
+    return confirm
+
+
+@command("delete_run", "Delete an ended run and all its files (metrics, log, checkpoints). Never a live run.",
+         "control", {"run_id": RUN_ID}, destructive=True,
+         confirm=_ended_confirm("delete", "Its directory (metrics, log, checkpoints) is removed for good."))
+def delete_run(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    s.controller.delete(run_id)
+    s.views.forget(run_id)
+    _forget(s, run_id)
+    return Reply(f"deleted `{run_id}`", redraw={"list", "status", "charts", "log"})
+
+
+@command("archive_run", "Move an ended run out of the run list into $TWINKLE_HOME/.archive/.", "control",
+         {"run_id": RUN_ID}, destructive=True,
+         confirm=_ended_confirm("archive", "It moves to .archive/ under the runs directory and leaves the list."))
+def archive_run(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    target = s.controller.archive(run_id)
+    _forget(s, run_id)
+    return Reply(f"archived `{run_id}` to {target}", redraw={"list", "status", "charts", "log"})
+
+
+def _forget(s: Session, run_id: str) -> None:
+    with s.store.lock:
+        s.store.forget(run_id)
+    if s.selected == run_id:
+        s.selected = None
+    if s.settings.compare == run_id:
+        s.settings.compare = None
+
+
+@command("rename_run", "Give a run a display name (its id stays).", "control",
+         {"run_id": RUN_ID, "name": {"type": "string", "maxLength": 80}}, ("name",))
+def rename_run(s: Session, a: dict[str, Any]) -> Reply:
+    run_id = s.target(a)
+    s.controller.rename(run_id, a["name"])
+    return Reply(f"`{run_id}` is now called {a['name']!r}" if a["name"].strip() else f"`{run_id}`: name removed",
+                 redraw={"list", "status"})
+
+
+# ------------------------------------------------------------------ chat commands
+def _one(name: str, key: str, usage: str) -> Any:
+    def parse(args: list[str]) -> dict[str, Any]:
+        if len(args) > 1:
+            raise CommandError(f"usage: {usage}")
+        return {key: args[0]} if args else {}
+
+    return parse
+
+
+def _required(key: str, usage: str) -> Any:
+    def parse(args: list[str]) -> dict[str, Any]:
+        if len(args) != 1:
+            raise CommandError(f"usage: {usage}")
+        return {key: args[0]}
+
+    return parse
+
+
+def _new_args(args: list[str]) -> dict[str, Any]:
+    if not args:
+        raise CommandError("usage: /new RECIPE_OR_SCRIPT [-- args]")
+    rest = [x for x in args[1:] if x != "--"]
+    return {"path": args[0], "args": rest}
+
+
+def _rename_args(args: list[str]) -> dict[str, Any]:
+    if len(args) < 2:
+        raise CommandError("usage: /rename RUN_ID new name")
+    return {"run_id": args[0], "name": " ".join(args[1:])}
+
+
+slash("runs", "list_training_runs", "/runs", "list runs")
+slash("status", "get_training_status", "/status [RUN_ID]", "status of the selected (or named) run",
+      _one("status", "run_id", "/status [RUN_ID]"))
+slash("select", "select_run", "/select RUN_ID", "select a run (a unique prefix is enough; Tab completes)",
+      _required("run_id", "/select RUN_ID"))
+slash("compare", "compare_runs", "/compare RUN_ID", "overlay another run on the charts (/compare none: off)",
+      _required("run_id", "/compare RUN_ID"))
+slash("pause", "pause_training", "/pause", "pause the selected run (SIGSTOP)", _one("pause", "run_id", "/pause"))
+slash("resume", "resume_training", "/resume", "resume: SIGCONT, or relaunch from the last checkpoint",
+      _one("resume", "run_id", "/resume"))
+slash("stop", "stop_training", "/stop", "stop gracefully: checkpoint, then exit (asks first)",
+      _one("stop", "run_id", "/stop"))
+slash("kill", "kill_training", "/kill", "kill now, no checkpoint (asks first)", _one("kill", "run_id", "/kill"))
+slash("new", "start_training", "/new PATH [-- args]", "start a run from a recipe or script (asks first)", _new_args)
+slash("delete", "delete_run", "/delete RUN_ID", "delete an ended run and its files (asks first)",
+      _required("run_id", "/delete RUN_ID"))
+slash("archive", "archive_run", "/archive RUN_ID", "move an ended run to .archive/ (asks first)",
+      _required("run_id", "/archive RUN_ID"))
+slash("rename", "rename_run", "/rename RUN_ID NAME", "give a run a display name", _rename_args)
