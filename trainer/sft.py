@@ -10,6 +10,8 @@ from trainer.dataset import DataError, DataOrder, collate, tokenize_sft
 if TYPE_CHECKING:
     from trainer.train import Trainer
 
+LOG_EVERY = 5  # a line in the run's log every few steps, so the log panel shows progress too
+
 
 def completion_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     """Sum of next-token cross-entropy over completion tokens, and how many there were."""
@@ -59,8 +61,12 @@ def train_sft(t: Trainer) -> None:
         if world > 1:
             totals = t.accelerator.reduce(totals, reduction="sum")
         elapsed = time.perf_counter() - started
+        loss_value = float(totals[0]) / max(float(totals[1]), 1.0)
+        if t.step == 1 or t.step % LOG_EVERY == 0 or t.step == a.training.max_steps:
+            t.log(f"step {t.step}/{a.training.max_steps}: loss {loss_value:.4f}, lr {t.lr():.2e}, "
+                  f"{float(totals[1]) / elapsed:.0f} tokens/s")
         if t.runtime is not None and t.step % a.training.logging_steps == 0:
-            t.runtime.log_metrics(step=t.step, loss=float(totals[0]) / max(float(totals[1]), 1.0), grad_norm=grad_norm,
+            t.runtime.log_metrics(step=t.step, loss=loss_value, grad_norm=grad_norm,
                                   **{"learning rate": t.lr(), "tokens/s": float(totals[1]) / elapsed,
                                      "epoch": order.epoch(t.data_position)})
         if t.end_of_step():

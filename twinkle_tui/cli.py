@@ -1,4 +1,4 @@
-"""The `twinkle-tui` command: the dashboard, or `--run script.py` headless."""
+"""The `twinkle-tui` command: the dashboard, `--run script.py` headless, or `--ask "question"` for the agent alone."""
 
 from __future__ import annotations
 
@@ -8,19 +8,9 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
 from twinkle_tui import __version__
-
-
-@dataclass(frozen=True)
-class LLMSettings:
-    """Where the agent's OpenAI-compatible LLM lives (flag > environment > default)."""
-
-    base_url: str
-    model: str
-    api_key: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--run-id", default=env("TWINKLE_AUTO_RUN_ID"), help="run id to select (or to create with --run)")
     p.add_argument("--home", default=None, help=f"runs directory (default ${HOME_ENV} or ~/.cache/twinkle)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds a stopping run gets before it is killed")
-    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"))
+    p.add_argument("--ask", metavar="TEXT", help="ask the agent once without the dashboard: prints the tools it used "
+                   "and its answer (destructive tools need --yes)")
+    p.add_argument("--yes", action="store_true", help="approve destructive actions without asking")
+    p.add_argument("--llm", choices=("auto", "embedded", "none"), default=env("TWINKLE_LLM", "auto"),
+                   help="auto: the endpoint below if it answers, else the embedded llama.cpp LLM; none: slash only")
+    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"),
+                   help="an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, OpenAI)")
     p.add_argument("--llm-model", default=env("TWINKLE_LLM_MODEL", "qwen3.5"))
     p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
+    p.add_argument("--llm-gguf", metavar="PATH", default=env("TWINKLE_LLM_GGUF"),
+                   help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (to the log file)")
     p.add_argument("-V", "--version", action="version", version=f"twinkle-tui {__version__}")
     return p
@@ -75,20 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"twinkle-tui: {problem}", file=sys.stderr)
         return 2
     setup_logging(ns.home, ns.verbose)
+    from twinkle_tui.agent.endpoint import LLMSettings
+
+    llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
     if ns.run:
         from twinkle_tui.headless import run_headless
 
         return run_headless(ns.run, script_args, ns.run_id, home=ns.home, grace=ns.grace)
+    if ns.ask is not None:
+        import asyncio
+
+        from twinkle_tui.agent.ask import ask_once
+
+        return asyncio.run(ask_once(ns.ask, llm, twinkle_home(ns.home), yes=ns.yes, run_id=ns.run_id))
     if script_args and not ns.start:
         parser.error("arguments after -- go with --run SCRIPT or --start RECIPE")
     if ns.start and not os.path.isfile(ns.start):
         print(f"twinkle-tui: no such script or config: {ns.start}", file=sys.stderr)
         return 2
-    llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key)
     from twinkle_tui.ui.app import TwinkleApp
 
     start = (ns.start, script_args) if ns.start else None
-    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start)
+    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start, auto_yes=ns.yes)
     app.run()
     live = [s.run_id for s in app.summaries if s.status.is_active]
     if live:  # they do keep training: say so, and how to get back to them

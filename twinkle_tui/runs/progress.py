@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunEvent, RunView
 
 RATE_WINDOW = 50  # points: long enough to smooth step-time noise, short enough to follow a slowdown
 
@@ -37,15 +37,39 @@ class RunProgress:
         rate = None
         if len(ts) >= 2:
             k = min(RATE_WINDOW, len(ts))
-            dt = float(ts[-1] - ts[-k])
+            t0, t1 = float(ts[-k]), float(ts[-1])
+            # Running time only: a pause (or the gap before a relaunch) inside the window is not step time.
+            dt = (t1 - t0) - idle_seconds(not_running(view.events.events, now), t0, t1)
             ds = float(steps[-1] - steps[-k])
             if dt > 0 and ds > 0:
                 rate = ds / dt
-        eta = (total - step) / rate if rate and total and total > step else None
+        active = view.status.is_active
+        eta = (total - step) / rate if rate and total and total > step and active else None
         start = view.meta.get("start_time")
-        end = view.meta.get("end_time") if not view.status.is_active else None
+        end = view.meta.get("end_time") if not active else None
         elapsed = ((end or now) - start) if isinstance(start, int | float) else None
         return cls(step, total, rate, eta, elapsed)
+
+
+def not_running(events: list[RunEvent], now: float) -> list[tuple[float, float]]:
+    """Intervals in which the run's process did no steps: paused (pause -> resume), or ended and not yet
+    relaunched (exit -> the next launch)."""
+    out: list[tuple[float, float]] = []
+    since: float | None = None
+    for ev in sorted(events, key=lambda e: e.ts):
+        if ev.kind == "pause" or (ev.kind == "exit" and since is None):
+            since = ev.ts
+        elif ev.kind in ("resume", "launch") and since is not None and not ev.data.get("relaunch"):
+            out.append((since, ev.ts))
+            since = None
+    if since is not None:
+        out.append((since, now))
+    return out
+
+
+def idle_seconds(intervals: list[tuple[float, float]], t0: float, t1: float) -> float:
+    """How much of [t0, t1] the intervals cover."""
+    return sum(max(0.0, min(b, t1) - max(a, t0)) for a, b in intervals)
 
 
 def format_duration(seconds: float | None) -> str:

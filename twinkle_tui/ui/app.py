@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -25,8 +25,11 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 from watchfiles import awatch
 
+from twinkle_tui.agent import AgentLoop, Connection, EndpointError, History, LLMSettings, SkillLibrary, connect
+from twinkle_tui.agent.loop import describe_call
 from twinkle_tui.commands import REGISTRY, CommandError, Confirmation, Reply, Resources, Session, parse_slash
 from twinkle_tui.commands.charts import pan, zoom_by
+from twinkle_tui.commands.runner import CommandRunner, Outcome
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
@@ -38,7 +41,7 @@ from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
 from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart, default_metrics
-from twinkle_tui.ui.widgets.chat import ChatPanel
+from twinkle_tui.ui.widgets.chat import AgentAnswer, ChatPanel, ToolLine
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import RunList
@@ -53,6 +56,41 @@ LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
 DATA_INTERVAL = 1.0  # streamed data redraws the screen at most once a second; keys redraw at once
 READ_BUDGET = 8 * 1024 * 1024  # bytes of one run read under the store lock before the UI gets a turn
 NOTICE_SECONDS = 12.0
+
+
+def layout_classes(width: int, height: int, panels: bool | None = None) -> dict[str, bool]:
+    """The stylesheet classes for a terminal size: side panels narrow as the width falls and fold away below 100
+    columns; the log gets fewer rows on short terminals. `panels` overrides the folding (the b key)."""
+    hidden = width < 100 if panels is None else not panels
+    return {
+        "medium": 120 <= width < 150,
+        "narrow": width < 120,
+        "panels-hidden": hidden,
+        "short": height < 32,
+    }
+
+
+class ChatEvents:
+    """The agent's progress, rendered into one answer in the chat panel."""
+
+    def __init__(self, answer: AgentAnswer, chat: ChatPanel) -> None:
+        self.answer, self.chat = answer, chat
+        self.lines: list[ToolLine] = []
+
+    async def text(self, delta: str) -> None:
+        await self.answer.text(delta)
+        self.chat.follow()
+
+    async def reasoning(self, delta: str) -> None:
+        await self.answer.think(delta)
+
+    async def tool_call(self, name: str, arguments: str) -> None:
+        self.lines.append(await self.answer.tool_call(describe_call(name, arguments)))
+        self.chat.follow()
+
+    async def tool_result(self, name: str, outcome: Outcome) -> None:
+        if self.lines:
+            self.lines[-1].finish(outcome)
 
 
 class RunFilesFilter:
@@ -92,6 +130,8 @@ class TwinkleApp(App[int]):
         Binding("l", "toggle_log_y", "Log-y", id="toggle_log_y"),
         Binding("d", "delete_run", "Delete run", id="delete_run", show=False),
         Binding("a", "archive_run", "Archive run", id="archive_run", show=False),
+        Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
+        Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
         Binding("q", "quit", "Quit", id="quit"),
@@ -101,7 +141,7 @@ class TwinkleApp(App[int]):
         self,
         home: str | Path | None = None,
         run_id: str | None = None,
-        llm: Any = None,
+        llm: LLMSettings | None = None,
         grace: float = 30.0,
         clock: Callable[[], float] = time.time,
         gpu_probe: Callable[[], GpuSnapshot] | None = None,
@@ -117,7 +157,11 @@ class TwinkleApp(App[int]):
         self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
         self.session = Session(store, ProcessController(store.home, grace=grace), clock, self.recipe_dirs,
                                resources=lambda: Resources(self.gpus, self.usage))
-        self.llm = llm
+        self.llm_settings = llm or LLMSettings(mode="none")
+        self.connection: Connection | None = None
+        self.agent: AgentLoop | None = None
+        self.history = History(self.session.store.home / ".chat" / "history.jsonl")
+        self.runner = CommandRunner(self.session, self.ask, self.apply, auto_yes)
         self.clock = clock
         self.gpu_probe = gpu_probe or GpuProbe().snapshot
         self.usage_probe = usage_probe or UsageSampler().sample
@@ -137,6 +181,7 @@ class TwinkleApp(App[int]):
         self._refresh_lock = threading.Lock()
         self._refresh_wanted: tuple[bool, set[str]] = (False, set())
         self._refresh_running = False
+        self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
 
     @property
     def store(self) -> RunStore:
@@ -169,7 +214,7 @@ class TwinkleApp(App[int]):
                 yield ChartGrid(id="charts")
                 yield Static("log", classes="panel-title")
                 yield RunLog(id="log")
-            yield ChatPanel(id="chat")
+            yield ChatPanel(self.session.complete_run, id="chat")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -182,6 +227,7 @@ class TwinkleApp(App[int]):
         self.chat = self.query_one(ChatPanel)
         self.waiting = self.query_one("#waiting", Static)
         self.legend = self.query_one("#legend", Static)
+        self.apply_layout(self.size.width, self.size.height)
         self.run_list.focus()
         if self._requested_run:
             try:
@@ -201,15 +247,28 @@ class TwinkleApp(App[int]):
         self.set_interval(RESOURCE_INTERVAL, self.sample_resources)
         self.set_interval(LIST_INTERVAL, self._periodic)
         self.sample_resources()
+        self.run_worker(self._restore_chat(), group="chat", exit_on_error=False)
+        self.start_agent()
 
-    def on_resize(self) -> None:
-        self.set_class(self.size.width < 130, "narrow")
-        self.set_class(self.size.width < 100, "very-narrow")
-        self.scheduler.now("charts", "list", "status")
+    def on_resize(self, event: events.Resize) -> None:
+        self.apply_layout(event.size.width, event.size.height)
+
+    def apply_layout(self, width: int, height: int) -> None:
+        """Side panels shrink with the terminal and fold away below 100 columns (b brings them back), so the charts
+        keep most of the width. Only the new size decides: a resize ends as a fresh start at that size would."""
+        for name, wanted in layout_classes(width, height, self.panels_override).items():
+            self.set_class(wanted, name)
+        self._drawn = None
+        self.scheduler.now("charts", "list", "status", "log")
 
     def on_unmount(self) -> None:
         self._stop_watch.set()
         self.session.save_settings()
+        if self.connection is not None:
+            self.connection.close()  # the embedded LLM server goes with the app
+        servers = self.session.services.get("servers")
+        if servers is not None:
+            servers.stop_all()
 
     # ------------------------------------------------------------------ workers (I/O only; they post messages)
     @work(exclusive=True, group="watch", exit_on_error=False)
@@ -376,37 +435,91 @@ class TwinkleApp(App[int]):
                 return
             self.run_worker(self.run_command(name, args, "chat"), group="commands", exit_on_error=False)
             return
-        await self.chat.add("No LLM agent is connected; slash commands work: **/help**.", "reply")
+        if self.agent is None:
+            waiting = self.connection is None and self.llm_settings.mode != "none"
+            await self.chat.add("The LLM is still starting; try again in a moment (slash commands work now)."
+                                if waiting else "No LLM agent is connected; slash commands work: **/help**.", "reply")
+            return
+        self.ask_agent(message.text)
+
+    @on(ChatPanel.Leave)
+    def _chat_leave(self) -> None:
+        running = [w for w in self.workers if w.group == "agent" and w.is_running]
+        if running:
+            for worker in running:
+                worker.cancel()
+            return
+        self.run_list.focus()
+
+    # ------------------------------------------------------------------ the agent
+    @work(exclusive=True, group="agent-start", exit_on_error=False)
+    async def start_agent(self) -> None:
+        """Connect to the LLM (probe the endpoint, or start the embedded one) without blocking the first frame."""
+        settings = self.llm_settings
+        if settings.mode != "none":
+            self.chat.set_title("chat · connecting to the LLM…")
+        connection = await connect(settings, self.store.home)
+        self.connection = connection
+        self.session.services["llm_models"] = connection.models
+        if connection.settings is not None:
+            skills = SkillLibrary(self.store.home, os.environ.get("TWINKLE_SKILLS_GIT")).load()
+            self.session.services["skills"] = skills
+            self.agent = AgentLoop(connection.settings, self.runner, self.history, skills,
+                                   tools=[n for n in sorted(REGISTRY) if n != "help"])
+            self.chat.set_title(f"chat · {connection.settings.model}")
+            if skills.git_url:
+                self.sync_skills()
+        else:
+            self.chat.set_title("chat · slash commands")
+        await self.chat.add(connection.notice, "error" if connection.error else "notice")
+
+    @work(thread=True, exclusive=True, group="skills", exit_on_error=False)
+    def sync_skills(self) -> None:
+        skills = self.session.services.get("skills")
+        if skills is not None and skills.sync_community() is None:
+            skills.load()
+
+    @work(exclusive=True, group="agent", exit_on_error=False)
+    async def ask_agent(self, text: str) -> None:
+        assert self.agent is not None
+        answer = await self.chat.answer()
+        events = ChatEvents(answer, self.chat)
+        try:
+            reply = await self.agent.ask(text, events)
+            await answer.finish(None if reply else "the model wrote no answer; the lines above are what it did")
+        except EndpointError as exc:
+            await answer.finish()
+            await self.chat.add(f"⚠ {exc}", "error")
+        except asyncio.CancelledError:
+            await answer.finish("cancelled")
+            raise
+        self.chat.follow()
 
     # ------------------------------------------------------------------ commands
+    async def _restore_chat(self) -> None:
+        """The conversation from the last session (kept under $TWINKLE_HOME/.chat/)."""
+        shown = 0
+        for m in self.history.messages[-40:]:
+            role, content = m.get("role"), str(m.get("content") or "")
+            if role == "user":
+                await self.chat.add(content, "user")
+            elif role == "assistant" and content.strip():
+                await self.chat.add(content, "agent")
+            else:
+                continue
+            shown += 1
+        if shown:
+            await self.chat.add(f"*(the last {shown} messages of your previous session)*", "notice")
+
     async def run_command(self, name: str, args: dict[str, Any] | None = None, origin: str = "key",
                           confirmed: bool = False) -> Reply | None:
-        """Run a registered command: validate, confirm if it asks, run it where its kind says (control commands
-        in a thread), apply the reply to the view, and tell the user where the command came from."""
-        cmd = REGISTRY.get(name)
-        if cmd is None:
-            await self.tell(f"unknown command {name}", origin, error=True)
-            return None
-        blocking = cmd.kind != "view"
-        try:
-            if blocking:
-                valid, confirmation = await asyncio.to_thread(self.session.prepare, name, args)
-            else:
-                valid, confirmation = self.session.prepare(name, args)
-            if confirmation is not None and not (confirmed or self.auto_yes):
-                if not await self.ask(confirmation):
-                    await self.tell(f"cancelled: {confirmation.title.rstrip('?')}", origin)
-                    return None
-            if blocking:
-                reply = await asyncio.to_thread(self.session.execute, name, valid)
-            else:
-                reply = self.session.execute(name, valid)
-        except CommandError as exc:
-            await self.tell(str(exc), origin, error=True)
-            return None
-        self.apply(reply)
-        await self.tell(reply.text, origin)
-        return reply
+        """Run a registered command and tell the user where the command came from."""
+        outcome = await self.runner.run(name, args, confirmed)
+        if outcome.refused:
+            await self.tell(outcome.text.replace("not done: the user declined", "cancelled"), origin)
+        else:
+            await self.tell(outcome.text, origin, error=not outcome.ok)
+        return outcome.reply
 
     def run_view_command(self, name: str, args: dict[str, Any] | None = None) -> None:
         """A view command from a key or the mouse: synchronous, errors as a notice."""
@@ -468,6 +581,8 @@ class TwinkleApp(App[int]):
                 self.status_bar.show(view, now, self._notice_text())
             if "log" in parts:
                 self.run_log.show(view)
+                if self.waiting.display and "charts" not in parts and view and not view.metrics.names():
+                    self._show_waiting(view)  # its latest log line says what the run is doing
             if "charts" in parts:
                 self._draw_charts(view)
 
@@ -594,6 +709,9 @@ class TwinkleApp(App[int]):
         self.push_screen(NewRunScreen(find_recipes(*self.recipe_dirs)), chosen)
 
     def action_focus_chat(self) -> None:
+        if self.has_class("panels-hidden"):
+            self.panels_override = True
+            self.apply_layout(self.size.width, self.size.height)
         self.chat.query_one("#chat-input", Input).focus()
 
     def action_leave_chat(self) -> None:
@@ -636,6 +754,16 @@ class TwinkleApp(App[int]):
     def action_help(self) -> None:
         keys = [(b.key_display or b.key, b.description, b.id or "") for b in self.BINDINGS if isinstance(b, Binding)]
         self.push_screen(HelpScreen(keys))
+
+    def action_toggle_panels(self) -> None:
+        shown = not self.has_class("panels-hidden")
+        self.panels_override = not shown
+        self.apply_layout(self.size.width, self.size.height)
+
+    def action_copy_run_id(self) -> None:
+        if self.session.selected:
+            self.copy_to_clipboard(self.session.selected)
+            self.say(f"copied {self.session.selected}")
 
     def set_compare(self, run_id: str | None) -> None:
         self._command("compare_runs", {"run_id": run_id or "none"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -25,8 +26,8 @@ class MetricPicker(ModalScreen[list[str] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(f"Metrics to chart (up to {MAX}) · type to filter · space toggles · enter applies",
-                         classes="dialog-title")
+            yield Static(f"Metrics to chart (up to {MAX}) · type to filter · ↓ moves to the list, where space "
+                         "toggles · enter applies · esc cancels", classes="dialog-title")
             yield Input(placeholder="filter…", id="picker-filter")
             yield SelectionList[str](id="picker-list")
             yield Static("", id="picker-status")
@@ -50,6 +51,11 @@ class MetricPicker(ModalScreen[list[str] | None]):
 
     def _status(self) -> None:
         self.query_one("#picker-status", Static).update(f"selected: {', '.join(self.selected) or 'none'}")
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "down" and isinstance(self.focused, Input):  # from the filter into the list
+            event.stop()
+            self.query_one(SelectionList).focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._fill(event.value)

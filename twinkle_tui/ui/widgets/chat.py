@@ -1,23 +1,134 @@
-"""The chat panel: an input and a scrolling list of messages rendered as Markdown.
-
-The LLM agent is a later piece; today the panel runs slash commands, which reach the same handlers as the keys.
-"""
+"""The chat panel: the conversation with the agent (answers streamed as Markdown, tool calls and their results,
+reasoning folded away) and slash commands, which reach the same handlers as the keys."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from rich.markup import escape
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Input, Markdown, Static
+from textual.widgets import Collapsible, Input, Markdown, Static
+from textual.widgets._markdown import MarkdownStream
 
-WELCOME = "Type **/help** for commands. `/pause`, `/resume`, `/stop`, `/zoom 100 500`, `/metrics loss,reward`."
+from twinkle_tui.commands.runner import Outcome
+
+WELCOME = ("Ask about your runs, or type **/help** for commands: `/pause`, `/resume`, `/stop`, `/zoom 100 500`, "
+           "`/metrics loss,reward`.")
+RUN_ID_COMMANDS = ("/select ", "/compare ", "/status ", "/pause ", "/resume ", "/stop ", "/kill ", "/delete ",
+                   "/archive ", "/rename ", "/log ")
 
 
 class ChatMessage(Markdown):
-    """One message; role sets its class (user, reply, error) so the stylesheet colours it."""
+    """One message; role sets its class (user, reply, agent, error, notice) so the stylesheet colours it."""
 
     def __init__(self, text: str, role: str) -> None:
         super().__init__(text, classes=f"msg {role}")
+
+
+class ToolLine(Static):
+    """A tool the agent called, and what came of it."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"⚙ {escape(call)}", classes="tool")
+        self.call = call
+
+    def finish(self, outcome: Outcome) -> None:
+        mark, cls = ("✓", "ok") if outcome.ok else (("✗ refused", "refused") if outcome.refused else ("⚠", "failed"))
+        first = outcome.text.strip().splitlines()[0] if outcome.text.strip() else ""
+        self.update(f"⚙ {escape(self.call)} {mark} [dim]{escape(first[:120])}[/]")
+        self.add_class(cls)
+
+
+class ChatInput(Input):
+    """The input line: Enter sends, Tab completes a run id after a command that takes one, Esc leaves the chat
+    (or cancels the answer being written)."""
+
+    BINDINGS = [
+        Binding("tab", "complete", "Complete run id", id="chat.complete", show=False),
+        Binding("escape", "leave", "Leave chat / cancel", id="chat.leave"),
+    ]
+
+    def __init__(self, complete: Callable[[str], list[str]], **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.completer = complete
+
+    def action_complete(self) -> None:
+        text = self.value
+        command = next((c for c in RUN_ID_COMMANDS if text.startswith(c)), None)
+        if command is None:
+            self.screen.focus_next()
+            return
+        prefix = text[len(command) :].strip()
+        if " " in prefix:
+            return
+        matches = self.completer(prefix)
+        if len(matches) == 1:
+            self.value = command + matches[0] + " "
+        elif matches:
+            common = _common_prefix(matches)
+            if len(common) > len(prefix):
+                self.value = command + common
+            self.notify("  ".join(matches[:8]) + (" …" if len(matches) > 8 else ""), timeout=4)
+        self.cursor_position = len(self.value)
+
+    def action_leave(self) -> None:
+        self.post_message(ChatPanel.Leave())
+
+
+def _common_prefix(words: list[str]) -> str:
+    first, last = min(words), max(words)
+    n = 0
+    while n < len(first) and n < len(last) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
+class AgentAnswer(Vertical):
+    """The agent's answer to one message: reasoning (folded), tool lines, and the streamed Markdown answer."""
+
+    def __init__(self) -> None:
+        super().__init__(classes="answer")
+        self.markdown = ChatMessage("", "agent")
+        self.reasoning = Static("", classes="reasoning-text")
+        self.folded = Collapsible(self.reasoning, title="reasoning", collapsed=True, classes="reasoning")
+        self.stream: MarkdownStream | None = None
+        self.tools: list[ToolLine] = []
+        self._reasoning_text = ""
+        self.done = False  # the answer is complete (or was cancelled, or failed)
+
+    def compose(self) -> ComposeResult:
+        yield self.folded
+        yield self.markdown
+
+    def on_mount(self) -> None:
+        self.folded.display = False
+
+    async def text(self, delta: str) -> None:
+        if self.stream is None:
+            self.stream = Markdown.get_stream(self.markdown)
+        await self.stream.write(delta)
+
+    async def think(self, delta: str) -> None:
+        self._reasoning_text += delta
+        self.folded.display = True
+        self.reasoning.update(escape(self._reasoning_text))
+
+    async def tool_call(self, call: str) -> ToolLine:
+        line = ToolLine(call)
+        self.tools.append(line)
+        await self.mount(line, before=self.markdown)
+        return line
+
+    async def finish(self, note: str | None = None) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
+            self.stream = None
+        if note:
+            await self.markdown.append(f"\n\n*{note}*")
+        self.done = True
 
 
 class ChatPanel(Vertical):
@@ -26,11 +137,25 @@ class ChatPanel(Vertical):
             super().__init__()
             self.text = text
 
+    class Leave(Message):
+        """Esc in the chat: cancel a running answer, else give focus back to the dashboard."""
+
+    def __init__(self, complete: Callable[[str], list[str]] | None = None, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.complete = complete or (lambda prefix: [])
+
     def compose(self) -> ComposeResult:
-        yield Static("chat", classes="panel-title")
+        yield Static("chat", classes="panel-title", id="chat-title")
         with VerticalScroll(id="chat-log"):
             yield ChatMessage(WELCOME, "reply")
-        yield Input(placeholder="/help · /pause · /zoom A B · /metrics a,b", id="chat-input")
+        yield ChatInput(self.complete, placeholder="ask, or /help · tab completes run ids", id="chat-input")
+
+    @property
+    def messages_view(self) -> VerticalScroll:
+        return self.query_one("#chat-log", VerticalScroll)
+
+    def set_title(self, text: str) -> None:
+        self.query_one("#chat-title", Static).update(escape(text))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -39,7 +164,17 @@ class ChatPanel(Vertical):
         if text:
             self.post_message(self.Submitted(text))
 
-    async def add(self, text: str, role: str) -> None:
-        log = self.query_one("#chat-log", VerticalScroll)
-        await log.mount(ChatMessage(text, role))
-        log.scroll_end(animate=False)
+    async def add(self, text: str, role: str) -> ChatMessage:
+        message = ChatMessage(text, role)
+        await self.messages_view.mount(message)
+        self.messages_view.scroll_end(animate=False)
+        return message
+
+    async def answer(self) -> AgentAnswer:
+        widget = AgentAnswer()
+        await self.messages_view.mount(widget)
+        self.messages_view.scroll_end(animate=False)
+        return widget
+
+    def follow(self) -> None:
+        self.messages_view.scroll_end(animate=False)

@@ -1,4 +1,4 @@
-"""The run list: status icon, run id, model, step/total and age of every run, newest first."""
+"""The run list: status icon, name, model, step/total and how long every run ran (or runs), newest first."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
 from trainer.protocol import RunStatus
-from twinkle_tui.runs.store import RunSummary, format_age
+from twinkle_tui.runs.progress import format_duration
+from twinkle_tui.runs.store import RunSummary
 
 STATUS_ICONS = {
     RunStatus.STARTING: ("…", "yellow"),
@@ -16,9 +17,18 @@ STATUS_ICONS = {
     RunStatus.PAUSED: ("⏸", "yellow"),
     RunStatus.STOPPING: ("◼", "yellow"),
     RunStatus.STOPPED: ("■", "grey62"),
+    RunStatus.KILLED: ("☠", "red"),
     RunStatus.COMPLETED: ("✓", "green"),
     RunStatus.FAILED: ("✗", "red"),
 }
+
+
+def run_duration(r: RunSummary, now: float) -> str:
+    """How long the run ran (ended) or has been running (live): what a user reads here, never its age."""
+    if not r.start_time:
+        return "--"
+    end = now if r.status.is_active or not r.end_time else r.end_time
+    return format_duration(max(0.0, end - r.start_time))
 
 
 def status_icon(status: RunStatus) -> Text:
@@ -39,6 +49,7 @@ class RunList(DataTable[Text]):
         self._rows: list[str] = []
         self._suppress = False
         self._last: tuple[list[RunSummary], str | None, float] | None = None
+        self._selected: str | None = None
 
     def on_mount(self) -> None:
         self.add_column("run", key="run")
@@ -48,22 +59,24 @@ class RunList(DataTable[Text]):
         return max(16, self.size.width - 3)  # the cell's padding and the scrollbar
 
     def _cell(self, r: RunSummary, now: float) -> Text:
-        """Two lines: icon and run id; then model, step/total and age, dimmed."""
+        """Two lines: icon and name (or id); then model, step/total and duration (elapsed while it runs), dimmed."""
         width = self._width
-        run_id = r.run_id if len(r.run_id) <= width - 2 else r.run_id[: width - 3] + "…"
+        name = r.meta.get("display_name") or r.run_id
+        name = name if len(name) <= width - 2 else name[: width - 3] + "…"
         step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
         model = (r.model_id or "?").split("/")[-1].removeprefix("builtin:")
-        age = format_age(now - (r.start_time or now))
-        details = f"{model} · {step} · {age}"
+        details = f"{model} · {step} · {run_duration(r, now)}"
         if len(details) > width - 2:
-            details = f"{model[: max(4, width - 2 - len(step) - len(age) - 7)]}… · {step} · {age}"
-        text = status_icon(r.status) + Text(" " + run_id + "\n") + Text("  " + details, style="dim")
+            details = f"{model[: max(4, width - 2 - len(step) - len(run_duration(r, now)) - 7)]}… · {step} · " \
+                      f"{run_duration(r, now)}"
+        text = status_icon(r.status) + Text(" " + name + "\n") + Text("  " + details, style="dim")
         text.no_wrap, text.overflow = True, "ellipsis"
         return text
 
     def show(self, runs: list[RunSummary], selected: str | None, now: float) -> None:
         """Replace the rows; keeps the cursor on the selected run."""
         self._last = (runs, selected, now)
+        self._selected = selected
         ids = [r.run_id for r in runs]
         column = self.columns.get(ColumnKey("run"))
         resized = column is not None and column.width != self._width
@@ -91,5 +104,11 @@ class RunList(DataTable[Text]):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
-        if not self._suppress and event.row_key.value is not None:
-            self.post_message(self.Selected(event.row_key.value))
+        if self._suppress or event.row_key.value is None:
+            return
+        # A highlight that arrives after the cursor moved on is stale (a programmatic move queued it): a later
+        # selection must not be undone by it. Only the row the cursor is on now, and not yet selected, counts.
+        if event.cursor_row != self.cursor_row or event.row_key.value == self._selected:
+            return
+        self._selected = event.row_key.value
+        self.post_message(self.Selected(event.row_key.value))

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunView, format_age
 from twinkle_tui.ui.widgets.run_list import STATUS_ICONS
 
 BAR_WIDTH = 20
@@ -31,25 +31,32 @@ class RunStatusBar(Static):
             return
         progress = RunProgress.of(view, now)
         icon, style = STATUS_ICONS[view.status]
-        model = (view.meta.get("model_id") or "").removeprefix("builtin:")
-        launches = view.meta.get("launches") or 0
-        head = Text.assemble(
-            (f"{icon} {view.status.value}", f"bold {style}"), "  ", (view.run_id, "bold"),
-            ("  ·  " + model if model else "", "dim"),
-            ("  ·  launch " + str(launches) if launches > 1 else "", "dim"),
-            ("  ·  elapsed ", "dim"), format_duration(progress.elapsed),
-        )
+        active = view.status.is_active
+        # The first line holds what matters most (state, step, rate, ETA): lines are cut at the end, not this.
         steps = Text.assemble(
+            (f"{icon} {view.status.value}", f"bold {style}"), "  ",
             f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""), " ",
             progress_bar(progress.fraction), " ",
             f"{progress.fraction:.0%}" if progress.fraction is not None else "",
             ("  ·  ", "dim"), format_rate(progress.rate),
-            ("  ·  ETA ", "dim"), format_duration(progress.eta) if view.status.is_active else "--",
+            ("  ·  ETA ", "dim") if active else "", format_duration(progress.eta) if active else "",
         )
-        lines = [head, steps]
+        model = (view.meta.get("model_id") or "").removeprefix("builtin:")
+        launches = view.meta.get("launches") or 0
+        name = view.meta.get("display_name")
+        end = view.meta.get("end_time")
+        when = f"elapsed {format_duration(progress.elapsed)}" if active else (
+            f"ran {format_duration(progress.elapsed)}" + (f" · ended {format_age(now - end)} ago" if end else ""))
+        head = Text.assemble(
+            (name or view.run_id, "bold"), (f" ({view.run_id})" if name else "", "dim"),
+            ("  ·  " + model if model else "", "dim"),
+            ("  ·  launch " + str(launches) if launches > 1 else "", "dim"),
+            ("  ·  " + when, "dim"),
+        )
+        lines = [steps, head]
         problems = [p for p in (notice, view.meta.get("error"), view.problem) if p]
-        if view.metrics.malformed:
-            problems.append(f"{view.metrics.malformed} malformed metric line(s) skipped")
+        if view.metrics.skipped:
+            problems.append(f"{view.metrics.skipped} malformed metric line(s) skipped")
         if problems:
             lines.append(Text(" · ".join(str(p) for p in problems), style="red"))
         width = max(20, self.size.width - 2)

@@ -1,0 +1,112 @@
+"""Where the agent's LLM lives and what is wrong with it, in one line: an OpenAI-compatible endpoint (Ollama, vLLM,
+llama.cpp's server, OpenAI) reached with the openai client."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BASE_URL = "http://localhost:11434/v1"
+DEFAULT_MODEL = "qwen3.5"
+DEFAULT_API_KEY = "not-needed"
+PROBE_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """What an endpoint's chat template and server cannot do, and how the agent works around it.
+
+    llama.cpp's `chatml-function-calling` handler renders only system, user and assistant messages (a tool result
+    would be dropped silently), rejects assistant content null, and fails on automatic tool choice when streaming.
+    """
+
+    stream_with_tools: bool = True
+    tool_results_as_text: bool = False
+
+
+LLAMA_CPP_QUIRKS = Quirks(stream_with_tools=False, tool_results_as_text=True)
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """The endpoint (flag > environment > default). The API key is never written to disk or logs."""
+
+    base_url: str = DEFAULT_BASE_URL
+    model: str = DEFAULT_MODEL
+    api_key: str = field(default=DEFAULT_API_KEY, repr=False)
+    mode: str = "auto"  # auto: the endpoint if it answers, else the embedded LLM; embedded; none
+    gguf: str | None = None  # the embedded LLM's model file (default: the bundled SmolLM2-135M-Instruct)
+    quirks: Quirks = Quirks()
+    embedded: bool = False  # this endpoint is the embedded llama.cpp server
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> LLMSettings:
+        env = os.environ.get
+        values: dict[str, Any] = {"base_url": env("TWINKLE_LLM_BASE_URL", DEFAULT_BASE_URL),
+                  "model": env("TWINKLE_LLM_MODEL", DEFAULT_MODEL),
+                  "api_key": env("TWINKLE_LLM_API_KEY", DEFAULT_API_KEY)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def client(self, timeout: float = 120.0) -> Any:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or DEFAULT_API_KEY, timeout=timeout,
+                           max_retries=0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} at {self.base_url}"
+
+
+class EndpointError(Exception):
+    """The LLM cannot be used; the message is one line a user can act on."""
+
+
+def describe_error(exc: BaseException, settings: LLMSettings) -> str:
+    """An openai (or network) error as one line: unreachable, refused key, unknown model, or the server's words."""
+    import openai
+
+    where = settings.base_url
+    if isinstance(exc, openai.APITimeoutError):
+        return f"the LLM at {where} did not answer in time"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach the LLM at {where} (is the server running?)"
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return f"the LLM at {where} refused the API key (set --llm-api-key or TWINKLE_LLM_API_KEY)"
+    if isinstance(exc, openai.NotFoundError):
+        return f"the LLM at {where} has no model {settings.model!r} (set --llm-model or TWINKLE_LLM_MODEL)"
+    if isinstance(exc, openai.APIStatusError):
+        message = _server_message(exc)
+        return f"the LLM at {where} answered {exc.status_code}: {message}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"the LLM at {where} failed: {text}"
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"]).splitlines()[0][:200]
+        if isinstance(error, str):
+            return error.splitlines()[0][:200]
+    return (str(getattr(exc, "message", "")) or type(exc).__name__).splitlines()[0][:200]
+
+
+async def probe(settings: LLMSettings, timeout: float = PROBE_TIMEOUT) -> list[str]:
+    """The endpoint's models, or EndpointError: unreachable, refused key, or a model name it does not serve."""
+    client = settings.client(timeout=timeout)
+    try:
+        page = await client.models.list()
+        models = [m.id for m in page.data]
+    except Exception as exc:
+        raise EndpointError(describe_error(exc, settings)) from None
+    finally:
+        await client.close()
+    served = settings.model in models or any(m.startswith(settings.model + ":") for m in models)  # Ollama's tags
+    if models and not served and not settings.embedded:
+        shown = ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
+        raise EndpointError(f"the LLM at {settings.base_url} has no model {settings.model!r}; it serves: {shown}")
+    return models
