@@ -201,6 +201,15 @@ def test_config_show_on_the_examples(config: str) -> None:
     assert any(line.strip().startswith("seed") and "# command line" in line for line in out.stdout.splitlines())
 
 
+def test_config_show_prints_a_recipe_with_a_data_file(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "r.toml").write_text(f'[dataset]\ndata_file = "{tmp_path / "d.jsonl"}"\n')
+    out = subprocess.run([sys.executable, "-m", "trainer", "config", "show", "--config", str(tmp_path / "r.toml")],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "dataset_id" in out.stdout and "null" in out.stdout.split("dataset_id")[1].splitlines()[0]
+
+
 def test_config_show_fails_with_the_error_on_bad_input() -> None:
     out = subprocess.run([sys.executable, "-m", "trainer", "config", "show", "--lerning_rate", "1"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -170,3 +170,20 @@ def test_the_apps_own_files_are_not_watched(home: Path) -> None:
     assert keep(None, str(home / "run-1" / "metrics.jsonl"))
     for own in (".logs/twinkle-tui.log", ".chat/history.jsonl", ".views/run-1.json", ".models/x/config.json"):
         assert not keep(None, str(home / own)), own
+
+
+async def test_log_y_draws_every_chart_of_a_real_looking_run(home: Path) -> None:
+    make_run(home, "lr", steps=300, metrics=("loss", "learning rate", "tokens/s"))
+    with open(home / "lr" / "metrics.jsonl", "a") as f:  # a schedule that ends at 0, a negative, a huge value
+        f.write(json.dumps({"step": 301, "loss": 0.0, "learning rate": 0.0, "tokens/s": -1.0}) + "\n")
+        f.write(json.dumps({"step": 302, "loss": 1e200, "learning rate": 1e-5, "tokens/s": 300.0}) + "\n")
+    app = app_for(home, watch=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: len(app.query_one(ChartGrid).charts()) == 3, what="charts")
+        for keys in (["l"], ["z"], ["e"], ["l"]):
+            await pilot.press(*keys)
+            await settle(pilot, lambda: app.quiescent, what="drawn")
+            for chart in app.query_one(ChartGrid).charts():
+                rendered = str(chart.render())
+                assert "cannot draw" not in rendered and rendered.strip(), chart.metric
+        assert app.is_running

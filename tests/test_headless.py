@@ -76,6 +76,16 @@ def test_headless_refuses_bad_input_in_one_line(home: Path, tmp_path: Path) -> N
     assert proc.returncode == 2 and "invalid run id '../up'" in err
 
 
+def test_headless_runs_a_recipe_through_the_trainer(home: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('[model]\nmodel_id = "builtin:tiny-llama"\n[training]\nmax_steps = 2\nbatch_size = 2\n'
+                      'micro_batch_size = 2\n')
+    proc = twinkle("--run", str(recipe), "--run-id", "recipe")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err + out[-2000:]
+    assert "run recipe completed · step 2/2 (100%)" in out
+
+
 def test_version_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "twinkle_tui", "-V"], capture_output=True, text=True, timeout=30)
     assert out.stdout.startswith("twinkle-tui ") and out.returncode == 0

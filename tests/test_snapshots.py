@@ -39,18 +39,20 @@ def runs_home(home: Path, sleeper: subprocess.Popen) -> Path:
 
 
 def make_app(home: Path, run_id: str | None = "sft-smollm2-a") -> TwinkleApp:
-    return TwinkleApp(home=home, run_id=run_id, clock=lambda: NOW, watch=False,
-                      gpu_probe=lambda: GpuSnapshot(error="no GPU detected"), usage_probe=lambda pid: USAGE)
+    return TwinkleApp(home=home, run_id=run_id, clock=lambda: NOW, watch=False, data_interval=0.0,
+                      gpu_probe=lambda: GpuSnapshot(error="no GPU detected"), usage_probe=lambda pid, gpus=None: USAGE)
 
 
 async def _settle(pilot) -> None:
+    """Until everything is read and drawn (no fixed pauses: the app says when it is quiescent)."""
     app = pilot.app
-    for _ in range(100):
+    for _ in range(400):
         view = app.current_view()
-        if view is not None and view.metrics.names() and app.chart_grid.charts():
+        if view is not None and app.quiescent and (app.chart_grid.charts() or not view.metrics.names()):
             break
-        await pilot.pause(0.05)
-    await pilot.pause(0.6)  # one throttled flush, then layout
+        await pilot.pause(0.02)
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
 
 
 def test_main_screen(snap_compare, runs_home: Path) -> None:
@@ -94,3 +96,43 @@ def test_stop_confirmation(snap_compare, runs_home: Path) -> None:
         await pilot.pause(0.3)
 
     assert snap_compare(make_app(runs_home), terminal_size=(160, 48), run_before=run_before)
+
+
+def test_narrow_terminal_folds_the_side_panels(snap_compare, runs_home: Path) -> None:
+    assert snap_compare(make_app(runs_home), terminal_size=(60, 20), run_before=_settle)
+
+
+def test_medium_terminal_folds_the_chat(snap_compare, runs_home: Path) -> None:
+    assert snap_compare(make_app(runs_home), terminal_size=(110, 32), run_before=_settle)
+
+
+def test_chat_with_a_restored_conversation(snap_compare, runs_home: Path) -> None:
+    from twinkle_tui.agent import History
+
+    history = History(runs_home / ".chat" / "history.jsonl")
+    history.add({"role": "user", "content": "how is the sft run going?"})
+    history.add({"role": "assistant", "content": "The **loss** fell from 2.8 to 0.36 over 400 steps; one NaN at "
+                                                 "step 333 (see the red x). `sft-smollm2-a` is still learning."})
+
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        for _ in range(100):
+            if len(pilot.app.chat.messages_view.children) >= 4:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(make_app(runs_home), terminal_size=(160, 48), run_before=run_before)
+
+
+def test_new_run_picker(snap_compare, runs_home: Path) -> None:
+    from conftest import EXAMPLES
+
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+
+    app = make_app(runs_home)
+    app.recipe_dirs = [EXAMPLES]
+    assert snap_compare(app, terminal_size=(160, 48), run_before=run_before)

@@ -45,6 +45,8 @@ def test_sft_loss_decreases(ctl: ProcessController) -> None:
     assert last < first - 1.0, (first, last)
     assert {"loss", "grad_norm", "learning rate", "tokens/s", "epoch"} <= set(rows[0])
     assert (RunPaths.of("sft").root / "adapter" / "config.json").exists()  # the whole model, without LoRA
+    log = RunPaths.of("sft").log.read_text()
+    assert "step 5/40: loss" in log and "step 40/40: loss" in log  # progress in the log panel too
     assert meta["last_checkpoint"]["step"] == 40
 
 

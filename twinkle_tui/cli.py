@@ -8,6 +8,7 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
 from twinkle_tui import __version__
@@ -96,11 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = (ns.start, script_args) if ns.start else None
     app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start, auto_yes=ns.yes)
     app.run()
-    live = [s.run_id for s in app.summaries if s.status.is_active]
-    if live:  # they do keep training: say so, and how to get back to them
-        print(f"twinkle-tui: {len(live)} run(s) keep training ({', '.join(live[:3])}{' …' if len(live) > 3 else ''}); "
-              "run twinkle-tui again to watch them", file=sys.stderr)
+    message = live_runs_message(app.summaries)
+    if message:  # they do keep training: say so, and how to get back to them
+        print(message, file=sys.stderr)
     return app.return_code or 0
+
+
+def live_runs_message(summaries: Sequence[Any]) -> str | None:
+    live = [s.run_id for s in summaries if s.status.is_active]
+    if not live:
+        return None
+    shown = ", ".join(live[:3]) + (" …" if len(live) > 3 else "")
+    return f"twinkle-tui: {len(live)} run(s) keep training ({shown}); run twinkle-tui again to watch them"
 
 
 def home_problem(home: str | None) -> str | None:

@@ -91,7 +91,9 @@ class EmbeddedLLM:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [self.python, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", MODEL_ALIAS,
                "--chat_format", "chatml-function-calling", "--host", "127.0.0.1", "--port", str(self.port),
-               "--n_ctx", str(self.context), "--verbose", "False"]
+               "--n_ctx", str(self.context), "--verbose", "False",
+               # half the cores at most: training runs beside it, and a chat answer must not stall a run
+               "--n_threads", str(max(1, (os.cpu_count() or 2) // 2))]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=_die_with_parent)

@@ -59,12 +59,14 @@ NOTICE_SECONDS = 12.0
 
 
 def layout_classes(width: int, height: int, panels: bool | None = None) -> dict[str, bool]:
-    """The stylesheet classes for a terminal size: side panels narrow as the width falls and fold away below 100
-    columns; the log gets fewer rows on short terminals. `panels` overrides the folding (the b key)."""
+    """The stylesheet classes for a terminal size: side panels narrow as the width falls, the chat folds away below
+    120 columns and the run list below 100, so the charts keep most of the width; the log gets fewer rows on short
+    terminals. `panels` overrides the folding (the b key, or / for the chat)."""
     hidden = width < 100 if panels is None else not panels
     return {
         "medium": 120 <= width < 150,
         "narrow": width < 120,
+        "chat-folded": panels is None and 100 <= width < 120,  # the run list stays; / brings the chat back
         "panels-hidden": hidden,
         "short": height < 32,
     }
@@ -248,7 +250,6 @@ class TwinkleApp(App[int]):
         self.set_interval(LIST_INTERVAL, self._periodic)
         self.sample_resources()
         self.run_worker(self._restore_chat(), group="chat", exit_on_error=False)
-        self.start_agent()
 
     def on_resize(self, event: events.Resize) -> None:
         self.apply_layout(event.size.width, event.size.height)
@@ -410,6 +411,11 @@ class TwinkleApp(App[int]):
         runs_by_pid = {s.meta["pid"]: s.run_id for s in self.summaries if s.status.is_active and s.meta.get("pid")}
         self.gpu_panel.show(self.gpus, self.usage, runs_by_pid)
 
+    @on(RunStatusBar.Resized)
+    def _status_resized(self) -> None:
+        self.scheduler.now("status")
+        self.flush()
+
     @on(RunList.Selected)
     def _run_selected(self, message: RunList.Selected) -> None:
         if message.run_id != self.session.selected:
@@ -510,6 +516,7 @@ class TwinkleApp(App[int]):
             shown += 1
         if shown:
             await self.chat.add(f"*(the last {shown} messages of your previous session)*", "notice")
+        self.start_agent()  # after the old conversation, so its notice comes below it
 
     async def run_command(self, name: str, args: dict[str, Any] | None = None, origin: str = "key",
                           confirmed: bool = False) -> Reply | None:
@@ -709,7 +716,7 @@ class TwinkleApp(App[int]):
         self.push_screen(NewRunScreen(find_recipes(*self.recipe_dirs)), chosen)
 
     def action_focus_chat(self) -> None:
-        if self.has_class("panels-hidden"):
+        if self.has_class("panels-hidden") or self.has_class("chat-folded"):
             self.panels_override = True
             self.apply_layout(self.size.width, self.size.height)
         self.chat.query_one("#chat-input", Input).focus()
@@ -756,7 +763,7 @@ class TwinkleApp(App[int]):
         self.push_screen(HelpScreen(keys))
 
     def action_toggle_panels(self) -> None:
-        shown = not self.has_class("panels-hidden")
+        shown = not (self.has_class("panels-hidden") or self.has_class("chat-folded"))
         self.panels_override = not shown
         self.apply_layout(self.size.width, self.size.height)
 

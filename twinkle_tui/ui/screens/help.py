@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -31,8 +32,9 @@ class HelpScreen(ModalScreen[None]):
         keys.add_column(no_wrap=True)
         keys.add_column(ratio=1)
         keys.add_column(no_wrap=True, style="dim")
-        for key, description, binding_id in self.bindings:
-            keys.add_row(f"[bold]{key_as_typed(key)}[/]", description, binding_id)
+        self.keys_shown = [key_as_typed(key) for key, _, _ in self.bindings]
+        for shown, (_, description, binding_id) in zip(self.keys_shown, self.bindings, strict=True):
+            keys.add_row(f"[bold]{escape(shown)}[/]", description, binding_id)
         slash = Table(title="Chat commands", show_header=False, box=None, padding=(0, 2), expand=True)
         slash.add_column(no_wrap=True)
         slash.add_column(ratio=1)  # descriptions wrap rather than being cut

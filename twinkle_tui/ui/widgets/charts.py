@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
+from rich.text import Text
 from textual import events
-from textual.app import ComposeResult
+from textual.app import ComposeResult, RenderResult
 from textual.containers import Grid
 from textual.message import Message
 from textual_plotext import PlotextPlot
@@ -13,6 +17,8 @@ from twinkle_tui.charts import BlockSummary, Decimated, SmoothedSeries, decimate
 from twinkle_tui.commands.view import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.progress import format_value
 from twinkle_tui.runs.store import RunView
+
+log = logging.getLogger(__name__)
 
 PREFERRED = ("loss", "reward", "grad_norm", "learning rate", "lr", "learning_rate")
 Y_AXIS_WIDTH = 9  # cells plotext uses for y tick labels and the frame, roughly
@@ -67,7 +73,7 @@ def margins(ymin: float, ymax: float, log_y: bool) -> tuple[float, float]:
         pad = ratio ** 0.08
         return ymin / pad, ymax * pad
     span = ymax - ymin or abs(ymax) or 1.0
-    return ymin - 0.08 * span, ymax + 0.08 * span
+    return ymin - 0.12 * span, ymax + 0.08 * span
 
 
 def fit_name_and_value(name: str, value: float | None, width: int) -> str:
@@ -131,11 +137,27 @@ class MetricChart(PlotextPlot):
         self._drag_from: float | None = None
         self.title_text = ""
         self._last: tuple[RunView, ChartSettings, RunView | None] | None = None
+        self._built: tuple[tuple[int, int, str], RenderResult] | None = None
         self._summaries: dict[str, BlockSummary] = {}
 
     @property
     def columns(self) -> int:
         return max(10, self.size.width - Y_AXIS_WIDTH)  # one bucket (up to four points) per cell
+
+    def render(self) -> RenderResult:
+        """The plot, built once per draw: plotext's build transforms its data in place (a log axis takes the log of
+        values it already took the log of on a second build), so a repaint reuses the text of the last build. If
+        plotext cannot draw a chart, one line says so (and the log has the traceback); the dashboard never stops."""
+        key = (self.size.width, self.size.height, self.app.theme)
+        if self._built is not None and self._built[0] == key:
+            return self._built[1]
+        try:
+            text = super().render()
+        except (ArithmeticError, ValueError, IndexError) as exc:
+            log.warning("chart %s cannot be drawn", self.metric, exc_info=exc)
+            text = Text(f"{self.metric}: cannot draw this chart ({type(exc).__name__}: {exc})", style="red")
+        self._built = (key, text)
+        return text
 
     def forget(self) -> None:
         """Drop what was drawn for another metric."""
@@ -143,6 +165,7 @@ class MetricChart(PlotextPlot):
         self._summaries.clear()
         self._smoothed.clear()
         self.title_text = ""
+        self._built = None
         self.plt.clear_data()
         self.plt.clear_figure()
 
@@ -152,6 +175,7 @@ class MetricChart(PlotextPlot):
 
     def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
         self._last = (view, settings, compare)
+        self._built = None
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -189,7 +213,8 @@ class MetricChart(PlotextPlot):
         finite = d.y[np.isfinite(d.y)]
         ymin, ymax = (float(finite.min()), float(finite.max())) if len(finite) else (1.0, 2.0)
         below, above = margins(ymin, ymax, settings.log_y)
-        plt.ylim(below, above)
+        # plotext takes the limits of a log axis as log10 values
+        plt.ylim(*((math.log10(below), math.log10(above)) if settings.log_y else (below, above)))
         if len(d.nonfinite_x):  # marked gaps: a red x along the top where a value was NaN or Inf
             xs = d.nonfinite_x[:: max(1, len(d.nonfinite_x) // MAX_MARKERS)]
             plt.scatter(xs.tolist(), [above] * len(xs), marker="x", color="red")
