@@ -312,6 +312,18 @@ class TrainingRuntime:
         record_event(self.paths, "checkpoint", self.clock, step=int(step), path=str(final))
         return final
 
+    def record_checkpoint(self, step: int, path: str | os.PathLike[str]) -> None:
+        """Record a checkpoint another library saved (a Hugging Face Trainer's checkpoint-N folder) as the run's
+        resume point, without copying it."""
+        self._last_step = max(self._last_step, int(step))
+
+        def change(meta: dict[str, Any]) -> None:
+            meta["last_checkpoint"] = {"step": int(step), "path": str(path), "external": True}
+            meta["progress"]["last_step"] = max(int(meta["progress"].get("last_step") or 0), self._last_step)
+
+        self._update_meta(change)
+        record_event(self.paths, "checkpoint", self.clock, step=int(step), path=str(path))
+
     def get_resume_info(self) -> ResumeInfo:
         """The newest complete checkpoint of this run; an empty (falsy) ResumeInfo on a fresh start."""
         for info in self.resume_candidates():

@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         return 2
     if args.infra.nproc_per_node == 1:
         select_cuda_device(args.model.device, os.environ)  # type: ignore[arg-type]
-    if args.infra.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+    if (args.infra.nproc_per_node > 1 or args.infra.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         if os.environ.get(LAUNCHED_ENV):  # a rank without a rank: never launch again (that would recurse)
             print("error: accelerate launch started this process without LOCAL_RANK", file=sys.stderr)
             return 2
@@ -131,18 +131,31 @@ def main(argv: list[str]) -> int:
         return 2
 
 
+def launch_command(args: Args, argv: list[str], port: int) -> list[str]:
+    """`accelerate launch` for this run: nproc_per_node processes here, on node node_rank of nnodes.
+
+    --multi_gpu selects accelerate's torchrun launcher, which is also the one that starts several CPU processes (its
+    --cpu flag starts just one); on CPU the ranks use the gloo backend. torch.distributed is the transport between
+    nodes: node 0 hosts the rendezvous at master_addr:master_port.
+    """
+    inf = args.infra
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(inf.nproc_per_node * inf.nnodes), "--num_machines", str(inf.nnodes),
+            "--machine_rank", str(inf.node_rank), "--main_process_ip", inf.master_addr,
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+            "-m", "trainer", *argv]
+
+
 def launch_distributed(args: Args, argv: list[str]) -> int:
-    """Re-run this command under `accelerate launch` with nproc_per_node processes and wait for it."""
+    """Re-run this command under `accelerate launch` and wait for it."""
     import torch
 
-    with socket.socket() as s:  # a free port for the process group's rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # --multi_gpu selects accelerate's torchrun launcher, which is also the one that starts several CPU processes
-    # (its --cpu flag starts just one); on CPU the ranks then use the gloo backend.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           str(args.infra.nproc_per_node), "--num_machines", "1", "--main_process_port", str(port),
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer", *argv]
+    port = args.infra.master_port
+    if not port:
+        with socket.socket() as s:  # one machine: any free port for the process group's rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    cmd = launch_command(args, argv, port)
     env = {**os.environ, LAUNCHED_ENV: "1"}
     if args.model.device == "cpu" or not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"

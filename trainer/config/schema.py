@@ -117,6 +117,10 @@ class SamplingArgs:
 class InfraArgs:
     mode: str = opt("local", "where training runs", ("local", "ray", "server"))
     nproc_per_node: int = opt(1, "training processes on this machine (accelerate launch)")
+    nnodes: int = opt(1, "machines taking part (each runs nproc_per_node processes; torch.distributed connects them)")
+    node_rank: int = opt(0, "this machine's index among the nnodes (0 writes the run's metrics)")
+    master_addr: str = opt("127.0.0.1", "address of node 0 (its rendezvous)")
+    master_port: int = opt(0, "rendezvous port on node 0 (0 = a free one; set it when nnodes > 1)")
     model_gpus: list[int] = opt([], "GPU indices for the trained model")
     sampler_gpus: list[int] = opt([], "GPU indices for the sampler")
     dp_size: int = opt(1, "data-parallel replicas")

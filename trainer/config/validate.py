@@ -131,6 +131,12 @@ def _unsupported(args: Args) -> list[str]:
         out.append("teacher_model_id is only used by task gkd (distillation)")
     if ck.platform != "local":
         out.append(f"checkpoint platform {ck.platform!r} is not supported yet; checkpoints are saved locally")
+    if inf.nnodes < 1:
+        out.append(f"nnodes must be at least 1 (got {inf.nnodes})")
+    elif not 0 <= inf.node_rank < inf.nnodes:
+        out.append(f"node_rank must be between 0 and nnodes-1 (got {inf.node_rank} of {inf.nnodes})")
+    if inf.nnodes > 1 and not 0 < inf.master_port < 65536:
+        out.append("master_port must be set (1-65535) when nnodes > 1: every node must meet node 0 at the same port")
     device = m.device
     if device.startswith("cuda:") and inf.nproc_per_node > 1:
         out.append("device cuda:N names one GPU, but nproc_per_node > 1 runs several processes; use device auto "

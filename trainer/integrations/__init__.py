@@ -1,0 +1,1 @@
+"""Integrations with other training libraries (each imports its library only in its own module)."""
