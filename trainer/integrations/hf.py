@@ -25,7 +25,7 @@ from trainer.runtime import TrainingRuntime
 SKIPPED = ("step", "total_flos")
 
 
-class TwinkleCallback(TrainerCallback):  # type: ignore[misc]
+class TwinkleCallback(TrainerCallback):
     def __init__(self, run_id: str | None = None, runtime: TrainingRuntime | None = None) -> None:
         self.run_id = run_id
         self.runtime = runtime
