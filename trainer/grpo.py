@@ -3,6 +3,7 @@ disabled adapter (no second model copy), entropy, and the time split of every st
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,16 +48,84 @@ def best_completions(scores: list[float], group: int) -> set[int]:
     return out
 
 
-def token_logprobs(model: Any, ids: Any, mask: Any) -> tuple[Any, Any]:
-    """Log-probabilities of each next token and the per-position entropy of the model's distribution."""
+ENTROPY_CHUNK = 64  # positions per chunk when the entropy needs the whole distribution
+CHUNK_ELEMENTS = 2**24  # logits per chunk of the logsumexp (64 MB in fp32)
+
+
+def gathered_logprobs(logits: Any, targets: Any, temperature: float = 1.0) -> Any:
+    """log p(target) under softmax(logits / temperature), a chunk of rows at a time, forward and backward.
+
+    No full-vocabulary tensor is made besides the gradient itself: no log-softmax, no tempered or fp32 copy of the
+    logits, no scatter buffer for a gather. With a 150k vocabulary those (batch x length x vocab) tensors are what
+    does not fit. The backward pass recomputes each chunk's softmax: d log p(t) / d logits = (onehot(t) - p) / T.
+    """
     import torch
 
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :].float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    class ChunkedLogProb(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, logits: Any, targets: Any) -> Any:
+            rows, flat_t = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
+            exact = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits are summed in fp32
+            out = torch.empty(rows.size(0), device=logits.device, dtype=exact)
+            step = max(1, CHUNK_ELEMENTS // rows.size(1))
+            for a in range(0, rows.size(0), step):
+                part = rows[a : a + step].to(exact) / temperature
+                chosen = part.gather(-1, flat_t[a : a + step, None]).squeeze(-1)
+                out[a : a + step] = chosen - torch.logsumexp(part, dim=-1)
+            ctx.save_for_backward(logits, targets)
+            return out.reshape(targets.shape)
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: Any) -> tuple[Any, None]:
+            logits, targets = ctx.saved_tensors
+            rows, flat_t, flat_g = logits.reshape(-1, logits.size(-1)), targets.reshape(-1), grad_out.reshape(-1)
+            grad = torch.empty_like(rows)
+            step = max(1, CHUNK_ELEMENTS // rows.size(1))
+            exact = torch.promote_types(logits.dtype, torch.float32)
+            for a in range(0, rows.size(0), step):
+                probs = torch.softmax(rows[a : a + step].to(exact) / temperature, dim=-1)
+                probs.neg_().scatter_add_(-1, flat_t[a : a + step, None], torch.ones_like(probs[:, :1]))
+                probs.mul_((flat_g[a : a + step, None] / temperature).to(exact))
+                grad[a : a + step] = probs.to(grad.dtype)
+            return grad.reshape(logits.shape), None
+
+    return ChunkedLogProb.apply(logits, targets)
+
+
+def entropy_of(logits: Any, temperature: float = 1.0, chunk: int = ENTROPY_CHUNK) -> Any:
+    """Per-position entropy of softmax(logits / temperature), computed a few positions at a time (no gradient)."""
+    import torch
+
     with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        rows = logits.reshape(-1, logits.size(-1))
+        exact = torch.promote_types(logits.dtype, torch.float32)
+        out = torch.empty(rows.size(0), device=logits.device, dtype=exact)
+        for a in range(0, rows.size(0), chunk):
+            part = rows[a : a + chunk].to(exact) / temperature
+            logp = torch.log_softmax(part, dim=-1)
+            out[a : a + chunk] = -(logp.exp() * logp).sum(-1)
+        return out.reshape(logits.shape[:-1])
+
+
+def token_logprobs(model: Any, ids: Any, mask: Any, temperature: float = 1.0,
+                   with_entropy: bool = True) -> tuple[Any, Any]:
+    """Log-probabilities of each next token under the policy that sampled them (the logits divided by the sampling
+    temperature, as TRL does: the gradient is then for that policy), and the per-position entropy."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :]
+    logp = gathered_logprobs(logits, ids[:, 1:], temperature)
+    entropy = entropy_of(logits, temperature) if with_entropy else None
     return logp, entropy
+
+
+def importance_weights(train_logp: Any, sampler_logp: Any, cap: float) -> tuple[Any, Any]:
+    """Truncated importance sampling (TRL's vllm_importance_sampling_correction): the sampler (vLLM) and the trainer
+    compute slightly different probabilities for the same tokens; weight each token by min(p_train / p_sampler, cap).
+    Returns the weights and the mean absolute log-probability difference (a metric the monitor watches)."""
+    import torch
+
+    diff = (train_logp.detach() - sampler_logp).clamp(max=20.0)
+    weights = torch.exp(diff).clamp(max=cap)
+    return weights, diff.abs()
 
 
 def train_grpo(t: Trainer) -> None:
@@ -67,7 +136,8 @@ def train_grpo(t: Trainer) -> None:
     fns = {name: reward_lib.resolve(name) for name in a.rl.reward_fns}
     order = DataOrder(len(records), a.training.seed, a.dataset.shuffle)
     unwrapped = t.accelerator.unwrap_model(t.model)
-    sampler = make_sampler(a.sampler.sampler_type, unwrapped, t.tokenizer, a.sampling, a.sampler, t.model_dir, a.lora)
+    sampler = make_sampler(a.sampler.sampler_type, unwrapped, t.tokenizer, a, t.model_dir,
+                           t.accelerator.num_processes)
     sampler.sync(unwrapped)
     world, rank = t.accelerator.num_processes, t.accelerator.process_index
     G = a.rl.num_generations
@@ -99,6 +169,8 @@ def train_grpo(t: Trainer) -> None:
         n_groups = max(1, len(total) // G)
         micro = max(1, a.training.micro_batch_size) * G
         n_seq = len(completions)
+        temperature = a.sampling.temperature if a.sampling.temperature > 0 else 1.0
+        mismatch: list[float] = []
         for k in range(0, n_seq, micro):
             chunk = list(range(k, min(k + micro, n_seq)))
             seqs = [prompts[completions[i].prompt_index] + completions[i].token_ids for i in chunk]
@@ -113,27 +185,23 @@ def train_grpo(t: Trainer) -> None:
                 comp[row, p - 1 : len(s) - 1] = 1
             ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
             adv = torch.tensor([advantages[i] for i in chunk], device=device).unsqueeze(1)
-            logp, entropy = token_logprobs(t.model, ids, attn)
-            ratio = torch.exp(logp - logp.detach())  # one update per batch: old policy = current, gradient kept
-            clipped = torch.clamp(ratio, 1 - a.loss.epsilon, 1 + a.loss.epsilon)
-            per_token = -torch.min(ratio * adv, clipped * adv)
-            kl = torch.zeros_like(logp)
-            if a.loss.beta > 0 and a.lora.use_lora:
-                with torch.no_grad(), t.accelerator.unwrap_model(t.model).disable_adapter():
-                    ref_logp, _ = token_logprobs(t.model, ids, attn)
-                delta = ref_logp - logp
-                kl = torch.exp(delta) - delta - 1  # k3 estimator, always >= 0
-                per_token = per_token + a.loss.beta * kl
+            last_micro = k + micro >= n_seq
+            # Under DDP, gradients are averaged across processes once per step, on the last micro-batch.
+            sync = contextlib.nullcontext() if world == 1 or last_micro else t.accelerator.no_sync(t.model)
+            with sync:
+                logp, entropy = token_logprobs(t.model, ids, attn, temperature)
+                ratio = torch.exp(logp - logp.detach())  # one update per batch: old policy = current, gradient kept
+                clipped = torch.clamp(ratio, 1 - a.loss.epsilon, 1 + a.loss.epsilon)
+                per_token = -torch.min(ratio * adv, clipped * adv)
+                sampler_logp = sampler_logprobs([completions[i] for i in chunk], comp, device)
+                if sampler_logp is not None:  # vLLM's probabilities differ a little from ours: correct for it
+                    weights, diff = importance_weights(logp, sampler_logp, IS_CAP)
+                    per_token = per_token * weights
+                    mismatch.append(float((diff * comp).sum() / comp.sum().clamp(min=1)))
+                loss, kl = micro_batch_loss(t, a, ids, attn, temperature, logp, per_token, comp, chunk, best, n_seq,
+                                     n_groups, sums)
+                t.accelerator.backward(loss)
             lengths = comp.sum(1).clamp(min=1)
-            seq_loss = (per_token * comp).sum(1) / lengths
-            loss = seq_loss.sum() / n_seq
-            chosen = [row for row, i in enumerate(chunk) if i in best]
-            if chosen:  # an SFT term on each group's best completion (loss.sft_weight)
-                nll = -(logp * comp).sum(1) / lengths
-                sft = nll[chosen].sum() / n_groups
-                loss = loss + a.loss.sft_weight * sft
-                sums["sft_loss"] += float(sft.detach())
-            t.accelerator.backward(loss)
             sums["loss"] += float(loss.detach())
             sums["kl"] += float(((kl.detach() * comp).sum(1) / lengths).sum()) / n_seq
             sums["entropy"] += float(((entropy * comp).sum(1) / lengths).sum()) / n_seq
@@ -160,6 +228,7 @@ def train_grpo(t: Trainer) -> None:
             "tokens/s": tokens / (time.perf_counter() - started),
             "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
             "adapter_version": sampler.version,
+            **({"sampler/logprob_diff": _mean(mismatch)} if mismatch else {}),
         }
         if world > 1:
             keys = list(metrics)
@@ -171,6 +240,47 @@ def train_grpo(t: Trainer) -> None:
             t.log(f"step {t.step}: reward {metrics['reward']:.3f}; sample: {texts[0][:80]!r} (answer {answers[0]})")
         if t.end_of_step():
             return
+
+
+IS_CAP = 2.0  # TRL's default cap of the truncated importance weight
+
+
+def sampler_logprobs(completions: list[Any], comp: Any, device: Any) -> Any:
+    """The sampler's log-probabilities of the sampled tokens, aligned with the completion positions (or None when
+    the sampler does not report them: HF generate samples from the training weights themselves)."""
+    import torch
+
+    if not completions or any(c.logprobs is None for c in completions):
+        return None
+    out = torch.zeros_like(comp)
+    for row, c in enumerate(completions):
+        positions = torch.nonzero(comp[row]).flatten()[: len(c.logprobs)]
+        out[row, positions] = torch.tensor(c.logprobs[: len(positions)], device=comp.device, dtype=out.dtype)
+    return out.to(device)
+
+
+def micro_batch_loss(t: Trainer, a: Any, ids: Any, attn: Any, temperature: float, logp: Any, per_token: Any, comp: Any,
+              chunk: list[int], best: set[int], n_seq: int, n_groups: int, sums: dict[str, float]) -> tuple[Any, Any]:
+    """The micro-batch's loss: the clipped policy term, the KL to the base model (k3, through the disabled adapter),
+    and the SFT term on each group's best completion; returns it and the per-token KL."""
+    import torch
+
+    kl = torch.zeros_like(logp)
+    if a.loss.beta > 0 and a.lora.use_lora:
+        with torch.no_grad(), t.accelerator.unwrap_model(t.model).disable_adapter():
+            ref_logp, _ = token_logprobs(t.model, ids, attn, temperature, with_entropy=False)
+        delta = ref_logp - logp
+        kl = torch.exp(delta) - delta - 1  # k3 estimator, always >= 0
+        per_token = per_token + a.loss.beta * kl
+    lengths = comp.sum(1).clamp(min=1)
+    loss = ((per_token * comp).sum(1) / lengths).sum() / n_seq
+    chosen = [row for row, i in enumerate(chunk) if i in best]
+    if chosen:  # an SFT term on each group's best completion (loss.sft_weight)
+        nll = -(logp * comp).sum(1) / lengths
+        sft = nll[chosen].sum() / n_groups
+        loss = loss + a.loss.sft_weight * sft
+        sums["sft_loss"] += float(sft.detach())
+    return loss, kl
 
 
 def _mean(values: Sequence[float]) -> float:

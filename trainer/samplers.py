@@ -21,23 +21,66 @@ class Completion:
     prompt_index: int
     token_ids: list[int]
     truncated: bool  # stopped by max_tokens, not by an end-of-sequence token
+    logprobs: list[float] | None = None  # the sampler's log-probability of each token (vLLM reports them)
 
 
-def make_sampler(kind: str, model: Any, tokenizer: Any, sampling: Any, sampler: Any, model_dir: Path, lora: Any) -> Any:
-    """auto = vLLM when a GPU and vLLM are present, else HF generate."""
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that is at least r (it takes only these values)."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= r:
+            return allowed
+    raise SamplerError(f"LoRA rank {r} is larger than vLLM supports ({VLLM_LORA_RANKS[-1]})")
+
+
+def choose_sampler(kind: str, use_lora: bool, device: str, processes: int, cuda: bool, vllm_installed: bool) -> str:
+    """hf or vllm. auto picks vLLM only where it can run as configured: a GPU, LoRA, one process, not device cpu."""
+    if kind == "hf":
+        return "hf"
+    can = cuda and vllm_installed and use_lora and processes == 1 and device != "cpu"
     if kind == "auto":
-        kind = "vllm" if _vllm_usable() else "hf"
-    if kind == "vllm":
-        return VLLMSampler(model_dir, tokenizer, sampling, sampler, lora)
-    return HFSampler(model, tokenizer, sampling)
+        return "vllm" if can else "hf"
+    if not cuda or device == "cpu":
+        raise SamplerError("sampler_type vllm needs an NVIDIA GPU; use sampler_type hf on this machine")
+    if not vllm_installed:
+        raise SamplerError("sampler_type vllm needs vLLM: pip install 'twinkle-tui[gpu]'")
+    return "vllm"
 
 
-def _vllm_usable() -> bool:
+def make_sampler(kind: str, model: Any, tokenizer: Any, args: Any, model_dir: Path, processes: int = 1) -> Any:
+    """The configured sampler: HF generate (CPU and GPU) or vLLM (GPU, LoRA, one process)."""
     import importlib.util
 
     import torch
 
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    chosen = choose_sampler(kind, args.lora.use_lora, args.model.device, processes, torch.cuda.is_available(),
+                            importlib.util.find_spec("vllm") is not None)
+    if chosen == "vllm":
+        return VLLMSampler(model_dir, tokenizer, args)
+    return HFSampler(model, tokenizer, args.sampling)
+
+
+def vllm_engine_args(model_dir: Path, args: Any, bf16_supported: bool) -> dict[str, Any]:
+    """The arguments of vllm.LLM for this configuration (a function, so they can be checked without a GPU)."""
+    precision = args.model.mixed_precision
+    if precision == "fp16" or (precision == "auto" and not bf16_supported):
+        dtype = "float16"
+    elif precision == "bf16" or precision == "auto":
+        dtype = "bfloat16"
+    else:
+        dtype = "float32"
+    max_model_len = args.template.max_length + args.sampling.max_tokens
+    return {
+        "model": str(model_dir), "enable_lora": True, "max_lora_rank": vllm_lora_rank(args.lora.lora_r),
+        "gpu_memory_utilization": args.sampler.gpu_memory_utilization,
+        "tensor_parallel_size": args.sampler.tensor_parallel_size,
+        "enable_sleep_mode": args.sampler.enable_sleep_mode, "dtype": dtype,
+        "max_model_len": max_model_len,
+        "max_num_batched_tokens": max(max_model_len, 4096),  # bounded: the engine's activation memory follows it
+        "seed": args.training.seed, "trust_remote_code": args.model.trust_remote_code,
+    }
 
 
 class HFSampler:
@@ -91,10 +134,13 @@ class VLLMSampler:
     """vLLM in the training process: sleeps while we train, wakes to sample with the newest adapter.
 
     Each sync saves the adapter and sends it as a new LoRARequest (a new id each time), so vLLM never serves a
-    stale adapter from its cache.
+    stale adapter from its cache. The sampled tokens' log-probabilities come back with the samples, for the
+    importance-sampling correction of the mismatch between vLLM's kernels and the trainer.
     """
 
-    def __init__(self, model_dir: Path, tokenizer: Any, sampling: Any, sampler: Any, lora: Any) -> None:
+    def __init__(self, model_dir: Path, tokenizer: Any, args: Any) -> None:
+        import atexit
+
         import torch
 
         if not torch.cuda.is_available():
@@ -105,15 +151,13 @@ class VLLMSampler:
         except ImportError:
             raise SamplerError("sampler_type vllm needs vLLM: pip install 'twinkle-tui[gpu]'") from None
         self._SamplingParams, self._LoRARequest = SamplingParams, LoRARequest
-        self.tokenizer, self.sampling = tokenizer, sampling
+        self.tokenizer, self.sampling = tokenizer, args.sampling
         self.version = 0
         self._adapter: Path | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="twinkle-vllm-"))
-        self.llm = LLM(model=str(model_dir), enable_lora=True, max_lora_rank=max(8, lora.lora_r),
-                       gpu_memory_utilization=sampler.gpu_memory_utilization,
-                       tensor_parallel_size=sampler.tensor_parallel_size,
-                       enable_sleep_mode=sampler.enable_sleep_mode, dtype="bfloat16")
-        self.sleep_mode = sampler.enable_sleep_mode
+        atexit.register(self.close)
+        self.llm = LLM(**vllm_engine_args(model_dir, args, torch.cuda.is_bf16_supported()))
+        self.sleep_mode = args.sampler.enable_sleep_mode
 
     def sync(self, model: Any) -> None:
         self.version += 1
@@ -124,11 +168,14 @@ class VLLMSampler:
         self._adapter = target
 
     def generate(self, prompts: list[list[int]], n: int) -> list[Completion]:
+        import torch
+
         s = self.sampling
         if self.sleep_mode:
+            torch.cuda.empty_cache()  # memory the trainer's cache holds is memory the engine cannot wake into
             self.llm.wake_up()
         params = self._SamplingParams(n=n, temperature=max(s.temperature, 0.0), top_p=s.top_p,
-                                      top_k=s.top_k if s.top_k > 0 else -1, max_tokens=s.max_tokens)
+                                      top_k=s.top_k if s.top_k > 0 else -1, max_tokens=s.max_tokens, logprobs=0)
         request = None
         if self._adapter is not None:
             request = self._LoRARequest(f"twinkle-v{self.version}", self.version, str(self._adapter))
@@ -139,5 +186,23 @@ class VLLMSampler:
         completions = []
         for i, out in enumerate(outputs):
             for c in out.outputs:
-                completions.append(Completion(i, list(c.token_ids), truncated=c.finish_reason == "length"))
+                tokens = list(c.token_ids)
+                completions.append(Completion(i, tokens, truncated=c.finish_reason == "length",
+                                              logprobs=sampled_logprobs(tokens, c.logprobs)))
         return completions
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def sampled_logprobs(tokens: list[int], per_position: Any) -> list[float] | None:
+    """vLLM's log-probability of each sampled token (its logprobs output: one {token_id: Logprob} per position)."""
+    if not per_position or len(per_position) != len(tokens):
+        return None
+    out = []
+    for token, options in zip(tokens, per_position, strict=True):
+        entry = options.get(token) if options else None
+        if entry is None:
+            return None
+        out.append(float(getattr(entry, "logprob", entry)))
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +52,11 @@ def train_sft(t: Trainer) -> None:
         loss_sum = torch.zeros((), device=device)
         for k in range(0, len(batch_examples), micro):
             batch = {key: v.to(device) for key, v in collate(batch_examples[k : k + micro], t.tokenizer.pad_token_id).items()}
-            loss, _ = completion_loss_sum(t.model, batch)
-            t.accelerator.backward(loss / max(tokens, 1))  # the step's loss is the mean over all its tokens
+            last = k + micro >= len(batch_examples)
+            # Under DDP, gradients are averaged across processes once per step, on the last micro-batch.
+            with contextlib.nullcontext() if world == 1 or last else t.accelerator.no_sync(t.model):
+                loss, _ = completion_loss_sum(t.model, batch)
+                t.accelerator.backward(loss / max(tokens, 1))  # the step's loss is the mean over all its tokens
             loss_sum += loss.detach()
         grad_norm = t.optimizer_step()
         t.step += 1

@@ -245,6 +245,28 @@ def _read_resume_checkpoint(trainer: Trainer, runtime: TrainingRuntime | None, a
     return loaded
 
 
+def linear_module_names(model: Any) -> list[str]:
+    """The names (last part) of the model's linear layers, as PEFT's all-linear means them: without the output
+    layer."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not output}
+    return sorted(names)
+
+
+def base_dtype(accelerator: Any, args: Args) -> Any:
+    """The dtype to load the base model in: on a GPU with LoRA the frozen weights are kept in the compute dtype
+    (bf16/fp16: half the memory); a full fine-tune keeps fp32 master weights, and the CPU trains in fp32."""
+    import torch
+
+    precision = accelerator.mixed_precision
+    if args.lora.use_lora and accelerator.device.type == "cuda" and precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.float32
+
+
 def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cpu: bool) -> int:
     import random
 
@@ -269,6 +291,7 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
     t0 = time.time()
     with accelerator.main_process_first():  # rank 0 converts or builds a cached model once; the others wait
         model, tokenizer, model_dir = load_model_and_tokenizer(args.model.model_id,
+                                                               dtype=base_dtype(accelerator, args),
                                                                attn_implementation=args.model.attn_implementation,
                                                                trust_remote_code=args.model.trust_remote_code)
     if args.model.gradient_checkpointing:
@@ -278,8 +301,12 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
     # initialisation must not depend on whether the model was cached.
     torch.manual_seed(seed + accelerator.process_index)
     if args.lora.use_lora:
-        lora = LoraConfig(**args.get_lora_args(), layers_to_transform=args.lora_layers(model.config.num_hidden_layers))
-        model = get_peft_model(model, lora)
+        lora_args = args.get_lora_args()
+        layers = args.lora_layers(model.config.num_hidden_layers)
+        if layers is not None and lora_args["target_modules"] == "all-linear":
+            # PEFT takes layers_to_transform only with named modules: all-linear spelled out for this model
+            lora_args["target_modules"] = linear_module_names(model)
+        model = get_peft_model(model, LoraConfig(**lora_args, layers_to_transform=layers))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, args)
     scheduler = build_scheduler(optimizer, args)
@@ -289,7 +316,8 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
         trainer.log(f"note: {note}")
     trainable = sum(p.numel() for p in params)
     trainer.log(f"model {args.model.model_id} loaded in {time.time() - t0:.1f}s; {trainable:,} trainable parameters; "
-                f"{accelerator.num_processes} process(es) on {accelerator.device}")
+                f"{accelerator.num_processes} process(es) on {accelerator.device}, precision "
+                f"{accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'}")
 
     loaded = _read_resume_checkpoint(trainer, runtime, args)
     if loaded is not None:

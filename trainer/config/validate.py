@@ -69,8 +69,27 @@ def problems(args: Args) -> list[str]:
             out.append(f"epsilon must be greater than 0 (got {args.loss.epsilon})")
         if args.loss.beta < 0:
             out.append(f"beta must not be negative (got {args.loss.beta})")
-    if args.sampler.sampler_type == "vllm" and args.model.device == "cpu":
-        out.append("sampler_type vllm needs a GPU; use sampler_type hf on CPU")
+    processes = args.infra.nproc_per_node * args.infra.nnodes
+    if args.sampler.sampler_type == "vllm":
+        if args.model.device == "cpu":
+            out.append("sampler_type vllm needs a GPU; use sampler_type hf on CPU")
+        if not lo.use_lora:
+            out.append("sampler_type vllm needs use_lora (a full fine-tune would have to push all weights into the "
+                       "engine every step); use sampler_type hf")
+        if processes > 1:
+            out.append("sampler_type vllm runs in one training process; with several processes use sampler_type hf")
+        if lo.use_lora and lo.lora_r > 512:
+            out.append(f"lora_r {lo.lora_r} is larger than vLLM supports (512)")
+    if t.batch_size >= 1 and processes > 1 and t.batch_size % processes:
+        out.append(f"batch_size ({t.batch_size}) must be a multiple of the {processes} training processes, or the "
+                   "processes would run different numbers of steps and wait for each other forever")
+    if t.task == "grpo":
+        if s.temperature == 0 and rl.num_generations >= 2:
+            out.append("temperature 0 (greedy) makes every completion of a group the same: GRPO needs temperature > 0")
+        if s.temperature > 2:
+            out.append(f"temperature must be at most 2 (got {s.temperature})")
+        if s.top_p == 0:
+            out.append("top_p 0 keeps no tokens; use a value in (0, 1]")
     return out
 
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.samplers import vllm_lora_rank
 from twinkle_tui.agent.embedded import free_port
 
 
@@ -49,14 +50,6 @@ def gpu_count() -> int:
         return 0
 
 
-def max_lora_rank(r: int) -> int:
-    """The smallest rank vLLM accepts that is at least r."""
-    for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
-        if allowed >= r:
-            return allowed
-    raise ServerError(f"LoRA rank {r} is larger than vLLM supports (512)")
-
-
 class ServerManager:
     def __init__(self, home: Path, python: str = sys.executable) -> None:
         self.home = home
@@ -68,7 +61,7 @@ class ServerManager:
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                "--port", str(port), "--tensor-parallel-size", str(tensor_parallel)]
         if lora is not None:
-            cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank(lora_rank)), "--lora-modules",
+            cmd += ["--enable-lora", "--max-lora-rank", str(vllm_lora_rank(lora_rank)), "--lora-modules",
                     f"{lora[0]}={lora[1]}"]
         return cmd
 
