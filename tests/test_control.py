@@ -313,3 +313,22 @@ def test_resources_count_the_cpu_of_child_processes() -> None:
             child.kill()
         parent.kill()
         parent.wait()
+
+
+def test_a_burst_of_stop_signals_never_deadlocks_the_run(ctl: ProcessController) -> None:
+    """A second SIGTERM arriving inside the handler of the first must not hang the run (a lock taken in a signal
+    handler would), and a stop signals every process once."""
+    for attempt in range(3):
+        run_id = f"burst{attempt}"
+        launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.005", "--save-steps", "100000"],
+                                     run_id=run_id)
+        paths = ctl.paths(run_id)
+        wait_for(lambda paths=paths: steps(paths) > 5, what="steps")
+        pid = read_meta(paths)["pid"]
+        for _ in range(200):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        assert launched.supervisor.wait(timeout=30) == 0
+        assert read_meta(paths)["status"] == "stopped"

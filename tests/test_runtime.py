@@ -129,3 +129,26 @@ def test_start_does_not_clobber_fields_written_by_others(home: Path) -> None:
     TrainingRuntime("others").start()
     meta = read_meta(paths)
     assert meta["fix_attempts"] == 2 and meta["custom"] == "kept"
+
+
+REENTRANT = """
+import signal, sys
+from trainer.runtime import TrainingRuntime
+rt = TrainingRuntime('reentrant').start()
+nested = []
+def hook(frame, event, arg):
+    # A second SIGTERM arriving while the first handler holds any lock: run the handler again right there.
+    owner = getattr(arg, "__self__", None)
+    if event == "c_return" and not nested and type(owner).__name__ in ("lock", "RLock"):
+        nested.append(1)
+        rt._on_sigterm(signal.SIGTERM, None)
+sys.setprofile(hook)
+rt._on_sigterm(signal.SIGTERM, None)
+sys.setprofile(None)
+print("stopped" if rt.should_stop else "not stopped")
+"""
+
+
+def test_the_stop_handler_is_safe_against_a_second_signal_inside_it(home: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", REENTRANT], capture_output=True, text=True, timeout=20)
+    assert proc.stdout.strip().endswith("stopped") and "not stopped" not in proc.stdout, proc.stderr

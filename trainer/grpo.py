@@ -142,7 +142,6 @@ def train_grpo(t: Trainer) -> None:
     world, rank = t.accelerator.num_processes, t.accelerator.process_index
     G = a.rl.num_generations
     device = t.accelerator.device
-    eos = t.tokenizer.eos_token_id
     t.log(f"GRPO on {len(records)} prompts: {a.training.batch_size} prompts x {G} generations per step, "
           f"rewards {', '.join(fns)}, sampler {type(sampler).__name__}")
     while t.step < a.training.max_steps:
@@ -223,7 +222,7 @@ def train_grpo(t: Trainer) -> None:
             **{f"reward/{name}": _mean(v) for name, v in per_fn.items()},
             "kl": sums["kl"], "entropy": sums["entropy"],
             "completion_length": _mean(lengths_list),
-            "truncation_rate": _mean([float(c.truncated and eos not in c.token_ids) for c in completions]),
+            "truncation_rate": _mean([float(c.truncated) for c in completions]),
             "zero_advantage_groups": flat_frac,
             "tokens/s": tokens / (time.perf_counter() - started),
             "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,

@@ -120,7 +120,9 @@ class TrainingRuntime:
         self.clock = clock
         self.progress_interval = progress_interval
         self.supervised = os.environ.get(SUPERVISED_ENV) == "1"
-        self._stop_requested = threading.Event()
+        # A plain flag, not a threading.Event: it is set from a signal handler, and Event.set takes a lock that a
+        # second signal arriving inside the first handler would wait on forever.
+        self._stop_requested = False
         self._last_step = 0
         self._total_steps: int | None = None
         self._progress_written_at = 0.0
@@ -264,10 +266,10 @@ class TrainingRuntime:
     @property
     def should_stop(self) -> bool:
         """True once a graceful stop was requested (SIGTERM); check it at step boundaries."""
-        return self._stop_requested.is_set()
+        return self._stop_requested
 
     def request_stop(self) -> None:
-        self._stop_requested.set()
+        self._stop_requested = True
 
     def register_graceful_shutdown(
         self, model: Any = None, dataloader: Any = None, save_fn: SaveFn | None = None
@@ -390,9 +392,9 @@ class TrainingRuntime:
         self._prev_exit(code)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if self._stop_requested.is_set():
+        if self._stop_requested:
             return
-        self._stop_requested.set()
+        self._stop_requested = True
         print("[twinkle] stop requested: finishing the current step and saving a checkpoint", flush=True)
 
     def _on_uncaught(

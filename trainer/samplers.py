@@ -111,6 +111,8 @@ class HFSampler:
                                       pad_token_id=pad, eos_token_id=tok.eos_token_id)
         if not greedy:
             kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+        if s.stop:
+            kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -120,14 +122,21 @@ class HFSampler:
         new = out[:, width:].tolist()
         completions = []
         for row, tokens in enumerate(new):
-            cut = len(tokens)
-            for j, t in enumerate(tokens):
-                if t == tok.eos_token_id:
-                    cut = j + 1
-                    break
-            kept = tokens[:cut]  # after the end token there is only padding
-            completions.append(Completion(row // n, kept, truncated=tok.eos_token_id not in kept))
+            end = finished_at(tokens, tok, s.stop)
+            kept = tokens if end is None else tokens[:end]  # after the end there is only padding
+            completions.append(Completion(row // n, kept, truncated=end is None))
         return completions
+
+
+def finished_at(tokens: list[int], tokenizer: Any, stops: list[str]) -> int | None:
+    """Where a completion ended (its end token, or the token that completed a stop string), or None if it ran to
+    max_tokens."""
+    for j, token in enumerate(tokens, 1):
+        if token == tokenizer.eos_token_id:
+            return j
+        if stops and any(stop in tokenizer.decode(tokens[:j], skip_special_tokens=True) for stop in stops):
+            return j
+    return None
 
 
 class VLLMSampler:
@@ -175,7 +184,8 @@ class VLLMSampler:
             torch.cuda.empty_cache()  # memory the trainer's cache holds is memory the engine cannot wake into
             self.llm.wake_up()
         params = self._SamplingParams(n=n, temperature=max(s.temperature, 0.0), top_p=s.top_p,
-                                      top_k=s.top_k if s.top_k > 0 else -1, max_tokens=s.max_tokens, logprobs=0)
+                                      top_k=s.top_k if s.top_k > 0 else -1, max_tokens=s.max_tokens, logprobs=0,
+                                      stop=list(s.stop) or None)
         request = None
         if self._adapter is not None:
             request = self._LoRARequest(f"twinkle-v{self.version}", self.version, str(self._adapter))

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
     p.add_argument("--llm-gguf", metavar="PATH", default=env("TWINKLE_LLM_GGUF"),
                    help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--monitor", action="store_true", help="with --run: watch the run with the health monitor")
+    p.add_argument("--auto-fix", action="store_true",
+                   help="with --run --monitor: apply the monitor's fixes of code errors and out-of-memory crashes")
+    p.add_argument("--monitor-interval", type=float, default=30.0, help="seconds between the monitor's checks")
+    p.add_argument("--fix-mode", choices=("off", "ask", "auto"), default="ask",
+                   help="the dashboard's monitor: off, ask before applying a fix (default), or auto")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (to the log file)")
     p.add_argument("-V", "--version", action="version", version=f"twinkle-tui {__version__}")
     return p
@@ -57,6 +63,8 @@ def setup_logging(home: str | None, verbose: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["doctor"]:
+        return doctor_main(argv[1:])
     script_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -78,9 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
     if ns.run:
-        from twinkle_tui.headless import run_headless
+        from twinkle_tui.headless import MonitorLoop, run_headless
+        from twinkle_tui.process.controller import ProcessController
 
-        return run_headless(ns.run, script_args, ns.run_id, home=ns.home, grace=ns.grace)
+        if ns.auto_fix and not ns.monitor:
+            parser.error("--auto-fix goes with --monitor")
+        controller = ProcessController(ns.home, grace=ns.grace)
+        watch = None
+        if ns.monitor:
+            reviewer = monitor_llm(llm, twinkle_home(ns.home))
+            watch = MonitorLoop(controller, ns.monitor_interval, reviewer, ns.auto_fix)
+        return run_headless(ns.run, script_args, ns.run_id, watch=watch, controller=controller)
     if ns.ask is not None:
         import asyncio
 
@@ -95,12 +111,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twinkle_tui.ui.app import TwinkleApp
 
     start = (ns.start, script_args) if ns.start else None
-    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start, auto_yes=ns.yes)
+    app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start, auto_yes=ns.yes,
+                     monitor_interval=ns.monitor_interval, fix_mode=ns.fix_mode)
     app.run()
     message = live_runs_message(app.summaries)
     if message:  # they do keep training: say so, and how to get back to them
         print(message, file=sys.stderr)
     return app.return_code or 0
+
+
+def monitor_llm(llm: Any, home: Any) -> Any:
+    """The LLM the monitor reviews with outside the dashboard: the configured endpoint if it answers; the embedded
+    one only when asked for (--llm embedded), since it competes with training for the CPU; None otherwise."""
+    import asyncio
+
+    from twinkle_tui.agent.connect import connect
+    from twinkle_tui.agent.endpoint import EndpointError, probe
+
+    if llm.mode == "none":
+        return None
+    if llm.mode == "embedded":
+        connection = asyncio.run(connect(llm, home))
+        if connection.embedded is not None:
+            import atexit
+
+            atexit.register(connection.close)
+        return connection.settings
+    try:
+        asyncio.run(probe(llm))
+        return llm
+    except EndpointError as exc:
+        print(f"twinkle-tui: monitor: rules only ({exc})", file=sys.stderr)
+        return None
+
+
+def doctor_main(argv: list[str]) -> int:
+    """`twinkle-tui doctor RUN_ID`: the monitor's findings for one run (live or finished), with an LLM review when
+    an endpoint answers; exit 1 when any finding is a warning or worse, 2 for bad input."""
+    parser = argparse.ArgumentParser(prog="twinkle-tui doctor", description=doctor_main.__doc__)
+    parser.add_argument("run_id")
+    parser.add_argument("--home", default=None)
+    parser.add_argument("--llm", choices=("auto", "embedded", "none"), default=os.environ.get("TWINKLE_LLM", "auto"))
+    parser.add_argument("--llm-base-url", default=os.environ.get("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"))
+    parser.add_argument("--llm-model", default=os.environ.get("TWINKLE_LLM_MODEL", "qwen3.5"))
+    parser.add_argument("--llm-api-key", default=os.environ.get("TWINKLE_LLM_API_KEY", "not-needed"))
+    ns = parser.parse_args(argv)
+    from twinkle_tui.agent.endpoint import LLMSettings
+    from twinkle_tui.monitor import run_rules, take_snapshot
+    from twinkle_tui.runs.store import NoSuchRun, RunStore
+
+    try:
+        view = RunStore(ns.home).view(validate_run_id(ns.run_id))
+    except (InvalidRunId, NoSuchRun) as exc:
+        print(f"twinkle-tui: {exc}", file=sys.stderr)
+        return 2
+    view.refresh()
+    snapshot = take_snapshot(view)
+    findings = sorted(run_rules(snapshot), key=lambda f: -f.level)
+    print(f"{ns.run_id}: {snapshot.status.value}, step {snapshot.last_step}"
+          + (f"/{snapshot.total_steps}" if snapshot.total_steps else "")
+          + (f", {snapshot.error}" if snapshot.error else ""))
+    for finding in findings:
+        print(finding.line())
+        for line in finding.evidence[:4]:
+            print(f"    evidence: {line}")
+    if not findings:
+        print("no findings")
+    worst = max((f.level for f in findings), default=-1)
+    reviewer = monitor_llm(LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm),
+                           twinkle_home(ns.home))
+    if reviewer is not None:
+        import asyncio
+
+        from twinkle_tui.monitor import review
+
+        result = asyncio.run(review(reviewer, snapshot, findings))
+        if result is not None:
+            print(f"review: {result.decision}: {result.summary}")
+            if result.diagnosis:
+                print(f"    {result.diagnosis}")
+            if result.decision != "LGTM":
+                worst = max(worst, 1)
+    return 1 if worst >= 1 else 0
 
 
 def live_runs_message(summaries: Sequence[Any]) -> str | None:

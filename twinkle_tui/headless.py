@@ -54,8 +54,10 @@ class OutputClosed(Exception):
 class HeadlessRun:
     """Follows one run: prints every new log line and a progress line until the run ends."""
 
-    def __init__(self, controller: ProcessController, out: TextIO = sys.stdout, poll: float = 0.2) -> None:
+    def __init__(self, controller: ProcessController, out: TextIO = sys.stdout, poll: float = 0.2,
+                 watch: MonitorLoop | None = None) -> None:
         self.controller = controller
+        self.watch = watch
         self.store = RunStore(controller.home)
         self.out = out
         self.poll = poll
@@ -81,10 +83,15 @@ class HeadlessRun:
             while True:
                 self._follow(view, log)
                 launched.supervisor.poll()  # reap it when it ends; the run's state says when we are done
+                if self.watch is not None:
+                    self.watch.tick(self.run_id, self._say)
                 if not self._active(view):
+                    self._follow(view, log)
+                    # A last look at how it ended; an applied fix relaunches it, and we follow the new launch.
+                    if self.watch is not None and self.watch.tick(self.run_id, self._say, final=True):
+                        continue
                     break
                 time.sleep(self.poll)
-            self._follow(view, log)
             return self._finish(view)
         except OutputClosed:
             return self._output_closed()
@@ -195,11 +202,76 @@ class HeadlessRun:
         return {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 0, RunStatus.KILLED: 128 + signal.SIGKILL}.get(status, 1)
 
 
+class MonitorLoop:
+    """--monitor: the monitor's rules every interval (and once more at the end), an LLM review of what they find
+    when an endpoint is configured and reachable, and with --auto-fix the fixes it proposes applied (the run is
+    relaunched and followed to its end)."""
+
+    def __init__(self, controller: ProcessController, interval: float, llm: Any = None, auto_fix: bool = False,
+                 clock: Any = time.monotonic) -> None:
+        from twinkle_tui.monitor import FixPipeline, TrainingMonitor
+
+        self.monitor = TrainingMonitor(controller.home, interval)
+        self.fixes = FixPipeline(controller, "auto" if auto_fix else "ask")
+        self.llm = llm
+        self.auto_fix = auto_fix
+        self.clock = clock
+        self._next = 0.0
+
+    def tick(self, run_id: str, say: Any, final: bool = False) -> bool:
+        """Check now if it is time (or final); True if a fix was applied and the run relaunched."""
+        now = self.clock()
+        if not final and now < self._next:
+            return False
+        self._next = now + self.monitor.interval
+        relaunched = False
+        for report in self.monitor.check([run_id]):
+            for finding in report.findings:
+                say(f"twinkle-tui: monitor: {finding.line()}")
+                for line in finding.evidence[:3]:
+                    say(f"twinkle-tui: monitor:   evidence: {line}")
+            if self.llm is not None and self.monitor.needs_review(report):
+                relaunched |= self._review(report, say)
+        return relaunched
+
+    def _review(self, report: Any, say: Any) -> bool:
+        import asyncio
+
+        from twinkle_tui.monitor import FixRefused, review
+
+        result = asyncio.run(review(self.llm, report.snapshot, report.findings))
+        if result is None:
+            return False
+        say(f"twinkle-tui: monitor review: {result.decision}: {result.summary}")
+        if result.decision != "FIX":
+            return False
+        try:
+            proposal = self.fixes.propose(report.snapshot, result.script or "", result.summary, report.findings)
+        except FixRefused as exc:
+            say(f"twinkle-tui: monitor: the proposed fix is not used: {exc}")
+            return False
+        say("twinkle-tui: monitor: proposed fix:\n" + proposal.diff.rstrip())
+        if not self.auto_fix:
+            say("twinkle-tui: monitor: not applied (run with --auto-fix to apply fixes)")
+            return False
+        if not proposal.automatic:
+            say("twinkle-tui: monitor: not applied automatically: only code errors and out-of-memory are")
+            return False
+        try:
+            launched = self.fixes.apply(proposal)
+        except (FixRefused, RunControlError) as exc:
+            say(f"twinkle-tui: monitor: the fix could not be applied: {exc}")
+            return False
+        say("twinkle-tui: monitor: fix applied; the run is relaunched from its last checkpoint")
+        return launched is not None
+
+
 def run_headless(
-    spec: str, args: Sequence[str], run_id: str | None, home: str | None = None, grace: float = 30.0
+    spec: str, args: Sequence[str], run_id: str | None, home: str | None = None, grace: float = 30.0,
+    watch: MonitorLoop | None = None, controller: ProcessController | None = None,
 ) -> int:
     if not os.path.isfile(spec):
         print(f"twinkle-tui: no such script or recipe: {spec}", file=sys.stderr)
         return 2
-    controller = ProcessController(home, grace=grace)
-    return HeadlessRun(controller).run(spec, args, run_id)
+    controller = controller or ProcessController(home, grace=grace)
+    return HeadlessRun(controller, watch=watch).run(spec, args, run_id)

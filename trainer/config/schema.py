@@ -111,6 +111,7 @@ class SamplingArgs:
     top_k: int = opt(0, "sample from the k most likely tokens (0 = off)")
     top_p: float = opt(1.0, "nucleus sampling mass")
     num_samples: int = opt(1, "completions per prompt outside RL")
+    stop: list[str] = opt([], "strings that end a completion (a completion that reaches one is finished, not cut)")
 
 
 @dataclass

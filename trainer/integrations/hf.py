@@ -29,7 +29,7 @@ class TwinkleCallback(TrainerCallback):
     def __init__(self, run_id: str | None = None, runtime: TrainingRuntime | None = None) -> None:
         self.run_id = run_id
         self.runtime = runtime
-        self._stop = threading.Event()  # on processes without a runtime (other ranks): their own SIGTERM
+        self._stop = False  # on processes without a runtime (other ranks): their own SIGTERM (a plain flag: signal-safe)
         self._stopped = False
 
     # ------------------------------------------------------------------ resume
@@ -49,7 +49,7 @@ class TwinkleCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         if not state.is_world_process_zero:
             if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+                signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
             return
         if self.runtime is None:
             self.runtime = TrainingRuntime(self.run_id)
@@ -92,7 +92,7 @@ class TwinkleCallback(TrainerCallback):
 
     def _should_stop(self) -> bool:
         """True on every process once any process was asked to stop (they must end at the same step)."""
-        local = self._stop.is_set() or (self.runtime is not None and self.runtime.should_stop)
+        local = self._stop or (self.runtime is not None and self.runtime.should_stop)
         try:
             import torch.distributed as dist
 

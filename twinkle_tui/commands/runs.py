@@ -320,6 +320,32 @@ def update_script(s: Session, a: dict[str, Any]) -> Reply:
                  "resume the run to use it")
 
 
+def _undo_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+    run_id = s.target(a)
+    paths = s.controller.existing(run_id)
+    current = int(s.view(run_id).meta.get("script_version") or 0)
+    previous = paths.script_version(current - 1)
+    if current < 2 or not previous.is_file():
+        raise CommandError(f"run {run_id!r} has no earlier version of its script to go back to")
+    diff = script_diff(paths.script.read_text(encoding="utf-8", errors="replace"),
+                       previous.read_text(encoding="utf-8", errors="replace"))
+    return Confirmation(f"Undo the last change to {run_id}'s script?", diff or "(the versions are the same)", "Undo")
+
+
+@command("undo_fix", "Put the previous version of a run's script back (undo a fix); resume the run to use it.",
+         "control", {"run_id": RUN_ID}, destructive=True, confirm=_undo_confirm)
+def undo_fix(s: Session, a: dict[str, Any]) -> Reply:
+    from twinkle_tui.monitor.fixes import FixPipeline, FixRefused
+
+    run_id = s.target(a)
+    try:
+        version = FixPipeline(s.controller).undo(run_id)
+    except FixRefused as exc:
+        raise CommandError(str(exc)) from None
+    return Reply(f"`{run_id}`: the previous script is back (as version {version}); resume the run to use it",
+                 redraw={"status", "charts"})
+
+
 # ------------------------------------------------------------------ managing runs
 def _ended_confirm(verb: str, detail: str) -> Any:
     def confirm(s: Session, a: dict[str, Any]) -> Confirmation:
@@ -422,3 +448,5 @@ slash("delete", "delete_run", "/delete RUN_ID", "delete an ended run and its fil
 slash("archive", "archive_run", "/archive RUN_ID", "move an ended run to .archive/ (asks first)",
       _required("run_id", "/archive RUN_ID"))
 slash("rename", "rename_run", "/rename RUN_ID NAME", "give a run a display name", _rename_args)
+slash("undo", "undo_fix", "/undo [RUN_ID]", "put the previous version of the run's script back (asks first)",
+      _one("undo", "run_id", "/undo [RUN_ID]"))

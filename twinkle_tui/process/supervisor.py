@@ -73,9 +73,11 @@ class Stop:
 
     def _forward(self) -> None:
         assert self.identity is not None
-        signal_run(self.identity, signal.SIGTERM)
+        sent = signal_run(self.identity, signal.SIGTERM)
         signal_run(self.identity, signal.SIGCONT)  # a paused run must wake up to see the stop
         signal.setitimer(signal.ITIMER_REAL, self.grace)
+        print(f"twinkle supervisor: stop: SIGTERM to the run's group and {sent} process(es) "
+              f"(leader {self.identity.pid}); killed after {self.grace:g}s", file=sys.stderr, flush=True)
 
     def _on_grace_over(self, signum: int, frame: Any) -> None:
         record_event(self.paths, "warning", message=f"no exit {self.grace:g}s after SIGTERM: killing the run's processes")

@@ -93,11 +93,21 @@ def signal_processes(procs: Iterable[psutil.Process], sig: int) -> int:
 
 
 def signal_run(identity: RunIdentity, sig: int, include_tagged: bool = True) -> int:
-    """Signal the run's whole process tree (and its group, so a child forked this very moment is not missed)."""
+    """Signal the run's whole process tree: its group at once (so a child forked this very moment is not missed),
+    then each process outside that group. Every process gets the signal once: a handler may not be re-entrant."""
     procs = run_processes(identity, include_tagged)
+    group = None
     if identity.pgid and identity.pgid == identity.pid and process_is(identity.pid, identity.pid_start_time):
         try:
             os.killpg(identity.pgid, sig)
+            group = identity.pgid
         except (ProcessLookupError, PermissionError):
             pass
-    return signal_processes(procs, sig)
+    outside = []
+    for proc in procs:
+        try:
+            if group is None or os.getpgid(proc.pid) != group:
+                outside.append(proc)
+        except OSError:
+            continue
+    return signal_processes(outside, sig) + (1 if group is not None else 0)

@@ -31,10 +31,11 @@ from twinkle_tui.commands import REGISTRY, CommandError, Confirmation, Reply, Re
 from twinkle_tui.commands.charts import pan, zoom_by
 from twinkle_tui.commands.runner import CommandRunner, Outcome
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
-from twinkle_tui.process.controller import ProcessController
+from twinkle_tui.monitor import DEFAULT_INTERVAL, FixPipeline, FixRefused, Report, TrainingMonitor, review
+from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
 from twinkle_tui.ui.commands import RunCommands
-from twinkle_tui.ui.messages import FilesChanged, ResourcesSampled, RunsRefreshed
+from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.scheduler import RedrawScheduler
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
@@ -56,6 +57,7 @@ LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
 DATA_INTERVAL = 1.0  # streamed data redraws the screen at most once a second; keys redraw at once
 READ_BUDGET = 8 * 1024 * 1024  # bytes of one run read under the store lock before the UI gets a turn
 NOTICE_SECONDS = 12.0
+MONITOR_MIN_GAP = 2.0  # seconds between checks triggered by file changes
 
 
 def layout_classes(width: int, height: int, panels: bool | None = None) -> dict[str, bool]:
@@ -132,6 +134,7 @@ class TwinkleApp(App[int]):
         Binding("l", "toggle_log_y", "Log-y", id="toggle_log_y"),
         Binding("d", "delete_run", "Delete run", id="delete_run", show=False),
         Binding("a", "archive_run", "Archive run", id="archive_run", show=False),
+        Binding("u", "undo_fix", "Undo fix", id="undo_fix", show=False),
         Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
         Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
@@ -153,6 +156,8 @@ class TwinkleApp(App[int]):
         start: tuple[str, list[str]] | None = None,
         data_interval: float = DATA_INTERVAL,
         auto_yes: bool = False,
+        monitor_interval: float | None = DEFAULT_INTERVAL,
+        fix_mode: str = "ask",
     ) -> None:
         super().__init__()
         store = RunStore(home)
@@ -183,7 +188,12 @@ class TwinkleApp(App[int]):
         self._refresh_lock = threading.Lock()
         self._refresh_wanted: tuple[bool, set[str]] = (False, set())
         self._refresh_running = False
+        self._monitor_checked = 0.0
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
+        # The monitor reads the runs through a store of its own (no lock shared with drawing).
+        self.monitor = TrainingMonitor(store.home, monitor_interval or DEFAULT_INTERVAL, clock)
+        self.monitor_enabled = monitor_interval is not None
+        self.fixes = FixPipeline(self.session.controller, fix_mode)
 
     @property
     def store(self) -> RunStore:
@@ -248,6 +258,8 @@ class TwinkleApp(App[int]):
         self.set_interval(FLUSH_INTERVAL, self.flush)
         self.set_interval(RESOURCE_INTERVAL, self.sample_resources)
         self.set_interval(LIST_INTERVAL, self._periodic)
+        if self.monitor_enabled:
+            self.set_interval(self.monitor.interval, self.check_runs)
         self.sample_resources()
         self.run_worker(self._restore_chat(), group="chat", exit_on_error=False)
 
@@ -385,6 +397,11 @@ class TwinkleApp(App[int]):
     @on(FilesChanged)
     def _files_changed(self) -> None:
         ids, self._pending_runs = set(self._pending_runs), set()
+        if self.monitor_enabled and ids and time.monotonic() - self._monitor_checked > MONITOR_MIN_GAP:
+            self._monitor_checked = time.monotonic()
+            changed = {s.run_id for s in self.summaries if s.run_id in ids and s.status.is_active}
+            if changed:  # a change of a running run is a reason to look now, not in 30 s
+                self.check_runs(frozenset(changed | set(self.monitor.watched())))
         full, self._list_stale = self._list_stale, False
         watched = {self.session.selected, self.session.settings.compare}
         if full or ids & watched:
@@ -410,6 +427,66 @@ class TwinkleApp(App[int]):
         self.gpus, self.usage = message.gpus, message.usage
         runs_by_pid = {s.meta["pid"]: s.run_id for s in self.summaries if s.status.is_active and s.meta.get("pid")}
         self.gpu_panel.show(self.gpus, self.usage, runs_by_pid)
+
+    # ------------------------------------------------------------------ the monitor
+    @work(thread=True, exclusive=True, group="monitor", exit_on_error=False)
+    def check_runs(self, run_ids: frozenset[str] | None = None) -> None:
+        reports = self.monitor.check(run_ids)
+        if reports:
+            self.post_message(MonitorReports(reports))
+
+    @on(MonitorReports)
+    async def _monitor_reports(self, message: MonitorReports) -> None:
+        for report in message.reports:
+            for finding in report.findings:
+                evidence = "; ".join(finding.evidence[:3])
+                await self.chat.add(f"**monitor** · `{report.snapshot.run_id}` · {finding.line()}"
+                                    + (f"\n\n*evidence:* {evidence}" if evidence else ""),
+                                    "monitor" if finding.level < 2 else "error")
+            if self.connection is not None and self.connection.settings is not None \
+                    and self.monitor.needs_review(report):
+                self.review_run(report)
+        self.scheduler.now("charts", "list", "status")  # findings are chart markers
+        self.flush()
+
+    @work(group="review", exit_on_error=False)
+    async def review_run(self, report: Report) -> None:
+        assert self.connection is not None and self.connection.settings is not None
+        result = await review(self.connection.settings, report.snapshot, report.findings)
+        if result is None:
+            return  # logged: an unreadable reply is no decision
+        run_id = report.snapshot.run_id
+        if result.decision != "FIX":
+            if result.decision == "WARNING":
+                await self.chat.add(f"**monitor review** · `{run_id}` · {result.summary}\n\n{result.diagnosis}",
+                                    "monitor")
+            return
+        try:
+            proposal = self.fixes.propose(report.snapshot, result.script or "", result.summary, report.findings)
+        except FixRefused as exc:
+            await self.chat.add(f"**monitor** · `{run_id}` · a fix was proposed but not used: {exc}", "monitor")
+            return
+        await self.chat.add(f"**monitor** · `{run_id}` · proposes a fix: {result.summary}\n\n"
+                            f"```diff\n{proposal.diff[:3000]}\n```", "monitor")
+        automatic = self.fixes.mode == "auto" and proposal.automatic
+        if not automatic and not await self.ask(Confirmation(f"Apply the monitor's fix to {run_id}?",
+                                                             f"{result.diagnosis}\n\n{proposal.diff}", "Apply")):
+            await self.chat.add(f"fix for `{run_id}` not applied", "monitor")
+            return
+        try:
+            launched = await asyncio.to_thread(self.fixes.apply, proposal)
+        except (FixRefused, RunControlError, OSError) as exc:
+            await self.chat.add(f"⚠ the fix for `{run_id}` could not be applied: {exc}", "error")
+            return
+        if launched is not None:
+            self.session.services.setdefault("launched", []).append(launched)
+        await self.chat.add(f"**monitor** · `{run_id}` · fix applied" + (", relaunched from its last checkpoint"
+                                                                          if launched else "") + " (u undoes it)",
+                            "monitor")
+        self._refresh(full_list=True, run_ids={run_id})
+
+    def action_undo_fix(self) -> None:
+        self._command("undo_fix")
 
     @on(RunStatusBar.Resized)
     def _status_resized(self) -> None:

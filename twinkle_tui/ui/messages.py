@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.message import Message
 
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
@@ -26,6 +28,14 @@ class RunsRefreshed(Message):
     def can_replace(self, message: Message) -> bool:
         # The newer message (`message`) supersedes this one unless this one carries a run list the newer lacks.
         return isinstance(message, RunsRefreshed) and (message.summaries is not None or self.summaries is None)
+
+
+class MonitorReports(Message):
+    """New findings of the monitor (each report is one run's)."""
+
+    def __init__(self, reports: list[Any]) -> None:
+        super().__init__()
+        self.reports = reports
 
 
 class ResourcesSampled(Message):

@@ -1,0 +1,350 @@
+"""Deterministic health rules. Each is a function of a RunSnapshot that returns named findings with a severity
+and the evidence it saw (steps and values). Thresholds are relative to the run's own history and start from what
+the field uses:
+
+- crash: a traceback in the last launch's output, classified (out of memory, CUDA error, import, syntax,
+  name/attribute, shape mismatch, missing file/key, other). Critical.
+- nan: a NaN or Inf in any loss-like metric (Megatron: fatal). Critical. Never fixed automatically.
+- loss-spike: llm-foundry's KillLossSpike: the loss at least 2x the mean of the 100 steps before, five times in a
+  row (warning); Megatron's check: a loss above 10x the largest of the last 100 (critical). Not for RL runs, whose
+  policy loss hovers around 0.
+- plateau: the loss has not moved (less than 1% of its range) over the last half of at least 200 steps. Info.
+- grad-explosion: grad_norm above 10x its median of the last 100 steps, three times in a row. Warning.
+- stall: alive and not paused, and no new step for 10x the median step interval of the last 50 steps (30 s floor).
+- lr-zero: the learning rate reached 0 with steps still to go (more than 1% of the run). Warning.
+- RL (this trainer's names, TRL's and the original Twinkle's):
+  reward-collapse: the mean reward of the last 20 steps fell below the best 20-step mean by more than half of the
+  reward's range so far. Warning.
+  zero-spread: most groups (80%+) had no reward spread for 20 steps; all correct (too easy) or all wrong (too hard).
+  kl-explosion (rlwatch): a KL z-score above 3 against the 100 steps before (warning), above 4.5 (critical).
+  entropy-collapse (rlwatch): entropy below 1.0 for 25 steps (warning), 50 (critical).
+  reward-variance (rlwatch): the reward's variance over the last 20 steps above 3x its baseline. Warning.
+  truncation: over half the completions cut at max_tokens for 20 steps. Warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.protocol import RunStatus
+from twinkle_tui.monitor.snapshot import MetricData, RunSnapshot
+
+SEVERITIES = ("info", "warning", "critical")
+STALL_FLOOR = 30.0
+
+LR_NAMES = ("learning rate", "learning_rate", "lr", "train/lr", "train/learning_rate")
+GRAD_NAMES = ("grad_norm", "grad norm", "train/grad_norm")
+REWARD_NAMES = ("reward", "train/reward", "rewards/mean", "train/rewards")
+KL_NAMES = ("kl", "train/approx_kl", "objective/kl", "train/kl")
+ENTROPY_NAMES = ("entropy", "train/entropy")
+ZERO_SPREAD_NAMES = ("zero_advantage_groups", "frac_reward_zero_std")
+TRUNCATION_NAMES = ("truncation_rate", "completions/clipped_ratio", "train/truncation_rate")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str
+    summary: str
+    evidence: tuple[str, ...] = ()
+    step: int | None = None
+    category: str | None = None  # the kind of a crash
+    fixable: bool = False  # a clear code error or an out-of-memory: a fix may be applied without asking
+    data: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def level(self) -> int:
+        return SEVERITIES.index(self.severity)
+
+    def line(self) -> str:
+        where = f" at step {self.step}" if self.step is not None else ""
+        return f"[{self.severity}] {self.rule}{where}: {self.summary}"
+
+
+Rule = Callable[[RunSnapshot], list[Finding]]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def run_rules(snapshot: RunSnapshot) -> list[Finding]:
+    out: list[Finding] = []
+    for check in RULES:
+        out.extend(check(snapshot))
+    return out
+
+
+# ------------------------------------------------------------------ crashes
+CRASH_KINDS: list[tuple[str, str, bool]] = [  # (pattern in the exception line or the traceback, kind, fixable)
+    (r"OutOfMemoryError|CUDA out of memory|MemoryError|DefaultCPUAllocator: can't allocate", "out of memory", True),
+    (r"CUDA error|CUBLAS_STATUS|cuDNN error|NCCL error|device-side assert", "CUDA error", False),
+    (r"^(ModuleNotFoundError|ImportError)", "import error", True),
+    (r"^(SyntaxError|IndentationError|TabError)", "syntax error", True),
+    (r"^(NameError|AttributeError|UnboundLocalError)", "name/attribute error", True),
+    (r"size mismatch|shape mismatch|mat1 and mat2 shapes|must match the size|Expected .* size|"
+     r"expected input\[|dimension", "shape mismatch", False),
+    (r"^(FileNotFoundError|KeyError|IsADirectoryError)|No such file", "missing file or key", True),
+]
+
+
+def classify_crash(exception: str, traceback: str) -> tuple[str, bool]:
+    for pattern, kind, fixable in CRASH_KINDS:
+        if re.search(pattern, exception) or (kind in ("out of memory", "CUDA error") and re.search(pattern, traceback)):
+            return kind, fixable
+    return "other", False
+
+
+@rule
+def crash(s: RunSnapshot) -> list[Finding]:
+    if s.status != RunStatus.FAILED or not s.exception:
+        return []
+    kind, fixable = classify_crash(s.exception, s.log_tail)
+    return [Finding("crash", "critical", f"{kind}: {s.exception[:200]}", (s.exception[:300],), s.last_step, kind,
+                    fixable)]
+
+
+# ------------------------------------------------------------------ losses and gradients
+@rule
+def nan(s: RunSnapshot) -> list[Finding]:
+    out = []
+    for m in s.loss_like():
+        bad = ~m.finite
+        if bad.any():
+            i = int(np.argmax(bad))
+            before = [f"step {int(m.steps[j])}: {m.values[j]:.4g}" for j in range(max(0, i - 3), i)]
+            out.append(Finding("nan", "critical", f"{m.name} is {m.values[i]} at step {int(m.steps[i])}",
+                               (*before, f"step {int(m.steps[i])}: {m.values[i]}"), int(m.steps[i])))
+    return out
+
+
+def _finite(m: MetricData) -> tuple[np.ndarray, np.ndarray]:
+    keep = m.finite
+    return m.steps[keep], m.values[keep]
+
+
+def is_rl(s: RunSnapshot) -> bool:
+    """An RL run: its "loss" is a policy-gradient objective that hovers around 0 and changes sign, so the rules for
+    a cross-entropy loss (spikes relative to its mean, plateaus) do not apply to it."""
+    return s.find(*REWARD_NAMES) is not None
+
+
+@rule
+def loss_spike(s: RunSnapshot) -> list[Finding]:
+    m = s.find("loss", "train/loss")
+    if m is None or is_rl(s):
+        return []
+    steps, v = _finite(m)
+    if len(v) < 20:
+        return []
+    out: list[Finding] = []
+    window = 100
+    # Megatron: far above anything seen recently.
+    for i in range(max(10, len(v) - 50), len(v)):
+        history = v[max(0, i - window) : i]
+        if len(history) >= 10 and v[i] > 10 * max(history.max(), 1e-12) and v[i] > 0:
+            out.append(Finding("loss-spike", "critical", f"loss {v[i]:.4g} is over 10x the largest of the "
+                               f"{len(history)} steps before ({history.max():.4g})",
+                               (f"step {int(steps[i])}: {v[i]:.4g}", f"previous max {history.max():.4g}"),
+                               int(steps[i])))
+            return out
+    # llm-foundry: 2x the running mean, five times in a row.
+    streak = 0
+    for i in range(max(10, len(v) - 60), len(v)):
+        history = v[max(0, i - window) : i]
+        mean = float(history.mean())
+        streak = streak + 1 if mean > 0 and v[i] >= 2 * mean else 0
+        if streak >= 5:
+            first = i - 4
+            return [Finding("loss-spike", "warning", f"loss at least 2x its running mean for 5 steps in a row "
+                            f"(from step {int(steps[first])})",
+                            tuple(f"step {int(steps[j])}: {v[j]:.4g} (mean before {v[max(0, j - window):j].mean():.4g})"
+                                  for j in range(first, i + 1)), int(steps[first]))]
+    return out
+
+
+@rule
+def plateau(s: RunSnapshot) -> list[Finding]:
+    m = s.find("loss", "train/loss")
+    if m is None or not s.alive or is_rl(s):
+        return []
+    steps, v = _finite(m)
+    if len(v) < 200:
+        return []
+    half = v[len(v) // 2 :]
+    spread = float(v.max() - v.min()) or 1.0
+    if abs(float(half[-20:].mean() - half[:20].mean())) < 0.01 * spread:
+        return [Finding("plateau", "info", f"the loss has stayed near {half.mean():.4g} for the last {len(half)} steps",
+                        (f"steps {int(steps[len(v) // 2])}-{int(steps[-1])}: {half.min():.4g}-{half.max():.4g}",),
+                        int(steps[-1]))]
+    return []
+
+
+@rule
+def grad_explosion(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*GRAD_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    if len(v) < 20:
+        return []
+    streak = 0
+    for i in range(max(10, len(v) - 60), len(v)):
+        median = float(np.median(v[max(0, i - 100) : i]))
+        streak = streak + 1 if median > 0 and v[i] > 10 * median else 0
+        if streak >= 3:
+            return [Finding("grad-explosion", "warning", f"grad_norm above 10x its median ({median:.3g}) for 3 steps",
+                            tuple(f"step {int(steps[j])}: {v[j]:.4g}" for j in range(i - 2, i + 1)),
+                            int(steps[i - 2]))]
+    return []
+
+
+@rule
+def stall(s: RunSnapshot) -> list[Finding]:
+    if s.status not in (RunStatus.RUNNING, RunStatus.STARTING) or s.last_step_age is None or not s.median_interval:
+        return []
+    limit = max(STALL_FLOOR, 10 * s.median_interval)
+    if s.last_step_age > limit:
+        return [Finding("stall", "warning", f"no new step for {s.last_step_age:.0f}s (the median step takes "
+                        f"{s.median_interval:.2f}s); the process is alive and not paused",
+                        (f"last step {s.last_step}", f"limit {limit:.0f}s"), s.last_step)]
+    return []
+
+
+@rule
+def lr_zero(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*LR_NAMES)
+    if m is None or not s.total_steps:
+        return []
+    steps, v = _finite(m)
+    zero = np.flatnonzero((v == 0) & (np.arange(len(v)) > 0))
+    for i in zero:
+        if v[i - 1] > 0 and s.total_steps - int(steps[i]) > max(1, 0.01 * s.total_steps):
+            return [Finding("lr-zero", "warning", f"the learning rate reached 0 at step {int(steps[i])} of "
+                            f"{s.total_steps}: the remaining steps learn nothing (check t_max and warmup)",
+                            (f"step {int(steps[i - 1])}: {v[i - 1]:.3g}", f"step {int(steps[i])}: 0"), int(steps[i]))]
+    return []
+
+
+# ------------------------------------------------------------------ RL
+def _moving(v: np.ndarray, n: int) -> np.ndarray:
+    if len(v) < n:
+        return np.empty(0)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    return (c[n:] - c[:-n]) / n
+
+
+@rule
+def reward_collapse(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*REWARD_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    avg = _moving(v, 20)
+    if len(avg) < 10:
+        return []
+    best, now = float(avg.max()), float(avg[-1])
+    span = float(v.max() - v.min())
+    if span > 0 and best - now > 0.5 * span and int(np.argmax(avg)) < len(avg) - 5:
+        return [Finding("reward-collapse", "warning", f"the mean reward fell from {best:.3g} to {now:.3g}",
+                        (f"best 20-step mean {best:.3g}", f"last 20-step mean {now:.3g}"), int(steps[-1]))]
+    return []
+
+
+@rule
+def zero_spread(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*ZERO_SPREAD_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    if len(v) < 20 or not (v[-20:] >= 0.8).all():
+        return []
+    reward = s.find(*REWARD_NAMES)
+    kind, why = "no signal", "most groups scored all completions alike"
+    if reward is not None:
+        r = reward.values[np.isfinite(reward.values)]
+        if len(r):
+            top, low, recent = float(r.max()), float(r.min()), float(r[-20:].mean())
+            if top > low and recent >= top - 0.1 * (top - low):
+                kind, why = "too easy", "groups are all correct: raise the difficulty"
+            elif top > low and recent <= low + 0.1 * (top - low) or top == low == 0:
+                kind, why = "too hard", "groups are all wrong: the model gets no reward to learn from"
+    return [Finding("zero-spread", "warning", f"{v[-20:].mean():.0%} of groups had no reward spread for 20 steps "
+                    f"({kind}: {why})", (f"steps {int(steps[-20])}-{int(steps[-1])}: {v[-20:].mean():.2f}",),
+                    int(steps[-20]), kind)]
+
+
+@rule
+def kl_explosion(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*KL_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    if len(v) < 30:
+        return []
+    base = v[-101:-1]
+    std = float(base.std())
+    if std <= 0:
+        return []
+    z = (float(v[-1]) - float(base.mean())) / std
+    if z > 3:
+        severity = "critical" if z > 4.5 else "warning"
+        return [Finding("kl-explosion", severity, f"KL {v[-1]:.4g} is {z:.1f} standard deviations above its last "
+                        f"{len(base)} steps", (f"mean {base.mean():.4g} ± {std:.3g}", f"step {int(steps[-1])}: "
+                                               f"{v[-1]:.4g}"), int(steps[-1]))]
+    return []
+
+
+@rule
+def entropy_collapse(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*ENTROPY_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    low = 0
+    for value in v[::-1]:
+        if value >= 1.0:
+            break
+        low += 1
+    if low >= 25:
+        severity = "critical" if low >= 50 else "warning"
+        return [Finding("entropy-collapse", severity, f"entropy below 1.0 for the last {low} steps (now {v[-1]:.3g}): "
+                        "the policy has become nearly deterministic", (f"steps {int(steps[-low])}-{int(steps[-1])}",),
+                        int(steps[-low]))]
+    return []
+
+
+@rule
+def reward_variance(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*REWARD_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    if len(v) < 60:
+        return []
+    baseline = float(v[:-20].var())
+    recent = float(v[-20:].var())
+    if baseline > 0 and recent > 3 * baseline:
+        return [Finding("reward-variance", "warning", f"the reward's variance over the last 20 steps is "
+                        f"{recent / baseline:.1f}x its baseline", (f"baseline {baseline:.3g}", f"recent {recent:.3g}"),
+                        int(steps[-20]))]
+    return []
+
+
+@rule
+def truncation(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*TRUNCATION_NAMES)
+    if m is None:
+        return []
+    steps, v = _finite(m)
+    if len(v) < 20 or not (v[-20:] > 0.5).all():
+        return []
+    return [Finding("truncation", "warning", f"{v[-20:].mean():.0%} of completions were cut at max_tokens for 20 "
+                    "steps: raise max_tokens (rewards judge unfinished answers)",
+                    (f"steps {int(steps[-20])}-{int(steps[-1])}: {v[-20:].mean():.2f}",), int(steps[-20]))]
