@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds to wait per step (to watch it live)")
     ap.add_argument("--fail-at", type=int, default=0, help="raise an error at this step (to see a crash)")
+    ap.add_argument("--diverge-at", type=int, default=0,
+                    help="multiply the learning rate by 1000 from this step on (to see the monitor catch a divergence)")
     args = ap.parse_args()
 
     rt = TrainingRuntime().start(model_id="toy-mlp", config=vars(args), total_steps=args.steps)
@@ -58,6 +60,8 @@ def main() -> None:
 
     for step in range(start + 1, args.steps + 1):
         t0 = time.perf_counter()
+        if args.diverge_at and step == args.diverge_at:
+            sched.base_lrs = [lr * 1000 for lr in sched.base_lrs]
         x, y = batch(args.seed, step)
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()

@@ -2,15 +2,18 @@
 
     python screenshots/make_screenshots.py
 
-Three runs are made in a temporary $TWINKLE_HOME: one finished, one that crashed, and one live (for the stop
-confirmation). The app is driven with Textual's Pilot; each screen is saved as SVG, and as PNG when cairosvg is
-installed (pip install cairosvg).
+Runs are made in a temporary $TWINKLE_HOME: one finished, one that crashed, one live (for the stop confirmation),
+and one that crashes while the dashboard watches it (the monitor's finding in the chat). The app is driven with
+Textual's Pilot, without an LLM (slash commands only), so every screen is the same from one regeneration to the
+next; each is saved as SVG, and as PNG when cairosvg is installed (pip install cairosvg).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import os
+import re
 import sys
 import tempfile
 import time
@@ -40,36 +43,49 @@ def make_runs(home: Path) -> str:
 
 async def shoot(home: Path, out: Path) -> list[Path]:
     from twinkle_tui.gpu import GpuSnapshot
+    from twinkle_tui.process.controller import ProcessController
     from twinkle_tui.ui.app import TwinkleApp
+    from twinkle_tui.ui.widgets.chat import ChatMessage
 
     shots: list[Path] = []
+
+    def app_for(run_id: str, **kw: object) -> TwinkleApp:
+        kw.setdefault("monitor_interval", None)
+        return TwinkleApp(home=home, run_id=run_id, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"),
+                          data_interval=0.0, **kw)  # type: ignore[arg-type]
 
     async def save(app: TwinkleApp, name: str) -> None:
         path = out / f"{name}.svg"
         app.save_screenshot(filename=path.name, path=str(out))
         shots.append(path)
 
-    app = TwinkleApp(home=home, run_id="toy-sft-lr1e-2", watch=False, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+    app = app_for("toy-sft-lr1e-2")
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause(2.0)
         await save(app, "main")
-        await pilot.press("e")  # smoothing on, zoomed to the first third
-        app.set_zoom(1, 500)
+        app.run_view_command("set_chart_options", {"smoothing": True})
+        app.run_view_command("zoom_metrics", {"start": 1, "end": 500})
         await pilot.pause(1.0)
         await save(app, "zoom-smoothing")
-        app.action_reset_zoom()
-        app.settings.smoothing = False
+        app.run_view_command("zoom_metrics", {"reset": True})
+        app.run_view_command("set_chart_options", {"smoothing": False})
         await pilot.press("m")
         await pilot.pause(0.8)
         await save(app, "metric-picker")
         await pilot.press("escape", "question_mark")
         await pilot.pause(0.8)
         await save(app, "help")
-    app = TwinkleApp(home=home, run_id="toy-crash", watch=False, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+        await pilot.press("escape", "slash")
+        for line in ("/status", "/runs"):
+            await pilot.press(*line, "enter")
+            await pilot.pause(0.5)
+        await pilot.pause(0.5)
+        await save(app, "chat-commands")
+    app = app_for("toy-crash", watch=False)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause(2.0)
         await save(app, "failed-run")
-    app = TwinkleApp(home=home, run_id="toy-live", gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+    app = app_for("toy-live")
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause(3.0)
         await save(app, "live-run")
@@ -78,11 +94,45 @@ async def shoot(home: Path, out: Path) -> list[Path]:
         await save(app, "stop-confirmation")
         await pilot.press("y")
         await pilot.pause(2.0)
-    app = TwinkleApp(home=home, run_id="toy-live", watch=False, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+    app = app_for("toy-live", watch=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(2.0)
         await save(app, "small-terminal")
+    ctl = ProcessController(home, grace=10)
+    diverging = ctl.launch_script(TOY, ["--steps", "400", "--diverge-at", "260", "--sleep", "0.01"],
+                                  run_id="toy-diverge")
+    app = app_for("toy-diverge", monitor_interval=0.5)
+    async with app.run_test(size=(160, 48)) as pilot:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any("toy-diverge" in str(m._markdown) for m in app.query(ChatMessage) if m.has_class("error")):
+                break
+            await pilot.pause(0.2)
+        else:
+            raise SystemExit("the monitor reported nothing on toy-diverge within 120 s")
+        await pilot.pause(1.5)
+        await save(app, "monitor-finding")
+    diverging.supervisor.wait(timeout=120)  # before the temporary home is removed
     return shots
+
+
+BRAILLE_SPAN = re.compile(r'<text class="([^"]+)" x="([0-9.]+)" y="([0-9.]+)" textLength="([0-9.]+)" '
+                          r'clip-path="([^"]+)">([^<]*[\u2800-\u28ff][^<]*)</text>')
+
+
+def one_cell_per_glyph(svg: str) -> str:
+    """Place each character of a span with braille (the charts' lines) in its own cell. The monospace fonts here
+    have no braille, the fallback's glyphs are wider, and cairosvg ignores textLength: a chart's line would run
+    past its frame in the PNG, though not in the terminal or in the SVG in a browser."""
+
+    def split(m: re.Match[str]) -> str:
+        cls, x, y, length, clip, text = m.groups()
+        chars = html.unescape(text)
+        cell = float(length) / max(1, len(chars))
+        return "".join(f'<text class="{cls}" x="{float(x) + i * cell:.1f}" y="{y}" clip-path="{clip}">'
+                       f"{html.escape(c)}</text>" for i, c in enumerate(chars) if not c.isspace())
+
+    return BRAILLE_SPAN.sub(split, svg)
 
 
 def to_png(svgs: list[Path]) -> None:
@@ -92,7 +142,8 @@ def to_png(svgs: list[Path]) -> None:
         print("cairosvg is not installed: SVG only (pip install cairosvg for PNG)")
         return
     for svg in svgs:
-        cairosvg.svg2png(url=str(svg), write_to=str(svg.with_suffix(".png")), output_width=1600)
+        cairosvg.svg2png(bytestring=one_cell_per_glyph(svg.read_text()).encode(),
+                         write_to=str(svg.with_suffix(".png")), output_width=1600)
 
 
 def main() -> None:

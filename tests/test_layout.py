@@ -121,6 +121,22 @@ async def test_the_status_line_keeps_step_rate_and_eta_first(home: Path, sleeper
         assert first.startswith("▶ running  step 100/500") and "step/s" in first and "ETA" in first
 
 
+@pytest.mark.parametrize("width", [160, 130, 100, 70])
+async def test_eta_and_elapsed_are_never_cut(home: Path, sleeper_pid: tuple[int, int], width: int) -> None:
+    """The progress bar shrinks, then goes, and the model name goes, before a number would be cut."""
+    import re
+
+    pid, start = sleeper_pid
+    make_run(home, "live", steps=1548, status="running", pid=pid, pid_start_time=start, start=NOW - 300,
+             step_seconds=0.01, extra_meta={"progress": {"last_step": 1548, "total_steps": 100000}, "model_id": "a-model-with-a-very-long-name-indeed"})
+    app = app_for(home)
+    async with app.run_test(size=(width, 40)) as pilot:
+        await settle(pilot, lambda: "step 1548/100000" in str(app.query_one(RunStatusBar).render()), what="status")
+        first, second = str(app.query_one(RunStatusBar).render()).splitlines()[:2]
+        assert re.search(r"ETA (\d+:)?\d+:\d\d$", first) and "…" not in first, first
+        assert re.search(r"elapsed (\d+:)?\d+:\d\d$", second) and "…" not in second, second
+
+
 @pytest.fixture
 def sleeper_pid():
     import subprocess

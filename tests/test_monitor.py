@@ -89,6 +89,42 @@ def test_a_huge_spike_is_critical(ctl: ProcessController, tmp_path: Path, home: 
     assert by_rule(findings_of(home, "boom"))["loss-spike"].severity == "critical"
 
 
+def test_a_divergence_long_before_the_end_is_still_found(tmp_path: Path, home: Path) -> None:
+    """A fast run can take hundreds of steps between two checks, and doctor looks once, after the end: a spike
+    300 steps before the last step is found, with the steps that show it."""
+    toy = Path(__file__).resolve().parent.parent / "examples" / "toy_regression.py"
+    done = subprocess.run([sys.executable, "-m", "twinkle_tui", "--run", str(toy), "--run-id", "diverged", "--",
+                           "--steps", "600", "--diverge-at", "300"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = by_rule(findings_of(home, "diverged"))
+    assert found["loss-spike"].severity == "critical" and 300 <= found["loss-spike"].step <= 305
+    assert found["grad-explosion"].step is not None and 300 <= found["grad-explosion"].step <= 305
+    assert len(found["grad-explosion"].evidence) == 3
+
+
+def plateau_of(tmp_path: Path, home: Path, ctl: ProcessController, name: str, loss: str) -> rules.Finding | None:
+    """The plateau rule looks at live runs: the run waits after its last step until the check is done."""
+    body = f"for s in range(1, 401):\n    rt.log_metrics(step=s, loss={loss})\ntime.sleep(600)\n"
+    ctl.launch_script(script(tmp_path, name, body, 400), run_id=name)
+    paths = ctl.paths(name)
+    wait_for(lambda: paths.metrics.exists() and len(paths.metrics.read_text().splitlines()) == 400, what="400 steps")
+    found = by_rule(findings_of(home, name)).get("plateau")
+    ctl.kill(name)
+    return found
+
+
+def test_a_flat_loss_is_a_plateau(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
+    found = plateau_of(tmp_path, home, ctl, "flat", "(3.0 / s if s < 100 else 0.5 + 0.001 * math.sin(s))")
+    assert found is not None and found.severity == "info" and "near 0.5" in found.summary
+
+
+def test_a_loss_falling_after_a_spike_is_no_plateau(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
+    """The divergence of examples/toy_regression.py --diverge-at: a spike inflates the range, and a loss still
+    falling fast from it was once called flat."""
+    loss = "(1.0 / s if s < 250 else (1000.0 if s == 250 else 40.0 * 0.98 ** (s - 250)))"
+    assert plateau_of(tmp_path, home, ctl, "falling", loss) is None
+
+
 def test_a_stall_while_alive_and_not_paused(ctl: ProcessController, tmp_path: Path, home: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rules, "STALL_FLOOR", 1.0)

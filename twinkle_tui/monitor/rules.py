@@ -8,7 +8,8 @@ the field uses:
 - loss-spike: llm-foundry's KillLossSpike: the loss at least 2x the mean of the 100 steps before, five times in a
   row (warning); Megatron's check: a loss above 10x the largest of the last 100 (critical). Not for RL runs, whose
   policy loss hovers around 0.
-- plateau: the loss has not moved (less than 1% of its range) over the last half of at least 200 steps. Info.
+- plateau: the loss has not moved over the last half of at least 200 steps: the medians of its first and last 20
+  steps within 1% of the run's 5th-95th percentile range, and its 10th-90th within 10%. Info.
 - grad-explosion: grad_norm above 10x its median of the last 100 steps, three times in a row. Warning.
 - stall: alive and not paused, and no new step for 10x the median step interval of the last 50 steps (30 s floor).
 - lr-zero: the learning rate reached 0 with steps still to go (more than 1% of the run). Warning.
@@ -25,6 +26,7 @@ the field uses:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -135,6 +137,42 @@ def is_rl(s: RunSnapshot) -> bool:
     return s.find(*REWARD_NAMES) is not None
 
 
+def _windows(v: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """rows[i] holds the (up to) `window` points before point i, NaN-padded, and seen[i] how many there are. The
+    whole series is scanned, not only its end: a fast run can take hundreds of steps between two checks, and
+    doctor looks at a run once, after it ended."""
+    padded = np.concatenate([np.full(window, np.nan), v[:-1]])
+    return np.lib.stride_tricks.sliding_window_view(padded, window), np.minimum(np.arange(len(v)), window)
+
+
+def _stat(rows: np.ndarray, stat: Callable[..., np.ndarray]) -> np.ndarray:
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the first row is all NaN
+        return stat(rows, axis=1) if len(rows) else np.empty(0)
+
+
+def _trailing_mean(v: np.ndarray, window: int) -> np.ndarray:
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(len(v))
+    lo = np.maximum(0, i - window)
+    with np.errstate(all="ignore"):
+        return (c[i] - c[lo]) / (i - lo)
+
+
+def _last_streak(hit: np.ndarray, length: int) -> tuple[int, int] | None:
+    """(first, last) index of the latest run of at least `length` consecutive hits: where the streak reached
+    `length`, so the evidence is the same from one check to the next."""
+    if len(hit) < length:
+        return None
+    full = np.flatnonzero(np.convolve(hit.astype(int), np.ones(length, dtype=int), "valid") == length)
+    if not len(full):
+        return None
+    start = int(full[-1])
+    while start > 0 and hit[start - 1]:
+        start -= 1
+    return start, start + length - 1
+
+
 @rule
 def loss_spike(s: RunSnapshot) -> list[Finding]:
     m = s.find("loss", "train/loss")
@@ -143,30 +181,26 @@ def loss_spike(s: RunSnapshot) -> list[Finding]:
     steps, v = _finite(m)
     if len(v) < 20:
         return []
-    out: list[Finding] = []
     window = 100
-    # Megatron: far above anything seen recently.
-    for i in range(max(10, len(v) - 50), len(v)):
-        history = v[max(0, i - window) : i]
-        if len(history) >= 10 and v[i] > 10 * max(history.max(), 1e-12) and v[i] > 0:
-            out.append(Finding("loss-spike", "critical", f"loss {v[i]:.4g} is over 10x the largest of the "
-                               f"{len(history)} steps before ({history.max():.4g})",
-                               (f"step {int(steps[i])}: {v[i]:.4g}", f"previous max {history.max():.4g}"),
-                               int(steps[i])))
-            return out
+    # Megatron: far above anything seen recently (the latest such step).
+    rows, seen = _windows(v, window)
+    peak = _stat(rows, np.nanmax)
+    big = np.flatnonzero((seen >= 10) & (v > 0) & (v > 10 * np.maximum(peak, 1e-12)))
+    if len(big):
+        i = int(big[-1])
+        return [Finding("loss-spike", "critical", f"loss {v[i]:.4g} is over 10x the largest of the "
+                        f"{seen[i]} steps before ({peak[i]:.4g})",
+                        (f"step {int(steps[i])}: {v[i]:.4g}", f"previous max {peak[i]:.4g}"), int(steps[i]))]
     # llm-foundry: 2x the running mean, five times in a row.
-    streak = 0
-    for i in range(max(10, len(v) - 60), len(v)):
-        history = v[max(0, i - window) : i]
-        mean = float(history.mean())
-        streak = streak + 1 if mean > 0 and v[i] >= 2 * mean else 0
-        if streak >= 5:
-            first = i - 4
-            return [Finding("loss-spike", "warning", f"loss at least 2x its running mean for 5 steps in a row "
-                            f"(from step {int(steps[first])})",
-                            tuple(f"step {int(steps[j])}: {v[j]:.4g} (mean before {v[max(0, j - window):j].mean():.4g})"
-                                  for j in range(first, i + 1)), int(steps[first]))]
-    return out
+    mean = _trailing_mean(v, window)
+    streak = _last_streak((seen >= 10) & (mean > 0) & (v >= 2 * mean), 5)
+    if streak is None:
+        return []
+    first, last = streak
+    return [Finding("loss-spike", "warning", f"loss at least 2x its running mean for 5 steps in a row "
+                    f"(from step {int(steps[first])})",
+                    tuple(f"step {int(steps[j])}: {v[j]:.4g} (mean before {mean[j]:.4g})" for j in range(first, last + 1)),
+                    int(steps[first]))]
 
 
 @rule
@@ -178,11 +212,17 @@ def plateau(s: RunSnapshot) -> list[Finding]:
     if len(v) < 200:
         return []
     half = v[len(v) // 2 :]
-    spread = float(v.max() - v.min()) or 1.0
-    if abs(float(half[-20:].mean() - half[:20].mean())) < 0.01 * spread:
-        return [Finding("plateau", "info", f"the loss has stayed near {half.mean():.4g} for the last {len(half)} steps",
-                        (f"steps {int(steps[len(v) // 2])}-{int(steps[-1])}: {half.min():.4g}-{half.max():.4g}",),
-                        int(steps[-1]))]
+    # Spread and levels by percentiles and medians: one spike must neither make a moving loss look flat (a
+    # range inflated by the spike) nor hide a flat one.
+    scale = float(np.percentile(v, 95) - np.percentile(v, 5)) or abs(float(np.median(v))) or 1.0
+    moved = abs(float(np.median(half[-20:]) - np.median(half[:20])))
+    band = float(np.percentile(half, 90) - np.percentile(half, 10))
+    if moved < 0.01 * scale and band < 0.1 * scale:
+        return [Finding("plateau", "info", f"the loss has stayed near {np.median(half):.4g} for the last {len(half)} "
+                        f"steps", (f"steps {int(steps[len(v) // 2])}-{int(steps[-1])}: 10th-90th percentile "
+                                   f"{np.percentile(half, 10):.4g}-{np.percentile(half, 90):.4g}",
+                                   f"whole run: 5th-95th percentile {np.percentile(v, 5):.4g}-"
+                                   f"{np.percentile(v, 95):.4g}"), int(steps[-1]))]
     return []
 
 
@@ -194,15 +234,18 @@ def grad_explosion(s: RunSnapshot) -> list[Finding]:
     steps, v = _finite(m)
     if len(v) < 20:
         return []
-    streak = 0
-    for i in range(max(10, len(v) - 60), len(v)):
-        median = float(np.median(v[max(0, i - 100) : i]))
-        streak = streak + 1 if median > 0 and v[i] > 10 * median else 0
-        if streak >= 3:
-            return [Finding("grad-explosion", "warning", f"grad_norm above 10x its median ({median:.3g}) for 3 steps",
-                            tuple(f"step {int(steps[j])}: {v[j]:.4g}" for j in range(i - 2, i + 1)),
-                            int(steps[i - 2]))]
-    return []
+    rows, seen = _windows(v, 100)
+    # The median only where it can matter: above 10x the median implies above 10x the minimum.
+    median = np.full(len(v), np.nan)
+    maybe = np.flatnonzero((seen >= 10) & (v > 10 * _stat(rows, np.nanmin)))
+    median[maybe] = _stat(rows[maybe], np.nanmedian)
+    with np.errstate(invalid="ignore"):
+        streak = _last_streak((median > 0) & (v > 10 * median), 3)
+    if streak is None:
+        return []
+    first, last = streak
+    return [Finding("grad-explosion", "warning", f"grad_norm above 10x its median ({median[first]:.3g}) for 3 steps",
+                    tuple(f"step {int(steps[j])}: {v[j]:.4g}" for j in range(first, last + 1)), int(steps[first]))]
 
 
 @rule

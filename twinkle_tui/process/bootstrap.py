@@ -116,9 +116,11 @@ def main(argv: list[str]) -> int:
         code = _exit_code(exc)
     except BaseException as exc:
         # The script's own excepthook (TrainingRuntime records the failure there) sees the traceback without
-        # this frame, exactly as it would under plain python.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-        sys.excepthook(type(exc), exc, tb)
+        # this module's frames, as it would under plain python.
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     if paths is not None and launch and orphan.orphaned:
         from twinkle_tui.process.exits import record_exit

@@ -120,6 +120,49 @@ def step_ticks(lo: float, hi: float, count: int) -> list[int]:
     return list(range(first, int(hi) + 1, int(spacing))) or [int(lo)]
 
 
+def value_ticks(lo: float, hi: float, count: int) -> tuple[list[float], list[str]]:
+    """Y tick positions at a round spacing inside the data's own range [lo, hi], and their labels: the bands
+    kept below and above the data for markers get no tick, so a loss never seems to go below zero. Labels get
+    the fewest digits that tell every tick apart."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return [lo], [format_value(lo)]
+    raw = (hi - lo) / max(1, count)
+    magnitude = 10.0 ** np.floor(np.log10(raw))
+    candidates = sorted((m * magnitude for m in (0.5, 1, 2, 5, 10)), key=lambda c: abs(np.log(c / raw)))
+
+    def at(spacing: float) -> list[float]:
+        first = np.ceil(lo / spacing - 1e-9) * spacing
+        return [0.0 if abs(t) < spacing * 1e-9 else float(t) for t in np.arange(first, hi + spacing * 1e-9, spacing)]
+
+    # The round spacing nearest the wanted count that still puts two ticks on the axis (one says no scale).
+    spacing = next((c for c in candidates if min(2, count) <= len(at(c)) <= (count + 1 if count > 2 else count)),
+                   candidates[0])
+    ticks = at(spacing) or [lo]
+    decimals = int(max(0, -np.floor(np.log10(spacing) + 1e-9)))
+    if max(abs(lo), abs(hi)) < 1e6 and decimals <= 6:  # as many decimals as the spacing has, on every tick
+        return ticks, [f"{t:.{decimals}f}" for t in ticks]
+    for digits in range(1, 16):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return ticks, labels
+    return ticks, [repr(t) for t in ticks]
+
+
+def spread_ticks(ticks: list[float], labels: list[str], lo: float, hi: float,
+                 rows: int) -> tuple[list[float], list[str]]:
+    """At most one tick per row of the plot: which of two labels sharing a row plotext prints is not defined
+    (the snapshot of a small terminal changed from run to run)."""
+    kept: tuple[list[float], list[str]] = ([], [])
+    last = -1
+    for tick, label in zip(ticks, labels, strict=True):
+        row = round((tick - lo) / (hi - lo) * (rows - 1)) if hi > lo else 0
+        if row > last:
+            kept[0].append(tick)
+            kept[1].append(label)
+            last = row
+    return kept
+
+
 class MetricChart(PlotextPlot):
     """One metric. Drag to zoom to a step range, wheel to zoom around the pointer."""
 
@@ -237,6 +280,9 @@ class MetricChart(PlotextPlot):
         plt.xticks([float(t) for t in ticks], [f"{t:,}" for t in ticks])
         if settings.log_y:
             plt.yscale("log")
+        else:
+            rows = max(1, self.size.height - 4)  # the title, the frame and the step labels take four
+            plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, max(1, min(6, (rows + 1) // 2))), below, above, rows))
         self.title_text = self._title(steps, values, d, finite, settings)
         plt.title(self.title_text)
         self.refresh()
@@ -311,6 +357,8 @@ class ChartGrid(Grid):
                 chart.metric = metric
                 chart.forget()
             chart.set_class(not metric, "unused")
+        for i, chart in enumerate(self.query(MetricChart)):  # three charts: the third takes the whole row
+            chart.set_class(len(metrics) == 3 and i == 2, "wide")
         for n in range(1, MAX_CHARTS + 1):
             self.set_class(len(metrics) == n, f"count-{n}")
 

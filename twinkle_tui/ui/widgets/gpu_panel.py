@@ -16,7 +16,15 @@ def _bar(fraction: float, width: int = 10) -> Text:
 
 
 class GpuPanel(Static):
+    _shown: tuple[GpuSnapshot, ProcessUsage | None, dict[int, str]] | None = None
+
+    def on_resize(self) -> None:
+        if self._shown is not None:  # the run's line is laid out for the panel's width
+            self.show(*self._shown)
+
     def show(self, gpus: GpuSnapshot, usage: ProcessUsage | None, runs_by_pid: dict[int, str]) -> None:
+        self._shown = (gpus, usage, runs_by_pid)
+        width = self.content_size.width or 40
         text = Text()
         if gpus.error:
             text.append(gpus.error, style="dim")
@@ -48,6 +56,12 @@ class GpuPanel(Static):
             text.append("run: no live process", style="dim")
         else:
             text.append("run: ", style="bold")
-            text.append(f"CPU {usage.cpu_percent:.0f}%  RAM {format_bytes(usage.rss)}  ")
-            text.append(f"{usage.processes} proc, {usage.threads} thr", style="dim")
+            cpu, ram = f"CPU {usage.cpu_percent:.0f}%", f"RAM {format_bytes(usage.rss)}"
+            # What does not fit the panel's width goes on a line of its own, never broken in the middle.
+            text.append(f"{cpu}  {ram}\n" if len("run: ") + len(cpu) + 2 + len(ram) <= width else f"{cpu}\n{ram}\n")
+            count = (f"{usage.processes} process{'es' if usage.processes != 1 else ''}, "
+                     f"{usage.threads} thread{'s' if usage.threads != 1 else ''}")
+            if len(count) > width:
+                count = f"{usage.processes} proc, {usage.threads} thr"
+            text.append(count, style="dim")
         self.update(text)

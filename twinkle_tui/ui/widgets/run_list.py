@@ -65,10 +65,11 @@ class RunList(DataTable[Text]):
         name = name if len(name) <= width - 2 else name[: width - 3] + "…"
         step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
         model = (r.model_id or "?").split("/")[-1].removeprefix("builtin:")
-        details = f"{model} · {step} · {run_duration(r, now)}"
-        if len(details) > width - 2:
-            details = f"{model[: max(4, width - 2 - len(step) - len(run_duration(r, now)) - 7)]}… · {step} · " \
-                      f"{run_duration(r, now)}"
+        took = run_duration(r, now)
+        # Too long: the model is shortened, then dropped, then the duration; the step count is never cut.
+        short = width - 2 - len(f" · {step} · {took}") - 1
+        details = next((d for d in (f"{model} · {step} · {took}", short >= 4 and f"{model[:short]}… · {step} · {took}",
+                                    f"{step} · {took}") if d and len(d) <= width - 2), step)
         text = status_icon(r.status) + Text(" " + name + "\n") + Text("  " + details, style="dim")
         text.no_wrap, text.overflow = True, "ellipsis"
         return text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
 from textual.message import Message
 from textual.widgets import Static
@@ -11,6 +13,7 @@ from twinkle_tui.runs.store import RunView, format_age
 from twinkle_tui.ui.widgets.run_list import STATUS_ICONS
 
 BAR_WIDTH = 20
+MIN_BAR = 4
 
 
 def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> Text:
@@ -20,8 +23,13 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> Text:
     return Text("█" * filled, style="green") + Text("░" * (width - filled), style="grey37")
 
 
+Line = Text | Callable[[int], Text]  # a row, or how to lay it out for a width
+
+
 class RunStatusBar(Static):
     """Pulls everything it shows from the run view when asked to update."""
+
+    _lines: list[Line] = []
 
     class Resized(Message):
         """The bar's width changed: what it shows (the progress bar's length) must be laid out again."""
@@ -31,36 +39,49 @@ class RunStatusBar(Static):
 
     def show(self, view: RunView | None, now: float, notice: str | None = None) -> None:
         if view is None:
-            lines = [Text("no run selected · press n to start one", style="dim")]
+            empty: list[Line] = [Text("no run selected · press n to start one", style="dim")]
             if notice:
-                lines.append(Text(notice, style="red"))
-            self._show(lines)
+                empty.append(Text(notice, style="red"))
+            self._show(empty)
             return
         progress = RunProgress.of(view, now)
         icon, style = STATUS_ICONS[view.status]
         active = view.status.is_active
-        # The first line holds what matters most (state, step, rate, ETA): lines are cut at the end, not this.
-        steps = Text.assemble(
-            (f"{icon} {view.status.value}", f"bold {style}"), "  ",
-            f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""), " ",
-            progress_bar(progress.fraction, self.bar_width), " ",
+        # The first line holds what matters most (state, step, rate, ETA): the progress bar gets the room the
+        # others leave, and goes before any of them would be cut.
+        before = Text.assemble((f"{icon} {view.status.value}", f"bold {style}"), "  ",
+                               f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""), " ")
+        after = Text.assemble(
             f"{progress.fraction:.0%}" if progress.fraction is not None else "",
             ("  ·  ", "dim"), format_rate(progress.rate),
             ("  ·  ETA ", "dim") if active else "", format_duration(progress.eta) if active else "",
         )
+
+        def steps(width: int) -> Text:
+            room = width - before.cell_len - after.cell_len - 1
+            bar = progress_bar(progress.fraction, min(BAR_WIDTH, room)) + " " if room >= MIN_BAR else Text("")
+            return before + bar + after
+
         model = (view.meta.get("model_id") or "").removeprefix("builtin:")
         launches = view.meta.get("launches") or 0
         name = view.meta.get("display_name")
         end = view.meta.get("end_time")
         when = f"elapsed {format_duration(progress.elapsed)}" if active else (
             f"ran {format_duration(progress.elapsed)}" + (f" · ended {format_age(now - end)} ago" if end else ""))
-        head = Text.assemble(
-            (name or view.run_id, "bold"), (f" ({view.run_id})" if name else "", "dim"),
-            ("  ·  " + model if model else "", "dim"),
-            ("  ·  launch " + str(launches) if launches > 1 else "", "dim"),
-            ("  ·  " + when, "dim"),
-        )
-        lines = [steps, head]
+
+        def head(width: int) -> Text:  # too long: the model goes first, then the launch count; the time stays
+            for extras in ((model, launches), ("", launches), ("", 0)):
+                text = Text.assemble(
+                    (name or view.run_id, "bold"), (f" ({view.run_id})" if name else "", "dim"),
+                    ("  ·  " + extras[0] if extras[0] else "", "dim"),
+                    ("  ·  launch " + str(extras[1]) if extras[1] > 1 else "", "dim"),
+                    ("  ·  " + when, "dim"),
+                )
+                if text.cell_len <= width:
+                    break
+            return text
+
+        lines: list[Line] = [steps, head]
         problems = [p for p in (notice, view.meta.get("error"), view.problem) if p]
         if view.metrics.skipped:
             problems.append(f"{view.metrics.skipped} malformed metric line(s) skipped")
@@ -69,22 +90,21 @@ class RunStatusBar(Static):
         self._show(lines)
 
     @property
-    def bar_width(self) -> int:
-        """The progress bar takes what is left after the step, rate and ETA (20 cells at most, 4 at least)."""
-        width = self.size.width or 120
-        return max(4, min(BAR_WIDTH, width - 62))
+    def text_width(self) -> int:
+        return max(10, (self.content_size.width or 120))
 
-    def _show(self, lines: list[Text]) -> None:
+    def _show(self, lines: list[Line]) -> None:
         self._lines = lines
         self.refresh()  # fixed height in the stylesheet: no layout pass per update
 
     def render(self) -> Text:
-        """One row per line, cut to the width the bar has now (not when the data came), never wrapped: the bar
-        has a fixed height of three rows."""
-        width = max(10, self.size.width - 2)
+        """One row per line, laid out for the width the bar has now (not when the data came): the progress bar
+        takes the room the numbers leave, and a row still too long is cut at its end, never wrapped (the bar has
+        a fixed height of three rows)."""
+        width = self.text_width
         out = []
-        for text in getattr(self, "_lines", []):
-            row = text.copy()
+        for line in self._lines:
+            row = line(width) if callable(line) else line.copy()
             row.truncate(width, overflow="ellipsis")
             out.append(row)
         return Text("\n").join(out)
