@@ -189,7 +189,10 @@ def test_a_plain_python_run_ends_with_the_right_status(home: Path, tmp_path: Pat
                       "rt = TrainingRuntime('plain').start(total_steps=40)\n"
                       "rt.register_graceful_shutdown(save_fn=lambda p: (p / 'w').write_text('ok'))\n"
                       f"for s in range(1, 16):\n    rt.log_metrics(step=s, loss=1.0)\n{ending}\n")
-    subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+    # As from a terminal: SIGINT at its default (a shell's background job, as CI may be, ignores it, and python
+    # then never raises KeyboardInterrupt).
+    subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60,
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     meta = read_meta(RunPaths.of("plain"))
     assert meta["status"] == status and meta["error"] == error
     if status == "stopped":  # interrupted: a checkpoint of the last finished step

@@ -31,6 +31,17 @@ def find_recipes(*folders: Path) -> list[Path]:
     return out
 
 
+def shown_folder(folder: Path) -> str:
+    """A folder as a user reads it: relative to the working directory when inside it, else under ~."""
+    real = folder.resolve()
+    for base, prefix in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        if real == base:
+            return prefix.rstrip("/") or "."
+        if real.is_relative_to(base):
+            return prefix + str(real.relative_to(base))
+    return str(real)
+
+
 class NewRunScreen(ModalScreen[tuple[str, list[str]] | None]):
     """Returns the chosen path and any arguments the user typed, or None."""
 
@@ -44,7 +55,7 @@ class NewRunScreen(ModalScreen[tuple[str, list[str]] | None]):
         with Vertical(id="dialog"):
             yield Static("Start a run · move to a recipe (↑↓) and press enter, or type a script or recipe path "
                          "(and -- args) below", classes="dialog-title")
-            yield OptionList(*[Option(f"{p.name}  [dim]{p.parent}[/]", id=str(p.resolve())) for p in self.recipes],
+            yield OptionList(*[Option(f"{p.name}  [dim]{shown_folder(p.parent)}[/]", id=str(p.resolve())) for p in self.recipes],
                              id="recipes")
             yield Input(placeholder="path/to/train.py -- --steps 100", id="newrun-path")
 
