@@ -114,6 +114,39 @@ def test_two_process_accelerate_run_writes_one_metrics_stream(ctl: ProcessContro
     assert "2 process(es)" in RunPaths.of("ddp").log.read_text()
 
 
+GKD_METRICS = {"loss", "kl/teacher", "entropy", "grad_norm", "learning rate", "completion_length", "truncation_rate",
+               "tokens/s", "time/generate", "time/teacher", "time/train", "time/sync"}
+
+
+def test_gkd_student_moves_toward_a_teacher_trained_first(ctl: ProcessController) -> None:
+    teacher = train(ctl, "teacher", "--max_steps", "30", "--batch_size", "8", "--lr", "1e-2", "--no-use-lora",
+                    "--save_steps", "100")
+    assert teacher["status"] == "completed", teacher.get("error")
+    teacher_dir = RunPaths.of("teacher").root / "adapter"  # the whole fine-tuned model, with its tokenizer
+    meta = train(ctl, "gkd", "--task", "gkd", "--teacher_model_id", str(teacher_dir), "--max_steps", "16",
+                 "--batch_size", "4", "--num_generations", "2", "--max_tokens", "16", "--lr", "5e-3",
+                 "--no-use-lora", "--save_steps", "100")
+    assert meta["status"] == "completed", meta.get("error")
+    rows = metrics("gkd")
+    assert [r["step"] for r in rows] == list(range(1, 17)) and GKD_METRICS <= set(rows[0])
+    first, last = (sum(r["kl/teacher"] for r in part) / 3 for part in (rows[:3], rows[-3:]))
+    assert last < first / 2, (first, last)  # the student's samples now look like the teacher's to the teacher
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert "beta 0.5 (generalized JSD)" in RunPaths.of("gkd").log.read_text()
+
+
+def test_gkd_teacher_from_a_lora_run(ctl: ProcessController) -> None:
+    lora = train(ctl, "lora-teacher", "--max_steps", "3", "--batch_size", "4", "--lr", "1e-1", "--save_steps", "100",
+                 "--lora_target_modules", "all-linear")
+    assert lora["status"] == "completed", lora.get("error")
+    meta = train(ctl, "gkd-lora", "--task", "gkd", "--teacher_model_id", str(RunPaths.of("lora-teacher").root),
+                 "--max_steps", "1", "--batch_size", "4", "--num_generations", "1", "--max_tokens", "8",
+                 "--gkd_beta", "1")
+    assert meta["status"] == "completed", meta.get("error")
+    log = RunPaths.of("gkd-lora").log.read_text()
+    assert "reverse KL" in log and metrics("gkd-lora")[0]["kl/teacher"] > 0  # the adapter is merged: not the base
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -125,6 +158,10 @@ def test_two_process_accelerate_run_writes_one_metrics_stream(ctl: ProcessContro
          "error: reward plugin 'nosuch.reward' not found: cannot import 'nosuch'"),
         (["--model_id", "someone/not-cached-model"], "error: model 'someone/not-cached-model' is not available offline"),
         (["--lerning_rate", "1"], "error: unknown key 'lerning_rate' in command line; did you mean learning_rate?"),
+        (["--task", "gkd"], "error: invalid configuration: task gkd needs rl.teacher_model_id"),
+        (["--task", "gkd", "--teacher_model_id", "{tmp}"], "error: teacher: model directory"),
+        (["--task", "gkd", "--teacher_model_id", "builtin:tiny-llama", "--gkd_beta", "2"],
+         "error: invalid configuration: gkd_beta must be between 0 (forward KL) and 1"),
     ],
 )
 def test_bad_input_fails_in_one_line(home: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -121,3 +121,32 @@ def test_learning_rate_schedules() -> None:
     assert lr_factor(6, "linear", 2, 10, 0.0) == pytest.approx(0.5)
     assert lr_factor(10, "cosine", 0, 10, 0.1) == pytest.approx(0.1)
     assert lr_factor(7, "constant", 0, 10, 0.0) == 1.0
+
+
+def test_generalized_jsd_matches_its_definition() -> None:
+    import torch
+
+    from trainer.gkd import generalized_jsd, reverse_kl
+
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 11, requires_grad=True), torch.randn(5, 11)
+    ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    forward = (lt.exp() * (lt - ls)).sum(-1)
+    reverse = (ls.exp() * (ls - lt)).sum(-1)
+    torch.testing.assert_close(generalized_jsd(s, t, 0.0), forward)
+    torch.testing.assert_close(generalized_jsd(s, t, 1.0), reverse)
+    torch.testing.assert_close(reverse_kl(s, t), reverse.detach())
+    # beta 0.5 is the Jensen-Shannon divergence: symmetric, at most log 2, zero for equal distributions
+    js = generalized_jsd(s, t, 0.5)
+    torch.testing.assert_close(js, generalized_jsd(t, s.detach(), 0.5).detach() + 0 * js, rtol=1e-5, atol=1e-6)
+    assert (js >= 0).all() and (js <= torch.log(torch.tensor(2.0))).all()
+    torch.testing.assert_close(generalized_jsd(t, t, 0.3), torch.zeros(5), atol=1e-6, rtol=0)
+    # the mixture for beta in (0, 1) is beta * teacher + (1 - beta) * student
+    beta = 0.3
+    m = torch.log(beta * lt.exp() + (1 - beta) * ls.exp())
+    expected = beta * (lt.exp() * (lt - m)).sum(-1) + (1 - beta) * (ls.exp() * (ls - m)).sum(-1)
+    torch.testing.assert_close(generalized_jsd(s, t, beta), expected)
+    generalized_jsd(s, t, beta).sum().backward()  # the gradient reaches the student only
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    # temperature divides both
+    torch.testing.assert_close(generalized_jsd(s, t, 1.0, temperature=2.0), generalized_jsd(s / 2, t / 2, 1.0))

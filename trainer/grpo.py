@@ -128,6 +128,35 @@ def importance_weights(train_logp: Any, sampler_logp: Any, cap: float) -> tuple[
     return weights, diff.abs()
 
 
+def sample_prompts(t: Trainer, records: list[dict[str, Any]], order: DataOrder, sampler: Any,
+                   n: int) -> tuple[list[dict[str, Any]], list[list[int]], list[Any], float]:
+    """This rank's share of the step's prompts, n completions of each, and the seconds generation took."""
+    a, world, rank = t.args, t.accelerator.num_processes, t.accelerator.process_index
+    picked = [records[i] for i in list(order.take(t.data_position, a.training.batch_size))[rank::world]]
+    prompts = [prompt_ids(r, t.tokenizer, a.template.max_length, a.template.enable_thinking) for r in picked]
+    started = time.perf_counter()
+    completions = sampler.generate(prompts, n)
+    return picked, prompts, completions, time.perf_counter() - started
+
+
+def padded_batch(prompts: list[list[int]], completions: list[Any], pad_id: int, device: Any,
+                 mask_dtype: Any = None) -> tuple[Any, Any, Any]:
+    """Prompt + completion rows, right-padded: token ids, attention mask, and which next-token positions are
+    completion tokens (width - 1 columns; the loss is taken there only)."""
+    import torch
+
+    seqs = [prompts[c.prompt_index] + c.token_ids for c in completions]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    comp = torch.zeros((len(seqs), width - 1), dtype=mask_dtype or torch.float32)
+    for row, (c, s) in enumerate(zip(completions, seqs, strict=True)):
+        ids[row, : len(s)] = torch.tensor(s)
+        attn[row, : len(s)] = 1
+        comp[row, len(prompts[c.prompt_index]) - 1 : len(s) - 1] = 1
+    return ids.to(device), attn.to(device), comp.to(device)
+
+
 def train_grpo(t: Trainer) -> None:
     import torch
 
@@ -139,19 +168,14 @@ def train_grpo(t: Trainer) -> None:
     sampler = make_sampler(a.sampler.sampler_type, unwrapped, t.tokenizer, a, t.model_dir,
                            t.accelerator.num_processes)
     sampler.sync(unwrapped)
-    world, rank = t.accelerator.num_processes, t.accelerator.process_index
+    world = t.accelerator.num_processes
     G = a.rl.num_generations
     device = t.accelerator.device
     t.log(f"GRPO on {len(records)} prompts: {a.training.batch_size} prompts x {G} generations per step, "
           f"rewards {', '.join(fns)}, sampler {type(sampler).__name__}")
     while t.step < a.training.max_steps:
         started = time.perf_counter()
-        picked = [records[i] for i in list(order.take(t.data_position, a.training.batch_size))[rank::world]]
-        prompts = [prompt_ids(r, t.tokenizer, a.template.max_length, a.template.enable_thinking) for r in picked]
-
-        t_gen = time.perf_counter()
-        completions = sampler.generate(prompts, G)
-        t_gen = time.perf_counter() - t_gen
+        picked, prompts, completions, t_gen = sample_prompts(t, records, order, sampler, G)
 
         t_rew = time.perf_counter()
         texts = [t.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
@@ -172,17 +196,8 @@ def train_grpo(t: Trainer) -> None:
         mismatch: list[float] = []
         for k in range(0, n_seq, micro):
             chunk = list(range(k, min(k + micro, n_seq)))
-            seqs = [prompts[completions[i].prompt_index] + completions[i].token_ids for i in chunk]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), t.tokenizer.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            comp = torch.zeros((len(seqs), width - 1))  # which next-token positions are completion tokens
-            for row, (i, s) in enumerate(zip(chunk, seqs, strict=True)):
-                ids[row, : len(s)] = torch.tensor(s)
-                attn[row, : len(s)] = 1
-                p = len(prompts[completions[i].prompt_index])
-                comp[row, p - 1 : len(s) - 1] = 1
-            ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
+            ids, attn, comp = padded_batch(prompts, [completions[i] for i in chunk], t.tokenizer.pad_token_id,
+                                           device)
             adv = torch.tensor([advantages[i] for i in chunk], device=device).unsqueeze(1)
             last_micro = k + micro >= n_seq
             # Under DDP, gradients are averaged across processes once per step, on the last micro-batch.

@@ -166,7 +166,13 @@ def load_model_and_tokenizer(model_id: str, dtype: Any = None, attn_implementati
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_dir(model_id)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # no tokenizer files: one line, not a traceback a minute in
+        files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+        why = "it has no tokenizer files" if not any((path / f).exists() for f in files) else \
+            str(exc).strip().splitlines()[0]
+        raise ModelError(f"cannot load a tokenizer from {path}: {why}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:

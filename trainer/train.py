@@ -1,4 +1,4 @@
-"""`python -m trainer CONFIG [--key value ...]`: LoRA SFT or GRPO as a twinkle run.
+"""`python -m trainer CONFIG [--key value ...]`: LoRA SFT, GRPO or GKD (on-policy distillation) as a twinkle run.
 
 One process by default; with nproc_per_node > 1 it re-launches itself under `accelerate launch`. Rank 0 owns the
 run (metrics, checkpoints, meta.json); a stop request (SIGTERM) reaches every rank, and the ranks agree at a step
@@ -333,6 +333,10 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
         from trainer.grpo import train_grpo
 
         train_grpo(trainer)
+    elif args.training.task == "gkd":
+        from trainer.gkd import train_gkd
+
+        train_gkd(trainer)
     else:
         from trainer.sft import train_sft
 
@@ -343,8 +347,10 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
             unwrapped = accelerator.unwrap_model(trainer.model)
             out_dir = args.training.output_dir or str(runtime.paths.root / "adapter")
             unwrapped.save_pretrained(out_dir)
+            trainer.tokenizer.save_pretrained(out_dir)  # the adapter (or model) directory loads on its own
             if args.checkpoint.merge_and_sync and args.lora.use_lora:
                 unwrapped.merge_and_unload().save_pretrained(out_dir + "-merged")
+                trainer.tokenizer.save_pretrained(out_dir + "-merged")
             runtime.log(f"finished {trainer.step} steps; adapter saved to {out_dir}")
             runtime.finish("completed")
         else:

@@ -60,7 +60,8 @@ class TemplateArgs:
 
 @dataclass
 class TrainingArgs:
-    task: str = opt("sft", "training algorithm", ("sft", "grpo"))
+    task: str = opt("sft", "training algorithm: sft, grpo (RL with rewards), gkd (on-policy distillation)",
+                    ("sft", "grpo", "gkd"))
     max_steps: int = opt(100, "optimizer steps to train")
     batch_size: int = opt(8, "examples (prompts for RL) per optimizer step")
     micro_batch_size: int = opt(4, "examples per forward pass; batch_size / micro_batch_size = accumulation")
@@ -90,7 +91,8 @@ class SchedulerArgs:
 
 @dataclass
 class LossArgs:
-    loss_cls: str = opt("auto", "auto = cross_entropy for sft, grpo for RL", ("auto", "cross_entropy", "grpo"))
+    loss_cls: str = opt("auto", "auto = cross_entropy for sft, grpo for grpo, gkd (generalized JSD) for gkd",
+                        ("auto", "cross_entropy", "grpo", "gkd"))
     epsilon: float = opt(0.2, "PPO-style ratio clip range")
     beta: float = opt(0.04, "KL penalty to the base model")
     sft_weight: float = opt(0.0, "weight of an SFT loss on the best completion during RL")
@@ -141,7 +143,10 @@ class RLArgs:
     advantage_type: str = opt("grpo", "group advantage estimator", ("grpo", "rloo"))
     reward_fns: list[str] = opt(["math", "format"], "rewards: match, math, format, or module.function")
     scale_rewards: bool = opt(True, "divide group advantages by the group's reward std")
-    teacher_model_id: str | None = opt(None, "optional teacher model for distillation rewards")
+    teacher_model_id: str | None = opt(None, "teacher for task gkd: a model id as for model_id, or a run's LoRA "
+                                       "adapter directory (same tokenizer as the student)")
+    gkd_beta: float = opt(0.5, "task gkd: 0 = forward KL(teacher||student), 1 = reverse KL(student||teacher), "
+                          "between = generalized JSD")
 
 
 @dataclass

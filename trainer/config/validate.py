@@ -69,6 +69,15 @@ def problems(args: Args) -> list[str]:
             out.append(f"epsilon must be greater than 0 (got {args.loss.epsilon})")
         if args.loss.beta < 0:
             out.append(f"beta must not be negative (got {args.loss.beta})")
+    if t.task == "gkd":
+        if not rl.teacher_model_id:
+            out.append("task gkd needs rl.teacher_model_id (the model the student learns from)")
+        if not 0 <= rl.gkd_beta <= 1:
+            out.append(f"gkd_beta must be between 0 (forward KL) and 1 (reverse KL) (got {rl.gkd_beta})")
+        if rl.num_generations < 1:
+            out.append(f"num_generations must be at least 1 (got {rl.num_generations})")
+    elif rl.gkd_beta != 0.5:
+        out.append("gkd_beta is only used by task gkd (distillation)")
     processes = args.infra.nproc_per_node * args.infra.nnodes
     if args.sampler.sampler_type == "vllm":
         if args.model.device == "cpu":
@@ -83,11 +92,11 @@ def problems(args: Args) -> list[str]:
     if t.batch_size >= 1 and processes > 1 and t.batch_size % processes:
         out.append(f"batch_size ({t.batch_size}) must be a multiple of the {processes} training processes, or the "
                    "processes would run different numbers of steps and wait for each other forever")
+    if t.task in ("grpo", "gkd") and s.temperature > 2:
+        out.append(f"temperature must be at most 2 (got {s.temperature})")
     if t.task == "grpo":
         if s.temperature == 0 and rl.num_generations >= 2:
             out.append("temperature 0 (greedy) makes every completion of a group the same: GRPO needs temperature > 0")
-        if s.temperature > 2:
-            out.append(f"temperature must be at most 2 (got {s.temperature})")
         if s.top_p == 0:
             out.append("top_p 0 keeps no tokens; use a value in (0, 1]")
     return out
@@ -128,7 +137,7 @@ def _unsupported(args: Args) -> list[str]:
         out.append("dataset streaming is not supported yet; datasets are loaded whole")
     if t.template_cls != "auto":
         out.append(f"template_cls {t.template_cls!r} is not supported yet; the tokenizer's chat template is used (auto)")
-    expected_loss = {"sft": "cross_entropy", "grpo": "grpo"}.get(args.training.task)
+    expected_loss = {"sft": "cross_entropy", "grpo": "grpo", "gkd": "gkd"}.get(args.training.task)
     if lo.loss_cls not in ("auto", expected_loss):
         out.append(f"loss_cls {lo.loss_cls!r} does not fit task {args.training.task!r} (use auto or {expected_loss})")
     if sa.num_samples != 1:

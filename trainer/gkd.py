@@ -1,0 +1,170 @@
+"""On-policy distillation (GKD, Agarwal et al. 2024, "On-Policy Distillation of Language Models"): the student
+samples completions, the teacher scores the same tokens, and the loss is the generalized Jensen-Shannon divergence
+between the two next-token distributions at every completion position.
+
+rl.gkd_beta interpolates: 0 is the forward KL(teacher || student) (mode covering), 1 the reverse
+KL(student || teacher) (mode seeking), values between the generalized JSD with the mixture
+M = beta * teacher + (1 - beta) * student (TRL's GKDTrainer uses the same form). Every completion is the student's own
+(the paper's lambda = 1): nothing is read from the dataset but its prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.dataset import DataError, DataOrder
+from trainer.grpo import padded_batch, sample_prompts
+from trainer.models import ModelError, load_model_and_tokenizer
+from trainer.samplers import make_sampler
+
+if TYPE_CHECKING:
+    from trainer.train import Trainer
+
+
+def generalized_jsd(student_logits: Any, teacher_logits: Any, beta: float, temperature: float = 1.0) -> Any:
+    """Per-position generalized JSD of the two distributions (rows x vocab logits → rows); the teacher carries no
+    gradient."""
+    import torch
+
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if beta == 0:
+        return (t.exp() * (t - s)).sum(-1)  # KL(teacher || student)
+    if beta == 1:
+        return (s.exp() * (s - t)).sum(-1)  # KL(student || teacher)
+    m = torch.logsumexp(torch.stack([s + math.log(1 - beta), t + math.log(beta)]), dim=0)
+    kl_teacher = (t.exp() * (t - m)).sum(-1)  # KL(teacher || M)
+    kl_student = (s.exp() * (s - m)).sum(-1)  # KL(student || M)
+    return beta * kl_teacher + (1 - beta) * kl_student
+
+
+def reverse_kl(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
+    """KL(student || teacher) per position, without gradient: how far the student is from the teacher on its own
+    samples (the number to watch fall, whatever beta)."""
+    import torch
+
+    with torch.no_grad():
+        s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+        t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        return (s.exp() * (s - t)).sum(-1)
+
+
+def load_teacher(model_id: str, student_tokenizer: Any, dtype: Any, attn_implementation: str,
+                 trust_remote_code: bool) -> Any:
+    """The teacher, frozen, in eval mode. A model id as for model_id, or a LoRA adapter directory (a run's
+    `adapter` or `checkpoints/step-N/adapter`: its base model with the adapter merged in). Its tokenizer must be
+    the student's: the loss compares distributions over the same vocabulary, token by token."""
+    path = Path(model_id).expanduser()
+    adapter = path / "adapter_config.json"
+    if path.is_dir() and not adapter.exists() and (path / "adapter" / "adapter_config.json").exists():
+        path, adapter = path / "adapter", path / "adapter" / "adapter_config.json"  # a checkpoint directory
+    if adapter.exists():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"teacher adapter {path} does not name its base model (base_model_name_or_path)")
+        model, tokenizer, _ = load_model_and_tokenizer(base, dtype, attn_implementation, trust_remote_code)
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    else:
+        model, tokenizer, _ = load_model_and_tokenizer(model_id, dtype, attn_implementation, trust_remote_code)
+    if tokenizer.get_vocab() != student_tokenizer.get_vocab():
+        raise ModelError(f"teacher {model_id} has another tokenizer than the student ({len(tokenizer)} vs "
+                         f"{len(student_tokenizer)} tokens): GKD compares the two distributions token by token, so "
+                         "teacher and student must share a tokenizer")
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def train_gkd(t: Trainer) -> None:
+    import torch
+
+    from trainer.train import base_dtype
+
+    a = t.args
+    records = t.records()
+    if not records:
+        raise DataError("the dataset has no prompts")
+    world = t.accelerator.num_processes
+    device = t.accelerator.device
+    t0 = time.perf_counter()
+    teacher = load_teacher(str(a.rl.teacher_model_id), t.tokenizer, base_dtype(t.accelerator, a),
+                           a.model.attn_implementation, a.model.trust_remote_code).to(device)
+    t.log(f"teacher {a.rl.teacher_model_id} loaded in {time.perf_counter() - t0:.1f}s")
+    order = DataOrder(len(records), a.training.seed, a.dataset.shuffle)
+    unwrapped = t.accelerator.unwrap_model(t.model)
+    sampler = make_sampler(a.sampler.sampler_type, unwrapped, t.tokenizer, a, t.model_dir, world)
+    sampler.sync(unwrapped)
+    n_gen = a.rl.num_generations
+    beta = a.rl.gkd_beta
+    temperature = a.sampling.temperature if a.sampling.temperature > 0 else 1.0
+    micro = max(1, a.training.micro_batch_size) * n_gen  # prompts per forward, as in GRPO
+    t.log(f"GKD on {len(records)} prompts: {a.training.batch_size} prompts x {n_gen} student samples per step, "
+          f"beta {beta:g} ({'forward KL' if beta == 0 else 'reverse KL' if beta == 1 else 'generalized JSD'}), "
+          f"sampler {type(sampler).__name__}")
+    while t.step < a.training.max_steps:
+        started = time.perf_counter()
+        _, prompts, completions, t_gen = sample_prompts(t, records, order, sampler, n_gen)
+
+        t.model.train()
+        n_tokens = sum(max(1, len(c.token_ids)) for c in completions)
+        sums = {"loss": 0.0, "kl/teacher": 0.0, "entropy": 0.0}
+        t_teacher = 0.0
+        t_train = time.perf_counter()
+        for k in range(0, len(completions), micro):
+            ids, attn, comp = padded_batch(prompts, completions[k : k + micro], t.tokenizer.pad_token_id, device,
+                                           torch.bool)
+            last = k + micro >= len(completions)
+            with contextlib.nullcontext() if world == 1 or last else t.accelerator.no_sync(t.model):
+                clock = time.perf_counter()
+                with torch.no_grad():
+                    teacher_logits = teacher(input_ids=ids, attention_mask=attn).logits[:, :-1][comp]
+                t_teacher += time.perf_counter() - clock
+                student_logits = t.model(input_ids=ids, attention_mask=attn).logits[:, :-1][comp]
+                width_v = min(student_logits.size(-1), teacher_logits.size(-1))  # padded vocabularies differ
+                student_logits, teacher_logits = student_logits[:, :width_v], teacher_logits[:, :width_v]
+                per_token = generalized_jsd(student_logits, teacher_logits, beta, temperature)
+                loss = per_token.sum() / n_tokens  # the step's loss is the mean over all its completion tokens
+                t.accelerator.backward(loss)
+            sums["loss"] += float(loss.detach())
+            sums["kl/teacher"] += float(reverse_kl(student_logits, teacher_logits, temperature).sum()) / n_tokens
+            with torch.no_grad():
+                logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+                sums["entropy"] += float(-(logp.exp() * logp).sum()) / n_tokens
+        grad_norm = t.optimizer_step()
+        t_train = time.perf_counter() - t_train - t_teacher
+
+        t_sync = time.perf_counter()
+        sampler.sync(t.accelerator.unwrap_model(t.model))
+        t_sync = time.perf_counter() - t_sync
+        t.step += 1
+        t.data_position += a.training.batch_size
+
+        lengths = [len(c.token_ids) for c in completions]
+        tokens = sum(lengths) + sum(len(p) for p in prompts) * n_gen
+        metrics = {
+            "loss": sums["loss"], "kl/teacher": sums["kl/teacher"], "entropy": sums["entropy"],
+            "grad_norm": grad_norm, "learning rate": t.lr(),
+            "completion_length": sum(lengths) / max(1, len(lengths)),
+            "truncation_rate": sum(c.truncated for c in completions) / max(1, len(completions)),
+            "tokens/s": tokens / (time.perf_counter() - started),
+            "time/generate": t_gen, "time/teacher": t_teacher, "time/train": t_train, "time/sync": t_sync,
+        }
+        if world > 1:
+            keys = list(metrics)
+            vec = t.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=device), reduction="mean")
+            metrics = dict(zip(keys, vec.tolist(), strict=True))
+        if t.runtime is not None and t.step % a.training.logging_steps == 0:
+            t.runtime.log_metrics(step=t.step, **metrics)
+        if t.step == 1 or t.step % 5 == 0 or t.step == a.training.max_steps:
+            t.log(f"step {t.step}/{a.training.max_steps}: loss {metrics['loss']:.4f}, KL to the teacher "
+                  f"{metrics['kl/teacher']:.4f}, {metrics['completion_length']:.1f} tokens per sample")
+        if t.end_of_step():
+            return
