@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from trainer.protocol import RunStatus
-from twinkle_tui.process.controller import ProcessController, RunControlError
+from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import NoSuchRun, RunStore, RunView, clean_log_line
 from twinkle_tui.runs.tail import FileTail
@@ -69,8 +69,12 @@ class HeadlessRun:
         self.run_id = ""
 
     def run(self, spec: str, args: Sequence[str], run_id: str | None) -> int:
+        return self.follow(lambda: self.controller.launch(spec, args, run_id))
+
+    def follow(self, launch: Callable[[], Launched]) -> int:
+        """Launch a run and follow it to its end; a launch that is refused is one line and exit code 2."""
         try:
-            launched = self.controller.launch(spec, args, run_id)
+            launched = launch()
         except (RunControlError, ValueError) as exc:
             print(f"twinkle-tui: {exc}", file=sys.stderr)
             return 2

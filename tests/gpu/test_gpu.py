@@ -75,3 +75,36 @@ def test_the_precision_fits_the_card(home: Path) -> None:
     log = RunPaths.of("gpu-precision").log.read_text()
     expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     assert f"precision {expected}" in log
+
+
+@pytest.mark.skipif(not VLLM, reason="needs vLLM (the gpu extra)")
+def test_the_training_service_samples_with_vllm(home: Path) -> None:
+    """The tinker service on the GPU: training on CUDA, sampling through a vLLM engine with the saved adapter; the
+    sampled tokens' log-probabilities and compute_logprobs agree with the trainer's (bf16 tolerance)."""
+    import numpy as np
+
+    tinker = pytest.importorskip("tinker")
+    from tinker import types
+
+    from test_service import Server
+
+    server = Server(home, "--sampler", "vllm").wait_ready()
+    try:
+        client = tinker.ServiceClient(base_url=server.url, api_key="tml-gpu-tests")
+        tc = client.create_lora_training_client(base_model="builtin:tiny-qwen2", rank=8, seed=0).result()
+        ids = tc.get_tokenizer().encode("the quick brown fox jumps over the lazy dog")
+        datum = types.Datum(model_input=types.ModelInput.from_ints(ids[:-1]),
+                            loss_fn_inputs={"target_tokens": np.array(ids[1:], dtype=np.int64)})
+        for _ in range(3):
+            tc.forward_backward([datum], "cross_entropy")
+            tc.optim_step(types.AdamParams(learning_rate=1e-2)).result(timeout=120)
+        sampler = tc.save_weights_and_get_sampling_client().result()
+        out = sampler.sample(types.ModelInput.from_ints(ids[:4]), 4,
+                             types.SamplingParams(max_tokens=8, temperature=1.0, seed=1, stop=[])).result(timeout=600)
+        assert all(len(s.tokens) == 8 and s.logprobs is not None for s in out.sequences)
+        lp = sampler.compute_logprobs(types.ModelInput.from_ints(ids)).result(timeout=120)
+        trained = tc.forward([datum], "cross_entropy").result(timeout=120).loss_fn_outputs[0]["logprobs"].to_numpy()
+        np.testing.assert_allclose(np.array(lp[1:], dtype=np.float32), trained, atol=0.1)
+        assert "sampling with vLLM" in (home / f"service-{server.port}.log").read_text()
+    finally:
+        server.stop()

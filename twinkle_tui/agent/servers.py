@@ -1,6 +1,12 @@
-"""Local model servers the agent starts and stops: vLLM's OpenAI-compatible server for a base model (optionally
-with a run's LoRA checkpoint) on chosen GPUs. Each is a supervised child in its own process group, logged to
-$TWINKLE_HOME/.logs/server-<name>.log, and stopped when the app exits."""
+"""Servers the agent starts and stops.
+
+- training: the tinker-compatible training service (trainer.service), as a supervised run like any other (its log
+  is the run's; stop it with shutdown_server or `s`), on CPU or GPU. It keeps serving after the app exits, as runs
+  keep training.
+- vllm: vLLM's OpenAI-compatible server for a base model (optionally with a run's LoRA checkpoint) on chosen GPUs,
+  a child in its own process group, logged to $TWINKLE_HOME/.logs/server-<name>.log and stopped when the app
+  exits.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.samplers import vllm_lora_rank
 from twinkle_tui.agent.embedded import free_port
@@ -25,11 +32,12 @@ class ServerError(Exception):
 @dataclass
 class Server:
     name: str
-    kind: str
+    kind: str  # training or vllm
     url: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes]  # vllm: the server; training: the run's supervisor
     log: Path
     started: float
+    run_id: str | None = None  # training: the service's run
 
     @property
     def alive(self) -> bool:
@@ -55,6 +63,7 @@ class ServerManager:
         self.home = home
         self.python = python
         self.servers: dict[str, Server] = {}
+        self.controller: Any = None
 
     def vllm_command(self, model: str, port: int, lora: tuple[str, Path] | None = None, lora_rank: int = 8,
                      tensor_parallel: int = 1) -> list[str]:
@@ -89,11 +98,43 @@ class ServerManager:
         self.servers[name] = server
         return server
 
+    def start_training(self, name: str, controller: Any, port: int | None = None) -> Server:
+        """The training service as a supervised run on a free loopback port (or the one asked for)."""
+        from trainer.protocol import new_run_id
+        from trainer.service.__main__ import missing_packages
+        from twinkle_tui.process.controller import RunControlError
+
+        if name in self.servers and self.servers[name].alive:
+            raise ServerError(f"a server named {name!r} is already running at {self.servers[name].url}")
+        if problem := missing_packages():
+            raise ServerError(problem)
+        port = port or free_port()
+        try:
+            launched = controller.launch_module("trainer.service", ["--port", str(port)],
+                                                new_run_id(f"service-{port}"), model_id="tinker training service")
+        except (RunControlError, ValueError) as exc:
+            raise ServerError(str(exc)) from None
+        server = Server(name, "training", f"http://127.0.0.1:{port}", launched.supervisor,
+                        controller.paths(launched.run_id).log, time.time(), launched.run_id)
+        self.servers[name] = server
+        self.controller = controller
+        return server
+
     def stop(self, name: str, grace: float = 10.0) -> Server:
         server = self.servers.pop(name, None)
         if server is None:
             known = ", ".join(self.servers) or "none"
             raise ServerError(f"no server named {name!r} (running: {known})")
+        if server.kind == "training" and server.run_id:
+            from twinkle_tui.process.controller import RunControlError
+
+            try:  # a graceful stop: its clients' runs are recorded as stopped
+                self.controller.stop(server.run_id)
+            except RunControlError:
+                pass  # it has ended already
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.proc.wait(timeout=grace + 5)
+            return server
         if server.alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(server.proc.pid, signal.SIGTERM)
@@ -106,6 +147,7 @@ class ServerManager:
         return server
 
     def stop_all(self) -> None:
-        for name in list(self.servers):
+        """The vLLM servers; training services are runs, and keep serving like runs keep training."""
+        for name in [n for n, srv in self.servers.items() if srv.kind == "vllm"]:
             with contextlib.suppress(ServerError, subprocess.TimeoutExpired):
                 self.stop(name, grace=3.0)

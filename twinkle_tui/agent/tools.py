@@ -148,25 +148,51 @@ def _lora_of(s: Session, run_id: str | None) -> tuple[str, Path, int] | None:
     return run, Path(checkpoint["path"]), rank
 
 
+def _kind(a: dict[str, Any]) -> str:
+    kind = a.get("kind") or ("vllm" if a.get("model") else "training")
+    if kind == "vllm" and not a.get("model"):
+        raise CommandError("a vllm server needs model (a base model to serve)")
+    if kind == "training" and (a.get("model") or a.get("run_id") or a.get("gpus")):
+        raise CommandError("the training service takes no model, run_id or gpus: its clients choose the model "
+                           "(kind vllm serves a model)")
+    return str(kind)
+
+
 def _start_server_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
+    if _kind(a) == "training":
+        port = a.get("port")
+        return Confirmation("Start the training service?", "A tinker-compatible training service on "
+                            f"127.0.0.1:{port or 'a free port'}, as a run; each training client becomes a run.",
+                            "Start")
     lora = _lora_of(s, a.get("run_id"))
     from twinkle_tui.agent.servers import gpu_count
 
     if gpu_count() == 0:
-        raise CommandError("start_server needs an NVIDIA GPU for vLLM, and none is visible on this machine")
+        raise CommandError("start_server kind vllm needs an NVIDIA GPU, and none is visible on this machine; kind "
+                           "training (the training service) runs on CPU")
     what = a["model"] + (f" with the LoRA of {lora[0]} (step checkpoint {lora[1].name})" if lora else "")
     return Confirmation("Start a model server?", f"vLLM serves {what} on GPU(s) {a.get('gpus') or [0]}.", "Start")
 
 
-@command("start_server", "Start a local OpenAI-compatible vLLM server for a base model, optionally with a run's "
-         "LoRA checkpoint, on chosen GPUs (needs a GPU and the gpu extra).", "control",
-         {"model": {"type": "string"}, "run_id": {"type": "string"}, "name": {"type": "string"},
-          "gpus": {"type": "array", "items": {"type": "integer", "minimum": 0}}}, ("model",), destructive=True,
+@command("start_server", "Start a server: kind training (the default without model) is the tinker-compatible "
+         "training service, as a run, on CPU or GPU; kind vllm serves a base model (optionally with a run's LoRA "
+         "checkpoint) through vLLM's OpenAI-compatible API on chosen GPUs (needs a GPU and the gpu extra).",
+         "control",
+         {"kind": {"type": "string", "enum": ["training", "vllm"]}, "model": {"type": "string"},
+          "run_id": {"type": "string"}, "name": {"type": "string"},
+          "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+          "gpus": {"type": "array", "items": {"type": "integer", "minimum": 0}}}, (), destructive=True,
          confirm=_start_server_confirm)
 def start_server(s: Session, a: dict[str, Any]) -> Reply:
-    lora = _lora_of(s, a.get("run_id"))
-    name = a.get("name") or (lora[0] if lora else "base")
+    kind = _kind(a)
     try:
+        if kind == "training":
+            name = a.get("name") or "training"
+            server = _servers(s).start_training(name, s.controller, a.get("port"))
+            return Reply(f"training service {name!r} starting at {server.url} (run {server.run_id}); clients: "
+                         f"TINKER_BASE_URL={server.url} TINKER_API_KEY=tml-local", redraw={"list"})
+        lora = _lora_of(s, a.get("run_id"))
+        name = a.get("name") or (lora[0] if lora else "base")
         server = _servers(s).start_vllm(name, a["model"], a.get("gpus"), (lora[0], lora[1]) if lora else None,
                                         lora[2] if lora else 8)
     except ServerError as exc:

@@ -253,6 +253,8 @@ class ProcessController:
         if status == RunStatus.PAUSED:
             return ResumePlan(False, None)
         if status in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
+            if meta.get("supervisor_kind") == SERVICE:
+                raise RunControlError(SERVICE_RESUME.format(run_id=run_id))
             if not meta.get("command"):
                 raise RunControlError(f"run {run_id!r} has no recorded command to relaunch")
             checkpoint = meta.get("last_checkpoint")
@@ -275,6 +277,8 @@ class ProcessController:
                 return
             if status not in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
                 raise RunControlError(f"cannot resume run {run_id!r}: it is {status.value}")
+            if meta.get("supervisor_kind") == SERVICE:
+                raise RunControlError(SERVICE_RESUME.format(run_id=run_id))
             if process_is(meta.get("pid"), meta.get("pid_start_time")) or \
                     process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
                 raise RunControlError(f"run {run_id!r} is still shutting down; resume it in a moment")
@@ -305,6 +309,12 @@ class ProcessController:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED}, "stop")
             meta["status"] = RunStatus.STOPPING.value
             record_event(paths, "stop", self.clock, step=meta["progress"].get("last_step"))
+            if meta.get("supervisor_kind") == SERVICE:
+                # The training service watches this run for its client; it serves others too and must not be
+                # signalled. The client gets SIGTERM (after SIGCONT if paused); the service records its end.
+                self._signal(meta, signal.SIGCONT)
+                self._signal(meta, signal.SIGTERM)
+                return
             if process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
                 supervisor.append(meta["supervisor_pid"])
 
@@ -492,6 +502,11 @@ class ProcessController:
         if not process_is(identity.pid, identity.pid_start_time):
             raise RunControlError(f"run {identity.run_id!r} has no live process")
         signal_run(identity, sig)
+
+
+SERVICE = "service"  # meta supervisor_kind of a training-service client's run
+SERVICE_RESUME = ("run {run_id!r} belongs to a client of the training service: resume it from the client "
+                  "(ServiceClient.create_training_client_from_state_with_optimizer with its tinker:// path)")
 
 
 class _NoWrite(Exception):
