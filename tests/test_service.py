@@ -217,7 +217,18 @@ def test_ppo_clips_the_ratio(client: tinker.ServiceClient) -> None:
 
 
 # ---------------------------------------------------------------------- sampling and state
-def test_sampling_from_saved_weights(client: tinker.ServiceClient) -> None:
+def test_sampling_from_saved_weights(client: tinker.ServiceClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinker.resources.futures import AsyncFuturesResource
+
+    polls: list[object] = []
+    batched = AsyncFuturesResource.retrieve_multi
+
+    async def counted(self: object, **kw: object) -> object:
+        response = await batched(self, **kw)  # type: ignore[arg-type]
+        polls.append(response)
+        return response
+
+    monkeypatch.setattr(AsyncFuturesResource, "retrieve_multi", counted)
     tc = client.create_lora_training_client(base_model=BASE, rank=4, seed=3).result()
     tok = tc.get_tokenizer()
     datum = sft_datum(tok)
@@ -248,6 +259,8 @@ def test_sampling_from_saved_weights(client: tinker.ServiceClient) -> None:
         text = tok.decode(seq.tokens)
         assert (seq.stop_reason == "stop" and text.endswith(" ")) or (seq.stop_reason == "length"
                                                                         and len(seq.tokens) == 30)
+    # the SDK learned of finished samples from the batched retrieve (retrieve_futures), not one poll per sample
+    assert sum(len(p.completions) for p in polls) >= 6  # type: ignore[attr-defined]
 
 
 def test_save_and_load_state_resume_to_the_same_loss(client: tinker.ServiceClient, service: Server) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 LONG_POLL = 25.0  # below the SDK's 45 s timeout for retrieve_future
 MAX_BODY = 512 * 1024 * 1024
+CLONE_STRIDE = 1_000_000_000  # the SDK numbers a cloned sampling client's requests from clone * this
 INFO = "a local twinkle training service: every training client is a run in twinkle-tui"
 
 
@@ -89,7 +90,7 @@ def create_app(service: Service, api_key: str | None = None, compress_fwdbwd: bo
     @app.post("/api/v1/client/config")
     async def client_config() -> dict[str, Any]:
         return _json(t.ClientConfigResponse(pjwt_auth_enabled=False, proto_compress_fwdbwd=compress_fwdbwd,
-                                            sample_use_retrieve_futures=False, custom_loss_server_side=False,
+                                            sample_use_retrieve_futures=True, custom_loss_server_side=False,
                                             sample_join_sampling_session=True, use_pyqwest_transport=False))
 
     @app.post("/api/v1/client/dynamic_config")
@@ -354,9 +355,11 @@ def create_app(service: Service, api_key: str | None = None, compress_fwdbwd: bo
     @app.post("/api/v1/asample")
     async def asample(request: Request) -> dict[str, Any]:
         req = await body(request, t.SampleRequest)
+        on_done = None
         if req.sampling_session_id:
             s = service.sampling(req.sampling_session_id)
             base, folder = s.base_model, s.folder
+            on_done = s.queue((req.seq_id or 0) // CLONE_STRIDE).push
         else:
             s = await asyncio.to_thread(service.create_sampling, _any_session(service), req.base_model,
                                         req.model_path)
@@ -385,10 +388,23 @@ def create_app(service: Service, api_key: str | None = None, compress_fwdbwd: bo
                                         req.topk_prompt_logprobs, req.topk_sample_logprobs, last_n)
             return wire.write_sample(r.sequences, r.prompt_logprobs, r.topk_prompt)
 
-        f = service.run_now(job)
+        f = service.run_now(job, on_done=on_done)
         return untyped(f, sample_sequence_ids=[f"{f.request_id}-{i}" for i in range(req.num_samples)])
 
     # ---------------------------------------------------------------- futures
+    @app.post("/api/v1/retrieve_futures")
+    async def retrieve_futures(request: Request) -> dict[str, Any]:
+        """A sampling client's completions after its cursor (long-polled); the ids it has read are released."""
+        req = await body(request, t.FuturesRetrieveRequest)
+        queue = service.sampling(req.target.sampling_session_id).queue(req.target.cloned_sampler_id)
+        service.mark_fetched(list(req.retrieved_request_ids))
+        deadline = time.monotonic() + min(LONG_POLL, req.timeout if req.timeout is not None else LONG_POLL)
+        completions, cursor = queue.after(req.prev_cursor)
+        while not completions and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            completions, cursor = queue.after(req.prev_cursor)
+        return {"completions": completions, "cursor": cursor}
+
     @app.post("/api/v1/retrieve_future")
     async def retrieve_future(request: Request) -> Any:
         req = await body(request, t.FutureRetrieveRequest)

@@ -15,6 +15,7 @@ pausing it pauses the client, stopping it stops the client, and when the client 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import queue
@@ -73,19 +74,49 @@ class Future:
     error: tuple[str, str] | None = None  # (message, category: user or server)
     finished_at: float | None = None
     fetched_at: float | None = None
+    on_done: Callable[[Future], None] | None = None  # a sampling session's completion queue, told once
 
     def resolve(self, result: dict[str, Any] | bytes) -> None:
         if isinstance(result, bytes):
             self.proto = result
         else:
             self.json = result
-        self.finished_at = time.monotonic()
-        self.done.set()
+        self._finish()
 
     def fail(self, message: str, category: str = "user") -> None:
         self.error = (message, category)
+        self._finish()
+
+    def _finish(self) -> None:
         self.finished_at = time.monotonic()
         self.done.set()
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+class CompletionQueue:
+    """The finished and failed samples of one sampling client (a session and its clone number), for the SDK's
+    batched retrieve (`/api/v1/retrieve_futures`): each completion gets the next cursor; a poll returns those after
+    the cursor it names, and events at or before it are dropped."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self.cursor = 0
+
+    def push(self, f: Future) -> None:
+        event: dict[str, Any] = {"state": "failed" if f.error else "finished", "request_id": f.request_id}
+        if f.error is None:
+            size = len(f.proto) if f.proto is not None else len(json.dumps(f.json or {}))
+            event["response_payload_uncompressed_size"] = size
+        with self.lock:
+            self.cursor += 1
+            self.events.append((self.cursor, event))
+
+    def after(self, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        with self.lock:
+            self.events = [(c, e) for c, e in self.events if c > cursor]
+            return [e for _, e in self.events], max([cursor] + [c for c, _ in self.events])
 
 
 @dataclass
@@ -133,6 +164,10 @@ class SamplingSession:
     model_path: str | None
     folder: Path | None
     clients: itertools.count = field(default_factory=lambda: itertools.count(1))
+    queues: dict[int, CompletionQueue] = field(default_factory=dict)  # clone number -> its completions
+
+    def queue(self, clone: int) -> CompletionQueue:
+        return self.queues.setdefault(clone, CompletionQueue())
 
 
 class ServiceRun:
@@ -321,10 +356,21 @@ class Service:
             self.futures[f.request_id] = f
         return f
 
-    def run_now(self, job: Callable[[], dict[str, Any] | bytes], model_id: str | None = None) -> Future:
+    def run_now(self, job: Callable[[], dict[str, Any] | bytes], model_id: str | None = None,
+                on_done: Callable[[Future], None] | None = None) -> Future:
         f = self.future(model_id)
+        f.on_done = on_done
         self.worker.submit(job, f)
         return f
+
+    def mark_fetched(self, request_ids: list[str]) -> None:
+        """Results the client has read in full: kept RESULT_KEEP seconds more for a retry, then dropped."""
+        now = time.monotonic()
+        with self.lock:
+            for rid in request_ids:
+                f = self.futures.get(rid)
+                if f is not None and f.done.is_set():
+                    f.fetched_at = f.fetched_at or now
 
     def wait(self, request_id: str, timeout: float) -> Future:
         with self.lock:
