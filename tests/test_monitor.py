@@ -118,6 +118,12 @@ def test_a_flat_loss_is_a_plateau(ctl: ProcessController, tmp_path: Path, home: 
     assert found is not None and found.severity == "info" and "near 0.5" in found.summary
 
 
+def test_a_loss_flat_from_the_first_step_is_a_plateau(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
+    """A run that never learns: its range is only noise, so the scale is its level (found on held-out cases)."""
+    found = plateau_of(tmp_path, home, ctl, "never", "2.3 + 0.01 * math.sin(s * 7.1)")
+    assert found is not None and "near 2.3" in found.summary
+
+
 def test_a_loss_falling_after_a_spike_is_no_plateau(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
     """The divergence of examples/toy_regression.py --diverge-at: a spike inflates the range, and a loss still
     falling fast from it was once called flat."""

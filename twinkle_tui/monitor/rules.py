@@ -9,7 +9,8 @@ the field uses:
   row (warning); Megatron's check: a loss above 10x the largest of the last 100 (critical). Not for RL runs, whose
   policy loss hovers around 0.
 - plateau: the loss has not moved over the last half of at least 200 steps: the medians of its first and last 20
-  steps within 1% of the run's 5th-95th percentile range, and its 10th-90th within 10%. Info.
+  steps within 1% of the run's scale (its 5th-95th percentile range, or its level if larger: a loss flat from the
+  start), and its 10th-90th percentiles within 10%. Info.
 - grad-explosion: grad_norm above 10x its median of the last 100 steps, three times in a row. Warning.
 - stall: alive and not paused, and no new step for 10x the median step interval of the last 50 steps (30 s floor).
 - lr-zero: the learning rate reached 0 with steps still to go (more than 1% of the run). Warning.
@@ -214,7 +215,9 @@ def plateau(s: RunSnapshot) -> list[Finding]:
     half = v[len(v) // 2 :]
     # Spread and levels by percentiles and medians: one spike must neither make a moving loss look flat (a
     # range inflated by the spike) nor hide a flat one.
-    scale = float(np.percentile(v, 95) - np.percentile(v, 5)) or abs(float(np.median(v))) or 1.0
+    # The scale is the run's own range, or its level when it never moved (a loss flat from the first step is the
+    # plainest plateau, and its range is only noise).
+    scale = max(float(np.percentile(v, 95) - np.percentile(v, 5)), abs(float(np.median(half)))) or 1.0
     moved = abs(float(np.median(half[-20:]) - np.median(half[:20])))
     band = float(np.percentile(half, 90) - np.percentile(half, 10))
     if moved < 0.01 * scale and band < 0.1 * scale:
