@@ -3,10 +3,11 @@ samples, the teacher scores the same tokens (compute_logprobs), and the student 
 with per-token advantages = -(log p_student - log p_teacher), the negative reverse KL.
 
 The teacher here is the same base model taught a little arithmetic first (SFT through the same service), so the
-script runs offline. Start the service, then run this (or run it with `twinkle-tui --run` to see it as a run):
+script runs offline. Start the service, then run this (or start it from the dashboard's `n` or with
+`twinkle-tui --run` to see it as a run):
 
     twinkle-tui serve &
-    TINKER_BASE_URL=http://127.0.0.1:8000 TINKER_API_KEY=tml-local python examples/tinker_distill.py
+    python examples/tinker_distill.py     # TINKER_BASE_URL defaults to the local service, http://127.0.0.1:8000
 
 Prints one line per step; the KL to the teacher falls as the student takes on the teacher's answers.
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import sys
+import urllib.request
 
 import numpy as np
 import tinker
@@ -99,6 +103,14 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4, help="samples per prompt")
     ap.add_argument("--max-tokens", type=int, default=6)
     args = ap.parse_args()
+    base_url = os.environ.setdefault("TINKER_BASE_URL", "http://127.0.0.1:8000")  # the local service by default
+    os.environ.setdefault("TINKER_API_KEY", "tml-local")
+    os.environ.setdefault("TINKER_TELEMETRY", "0")
+    try:  # the SDK retries a refused connection for minutes: say at once that nothing answers
+        urllib.request.urlopen(f"{base_url.rstrip('/')}/api/v1/healthz", timeout=5).close()
+    except OSError as exc:
+        sys.exit(f"error: no tinker service answers at {base_url} ({getattr(exc, 'reason', exc)}); start one with "
+                 "`twinkle-tui serve` or set TINKER_BASE_URL")
     sc = tinker.ServiceClient()
     teacher = teach(sc, args.base, args.teacher_steps, args.teacher_lr)
     kls = distill(sc, teacher, args.base, args.steps, args.lr, args.group, args.max_tokens)

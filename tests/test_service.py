@@ -537,6 +537,10 @@ def test_on_policy_distillation_through_the_service(service: Server) -> None:
     assert len(teacher) == 20 and teacher[-1] < teacher[0] / 2
     assert len(kl) == 12 and np.mean(kl[-4:]) < np.mean(kl[:4]) / 2, kl
     assert "FutureWarning" not in done.stderr
+    unreachable = subprocess.run([sys.executable, str(REPO / "examples" / "tinker_distill.py")],
+                                 env={**client_env(service), "TINKER_BASE_URL": f"http://127.0.0.1:{free_port()}"},
+                                 capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: no tinker service answers at")
 
 
 # ---------------------------------------------------------------------- the vLLM sampler's translation (GPU path)
