@@ -401,6 +401,12 @@ def test_pause_resume_and_stop_act_on_the_client(service: Server, tmp_path: Path
         assert steps_of(service.home, run_id) <= paused_at + 1  # one request may have been in flight
         ctl.resume(run_id)
         wait_for(lambda: steps_of(service.home, run_id) > paused_at + 3, timeout=60, what="steps after resume")
+        from twinkle_tui.commands import Session
+        from twinkle_tui.commands.runs import _stop_confirm
+        from twinkle_tui.runs.store import RunStore
+
+        asked = _stop_confirm(Session(RunStore(service.home), ctl), {"run_id": run_id})  # says what stop does here
+        assert "client of the training service" in asked.detail and "checkpoint" not in asked.detail
         ctl.stop(run_id)
         proc.wait(timeout=30)
         wait_for(lambda: read_meta(RunPaths(service.home / run_id))["status"] == "stopped", timeout=30, what="the run to stop")
@@ -479,12 +485,27 @@ async def test_the_agent_starts_and_stops_the_service_as_a_run(tmp_path: Path) -
 
     try:
         wait_for(up, timeout=60, what="the agent's service to answer")
-        assert read_meta(RunPaths(home / run_id))["status"] == "running"
+        meta = read_meta(RunPaths(home / run_id))
+        assert meta["status"] == "running" and meta["service"] == {"url": f"http://127.0.0.1:{port}",
+                                                                   "sampler": "hf", "sessions": 0}
+        from twinkle_tui.gpu import GpuSnapshot
+        from twinkle_tui.ui.app import TwinkleApp
+
+        app = TwinkleApp(home=home, run_id=run_id, watch=False, data_interval=0.0,
+                         gpu_probe=lambda: GpuSnapshot(error="no GPU"), monitor_interval=None)
+        async with app.run_test(size=(160, 48)) as pilot:  # the service serves: no "waiting for the first step"
+            await pilot.pause(0.5)
+            shown = str(app.waiting.render())
+        assert f"tinker training service at http://127.0.0.1:{port} · 0 open sessions" in shown, shown
         stopped = await runner.run("shutdown_server", {"name": "training"})
         assert stopped.ok, stopped.text
         wait_for(lambda: read_meta(RunPaths(home / run_id))["status"] == "stopped", timeout=30,
                  what="the service run to be stopped")
         assert not up()
+        from twinkle_tui.commands.runs import _resume_confirm
+
+        again = _resume_confirm(session, {"run_id": run_id})  # r on a stopped service: start it again, said so
+        assert again is not None and again.title == f"Start the training service {run_id} again?"
     finally:
         kill_live_runs(home)
 

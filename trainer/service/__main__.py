@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from trainer.protocol import twinkle_home
+from trainer.protocol import RUN_ID_ENV, RunPaths, twinkle_home
 
 KEY_ENV = "TWINKLE_SERVICE_API_KEY"
 
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     service = Service(twinkle_home(), Samplers(kind, args.gpu_memory_utilization))
     app = create_app(service, key, compress_fwdbwd=args.zstd)
     url = f"http://{args.host}:{args.port}"
+    own = os.environ.get(RUN_ID_ENV)
+    if own:  # started as a run (twinkle-tui serve, the agent's start_server)
+        service.announce(RunPaths(service.home / own), url, kind)
     print(f"[twinkle] training service on {url} (runs in {service.home}; sampling with "
           f"{'vLLM' if kind == 'vllm' else 'HF generate'})", flush=True)
     print(f"[twinkle] clients: TINKER_BASE_URL={url} TINKER_API_KEY="

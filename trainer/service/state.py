@@ -344,6 +344,7 @@ class Service:
         self.lock = threading.RLock()
         self.worker = Worker()
         self.samplers = samplers or engine.Samplers()
+        self.own_run: RunPaths | None = None
         self.started = time.time()
         self._stop = threading.Event()
         self.reaper = threading.Thread(target=self._reap, name="twinkle-service-reaper", daemon=True)
@@ -393,7 +394,21 @@ class Service:
             self.sessions[session.session_id] = session
         log.info("session %s: client %s%s", session.session_id, pid or "remote",
                  f", managed run {session.managed_run}" if session.managed_run else "")
+        self.publish()
         return session
+
+    def announce(self, run: RunPaths, url: str, sampler: str) -> None:
+        """The service's own run (it runs as one): its address and open sessions in meta.json, so the dashboard
+        shows what it is doing instead of waiting for a first step that never comes."""
+        self.own_run = run
+        _quietly(run, lambda m: m.__setitem__("service", {"url": url, "sampler": sampler, "sessions": 0}))
+
+    def publish(self) -> None:
+        if self.own_run is None:
+            return
+        with self.lock:
+            open_sessions = sum(not s.closed for s in self.sessions.values())
+        _quietly(self.own_run, lambda m: m.setdefault("service", {}).__setitem__("sessions", open_sessions))
 
     def session(self, session_id: str) -> Session:
         with self.lock:
@@ -644,6 +659,7 @@ class Service:
             s.closed = True
             models = [self.models.pop(m) for m in s.models if m in self.models]
         log.info("session %s ended: %s", s.session_id, why)
+        self.publish()
         for m in models:
             m.run.end(f"session ended: {why}", status)
             eng = m.engine

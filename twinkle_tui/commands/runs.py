@@ -10,7 +10,7 @@ from typing import Any
 from trainer.protocol import RunStatus, validate_run_id
 from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command, slash
 from twinkle_tui.commands.session import Session
-from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, Launched
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, SERVICE, Launched
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import RunSummary, RunView
 
@@ -151,6 +151,10 @@ def pause_training(s: Session, a: dict[str, Any]) -> Reply:
 def _resume_confirm(s: Session, a: dict[str, Any]) -> Confirmation | None:
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
+    if plan.relaunch and plan.from_step is None and isinstance(s.view(run_id).meta.get("service"), dict):
+        return Confirmation(f"Start the training service {run_id} again?", "It listens at "
+                            f"{s.view(run_id).meta['service'].get('url')} again; its clients start new sessions.",
+                            "Start")
     if plan.relaunch and plan.from_step is None:
         return Confirmation(f"Restart {run_id} from step 0?",
                             "It has no checkpoint to resume from, so a relaunch starts over from the beginning.",
@@ -183,9 +187,18 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     if view.status not in (RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED):
         hint = "; it can be killed (k)" if view.status == RunStatus.STOPPING else ""
         raise CommandError(f"cannot stop run {run_id!r}: it is {view.status.value}{hint}")
-    return Confirmation(f"Stop run {run_id}?",
-                        f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
-                        "Resume it later with r (a relaunch from that checkpoint).", "Stop")
+    return Confirmation(f"Stop run {run_id}?", _what_stop_does(view), "Stop")
+
+
+def _what_stop_does(view: Any) -> str:
+    if view.meta.get("supervisor_kind") == SERVICE:
+        return ("It is a client of the training service: the client process gets the stop signal and the service "
+                "ends its session. What is saved is up to the client (its save_state); resume it from the client.")
+    if isinstance(view.meta.get("service"), dict):
+        return ("The training service closes its sessions (their runs end as stopped) and exits; start it again with "
+                "twinkle-tui serve or the agent's start_server.")
+    return (f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
+            "Resume it later with r (a relaunch from that checkpoint).")
 
 
 @command("stop_training", "Stop a run gracefully: it finishes the current step, saves a checkpoint and exits "
@@ -194,7 +207,11 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
 def stop_training(s: Session, a: dict[str, Any]) -> Reply:
     run_id = s.target(a)
     s.controller.stop(run_id)
-    return Reply(f"stopping `{run_id}`: it saves a checkpoint and exits", redraw={"list", "status"})
+    what = "it saves a checkpoint and exits"
+    meta = s.view(run_id).meta
+    if meta.get("supervisor_kind") == SERVICE or isinstance(meta.get("service"), dict):
+        what = "the stop signal is sent"
+    return Reply(f"stopping `{run_id}`: {what}", redraw={"list", "status"})
 
 
 def _kill_confirm(s: Session, a: dict[str, Any]) -> Confirmation:

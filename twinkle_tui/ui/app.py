@@ -713,10 +713,18 @@ class TwinkleApp(App[int]):
         self.chart_grid.display = view is None
         if view is None:
             return
+        service = view.meta.get("service")
         if view.status.is_active:
             last = next((line for line in reversed(view.log.lines) if line.strip()
                          and not line.startswith("===== twinkle launch")), "")
-            text = "waiting for the first step…" + (f"\n\n[dim]{escape(last[-300:])}[/]" if last else "")
+            text = "waiting for the first step…"
+            if isinstance(service, dict) and service.get("url"):  # a training service: it serves, it takes no steps
+                sessions = service.get("sessions")
+                text = (f"tinker training service at {escape(str(service['url']))}"
+                        + (f" · {sessions} open session{'s' if sessions != 1 else ''}" if isinstance(sessions, int)
+                           else "")
+                        + "\nits training clients are runs of their own in the run list")
+            text += f"\n\n[dim]{escape(last[-300:])}[/]" if last else ""
         else:
             text = f"this run logged no metrics ({view.status.value})"
         self.waiting.update(text)
