@@ -99,6 +99,8 @@ class CompletionQueue:
     batched retrieve (`/api/v1/retrieve_futures`): each completion gets the next cursor; a poll returns those after
     the cursor it names, and events at or before it are dropped."""
 
+    KEEP = 10_000
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.events: list[tuple[int, dict[str, Any]]] = []
@@ -112,6 +114,7 @@ class CompletionQueue:
         with self.lock:
             self.cursor += 1
             self.events.append((self.cursor, event))
+            del self.events[: -self.KEEP]  # a client that never polls (an older SDK) cannot grow it without bound
 
     def after(self, cursor: int) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
