@@ -55,9 +55,10 @@ def reverse_kl(student_logits: Any, teacher_logits: Any, temperature: float = 1.
 
 def load_teacher(model_id: str, student_tokenizer: Any, dtype: Any, attn_implementation: str,
                  trust_remote_code: bool) -> Any:
-    """The teacher, frozen, in eval mode. A model id as for model_id, or a LoRA adapter directory (a run's
-    `adapter` or `checkpoints/step-N/adapter`: its base model with the adapter merged in). Its tokenizer must be
-    the student's: the loss compares distributions over the same vocabulary, token by token."""
+    """The teacher, frozen, in eval mode. A model id as for model_id, or a LoRA adapter: a run's directory (its
+    final `adapter/`), that `adapter/` itself, or a checkpoint `checkpoints/step-N` (the base model named in
+    adapter_config.json with the adapter merged in). Its tokenizer must be the student's: the loss compares
+    distributions over the same vocabulary, token by token."""
     path = Path(model_id).expanduser()
     adapter = path / "adapter_config.json"
     if path.is_dir() and not adapter.exists() and (path / "adapter" / "adapter_config.json").exists():

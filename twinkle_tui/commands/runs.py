@@ -190,7 +190,7 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     return Confirmation(f"Stop run {run_id}?", _what_stop_does(view), "Stop")
 
 
-def _what_stop_does(view: Any) -> str:
+def _what_stop_does(view: RunView) -> str:
     if view.meta.get("supervisor_kind") == SERVICE:
         return ("It is a client of the training service: the client process gets the stop signal and the service "
                 "ends its session. What is saved is up to the client (its save_state); resume it from the client.")
