@@ -12,7 +12,8 @@ import pytest
 from trainer.protocol import read_meta, update_meta
 from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.process.controller import ProcessController
-from twinkle_tui.ui.app import RunFilesFilter, TwinkleApp
+from twinkle_tui.ui.app import TwinkleApp
+from twinkle_tui.ui.feed import RunFilesFilter
 from twinkle_tui.ui.widgets.charts import ChartGrid
 from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import RunList

@@ -14,7 +14,8 @@ import pytest
 from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.runs.progress import RunProgress
 from twinkle_tui.runs.store import RunStore, RunSummary
-from twinkle_tui.ui.app import TwinkleApp, layout_classes
+from twinkle_tui.ui.app import TwinkleApp
+from twinkle_tui.ui.layout import layout_classes
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.widgets.charts import ChartGrid, fit_name_and_value
 from twinkle_tui.ui.widgets.chat import ChatMessage

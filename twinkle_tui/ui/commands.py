@@ -16,12 +16,12 @@ class RunCommands(Provider):
     def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
         app = cast("TwinkleApp", self.app)
         cmds: list[tuple[str, Callable[[], object], str]] = [
-            ("Pause the selected run", app.action_pause, "SIGSTOP: memory and GPU state are kept"),
-            ("Resume the selected run", app.action_resume, "SIGCONT, or relaunch from the last checkpoint"),
-            ("Stop the selected run", app.action_stop, "checkpoint and exit (asks first)"),
-            ("Kill the selected run", app.action_kill, "SIGKILL now, no checkpoint (asks first)"),
-            ("Delete the selected run", app.action_delete_run, "an ended run and its files (asks first)"),
-            ("Archive the selected run", app.action_archive_run, "move an ended run to .archive/ (asks first)"),
+            ("Pause the selected run", partial(app.action_command, "pause_training"), "SIGSTOP: memory and GPU state are kept"),
+            ("Resume the selected run", partial(app.action_command, "resume_training"), "SIGCONT, or relaunch from the last checkpoint"),
+            ("Stop the selected run", partial(app.action_command, "stop_training"), "checkpoint and exit (asks first)"),
+            ("Kill the selected run", partial(app.action_command, "kill_training"), "SIGKILL now, no checkpoint (asks first)"),
+            ("Delete the selected run", partial(app.action_command, "delete_run"), "an ended run and its files (asks first)"),
+            ("Archive the selected run", partial(app.action_command, "archive_run"), "move an ended run to .archive/ (asks first)"),
             ("Start a new run", app.action_new_run, "a recipe from examples/ or a script path"),
             ("Choose metrics", app.action_pick_metrics, "up to four charts"),
             ("Reset zoom", app.action_reset_zoom, "show every step"),
