@@ -621,3 +621,16 @@ def test_vllm_sampling_follows_the_tinker_semantics_of_the_hf_path() -> None:
     values, topk = vllm_prompt_logprobs(prompt, per_position, 2, True, 1)  # only the last 2 positions
     assert values is not None and np.isnan(values[:2]).all() and values[2:].tolist() == [-0.25, -3.0]
     assert topk is not None and topk[0][:, 0].tolist() == [0, 0, 13, 14]
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(service: Server) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    conn.putrequest("POST", "/api/v1/forward_backward")
+    conn.putheader("Content-Type", "application/x-protobuf")
+    conn.putheader("Content-Length", str(600 * 1024 * 1024))  # announced, never sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "at most" in json.loads(response.read())["error"]
+    conn.close()

@@ -51,6 +51,9 @@ def create_app(service: Service, api_key: str | None = None, compress_fwdbwd: bo
             given = request.headers.get("x-api-key", "").encode()
             if not hmac.compare_digest(given, expected):  # constant time; the key is never logged
                 return _error("a valid API key is required (X-API-Key)", 401)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY:  # before reading it: a body is held in memory whole
+            return _error(f"the request body is {int(length):,} bytes; this service takes at most {MAX_BODY:,}", 413)
         try:
             return await call_next(request)
         except ServiceError as exc:
