@@ -233,6 +233,7 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--zstd", action="store_true", help="ask clients to zstd-compress forward_backward bodies")
     p.add_argument("--sampler", default="auto", choices=("auto", "hf", "vllm"),
                    help="auto: vLLM on an NVIDIA GPU with the gpu extra, else HF generate")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="GPU memory share of the vLLM engine")
     p.add_argument("--home", default=None, help=f"runs directory (default ${HOME_ENV} or ~/.cache/twinkle)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds the service gets to stop before it is killed")
     ns = p.parse_args(argv)
@@ -251,7 +252,8 @@ def serve_main(argv: list[str]) -> int:
     if key:  # to the service through the environment only: never on a command line, in meta.json or a log
         os.environ[KEY_ENV] = key
     controller = ProcessController(ns.home, grace=ns.grace)
-    args = ["--host", ns.host, "--port", str(ns.port), "--sampler", ns.sampler, *(["--zstd"] if ns.zstd else [])]
+    args = ["--host", ns.host, "--port", str(ns.port), "--sampler", ns.sampler, "--gpu-memory-utilization",
+            str(ns.gpu_memory_utilization), *(["--zstd"] if ns.zstd else [])]
     return HeadlessRun(controller).follow(
         lambda: controller.launch_module("trainer.service", args, new_run_id(f"service-{ns.port}"),
                                          model_id="tinker training service"))
