@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.dataset import DataError, DataOrder
-from trainer.grpo import padded_batch, sample_prompts
+from trainer.grpo import advance, padded_batch, record_step, sample_prompts
 from trainer.models import ModelError, load_model_and_tokenizer
 from trainer.samplers import make_sampler
 
@@ -25,21 +25,33 @@ if TYPE_CHECKING:
     from trainer.train import Trainer
 
 
+def log_probs(logits: Any, temperature: float = 1.0) -> Any:
+    import torch
+
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
 def generalized_jsd(student_logits: Any, teacher_logits: Any, beta: float, temperature: float = 1.0) -> Any:
     """Per-position generalized JSD of the two distributions (rows x vocab logits → rows); the teacher carries no
     gradient."""
+    return jsd_of(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), beta)
+
+
+def kl_of(p: Any, q: Any) -> Any:
+    """KL(P || Q) per position from two log-probability tables."""
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def jsd_of(s: Any, t: Any, beta: float) -> Any:
+    """The generalized JSD from the two log-probability tables (student s, teacher t)."""
     import torch
 
-    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
     if beta == 0:
-        return (t.exp() * (t - s)).sum(-1)  # KL(teacher || student)
+        return kl_of(t, s)  # KL(teacher || student)
     if beta == 1:
-        return (s.exp() * (s - t)).sum(-1)  # KL(student || teacher)
+        return kl_of(s, t)  # KL(student || teacher)
     m = torch.logsumexp(torch.stack([s + math.log(1 - beta), t + math.log(beta)]), dim=0)
-    kl_teacher = (t.exp() * (t - m)).sum(-1)  # KL(teacher || M)
-    kl_student = (s.exp() * (s - m)).sum(-1)  # KL(student || M)
-    return beta * kl_teacher + (1 - beta) * kl_student
+    return beta * kl_of(t, m) + (1 - beta) * kl_of(s, m)  # KL(teacher || M) and KL(student || M)
 
 
 def reverse_kl(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
@@ -48,9 +60,7 @@ def reverse_kl(student_logits: Any, teacher_logits: Any, temperature: float = 1.
     import torch
 
     with torch.no_grad():
-        s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-        t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        return (s.exp() * (s - t)).sum(-1)
+        return kl_of(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature))
 
 
 def load_teacher(model_id: str, student_tokenizer: Any, dtype: Any, attn_implementation: str,
@@ -130,23 +140,18 @@ def train_gkd(t: Trainer) -> None:
                 t_teacher += time.perf_counter() - clock
                 student_logits = t.model(input_ids=ids, attention_mask=attn).logits[:, :-1][comp]
                 width_v = min(student_logits.size(-1), teacher_logits.size(-1))  # padded vocabularies differ
-                student_logits, teacher_logits = student_logits[:, :width_v], teacher_logits[:, :width_v]
-                per_token = generalized_jsd(student_logits, teacher_logits, beta, temperature)
-                loss = per_token.sum() / n_tokens  # the step's loss is the mean over all its completion tokens
+                # One log-softmax of each (full-vocabulary tables): the loss, the KL and the entropy all read them.
+                s = log_probs(student_logits[:, :width_v], temperature)
+                teacher_lp = log_probs(teacher_logits[:, :width_v], temperature)
+                loss = jsd_of(s, teacher_lp, beta).sum() / n_tokens  # the mean over all the step's completion tokens
                 t.accelerator.backward(loss)
             sums["loss"] += float(loss.detach())
-            sums["kl/teacher"] += float(reverse_kl(student_logits, teacher_logits, temperature).sum()) / n_tokens
-            with torch.no_grad():
-                logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-                sums["entropy"] += float(-(logp.exp() * logp).sum()) / n_tokens
+            with torch.no_grad():  # the reverse_kl and entropy of the same tables
+                sums["kl/teacher"] += float(kl_of(s, teacher_lp).sum()) / n_tokens
+                sums["entropy"] += float(-(s.exp() * s).sum()) / n_tokens
         grad_norm = t.optimizer_step()
         t_train = time.perf_counter() - t_train - t_teacher
-
-        t_sync = time.perf_counter()
-        sampler.sync(t.accelerator.unwrap_model(t.model))
-        t_sync = time.perf_counter() - t_sync
-        t.step += 1
-        t.data_position += a.training.batch_size
+        t_sync = advance(t, sampler)
 
         lengths = [len(c.token_ids) for c in completions]
         tokens = sum(lengths) + sum(len(p) for p in prompts) * n_gen
@@ -158,12 +163,7 @@ def train_gkd(t: Trainer) -> None:
             "tokens/s": tokens / (time.perf_counter() - started),
             "time/generate": t_gen, "time/teacher": t_teacher, "time/train": t_train, "time/sync": t_sync,
         }
-        if world > 1:
-            keys = list(metrics)
-            vec = t.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=device), reduction="mean")
-            metrics = dict(zip(keys, vec.tolist(), strict=True))
-        if t.runtime is not None and t.step % a.training.logging_steps == 0:
-            t.runtime.log_metrics(step=t.step, **metrics)
+        metrics = record_step(t, metrics)
         if t.step == 1 or t.step % 5 == 0 or t.step == a.training.max_steps:
             t.log(f"step {t.step}/{a.training.max_steps}: loss {metrics['loss']:.4f}, KL to the teacher "
                   f"{metrics['kl/teacher']:.4f}, {metrics['completion_length']:.1f} tokens per sample")

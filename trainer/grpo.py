@@ -139,6 +139,30 @@ def sample_prompts(t: Trainer, records: list[dict[str, Any]], order: DataOrder, 
     return picked, prompts, completions, time.perf_counter() - started
 
 
+def advance(t: Trainer, sampler: Any) -> float:
+    """After the optimizer step: the sampler gets the new weights and the step and data position move on. Returns
+    the seconds the sync took."""
+    started = time.perf_counter()
+    sampler.sync(t.accelerator.unwrap_model(t.model))
+    t.step += 1
+    t.data_position += t.args.training.batch_size
+    return time.perf_counter() - started
+
+
+def record_step(t: Trainer, metrics: dict[str, float]) -> dict[str, float]:
+    """The step's metrics averaged over the processes, written by rank 0 every logging_steps; returns them."""
+    import torch
+
+    if t.accelerator.num_processes > 1:
+        keys = list(metrics)
+        vec = t.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=t.accelerator.device),
+                                   reduction="mean")
+        metrics = dict(zip(keys, vec.tolist(), strict=True))
+    if t.runtime is not None and t.step % t.args.training.logging_steps == 0:
+        t.runtime.log_metrics(step=t.step, **metrics)
+    return metrics
+
+
 def padded_batch(prompts: list[list[int]], completions: list[Any], pad_id: int, device: Any,
                  mask_dtype: Any = None) -> tuple[Any, Any, Any]:
     """Prompt + completion rows, right-padded: token ids, attention mask, and which next-token positions are
@@ -221,12 +245,7 @@ def train_grpo(t: Trainer) -> None:
             sums["entropy"] += float(((entropy * comp).sum(1) / lengths).sum()) / n_seq
         grad_norm = t.optimizer_step()
         t_train = time.perf_counter() - t_train
-
-        t_sync = time.perf_counter()
-        sampler.sync(t.accelerator.unwrap_model(t.model))
-        t_sync = time.perf_counter() - t_sync
-        t.step += 1
-        t.data_position += a.training.batch_size
+        t_sync = advance(t, sampler)
 
         lengths_list = [len(c.token_ids) for c in completions]
         tokens = sum(lengths_list) + sum(len(p) for p in prompts) * G
@@ -244,12 +263,7 @@ def train_grpo(t: Trainer) -> None:
             "adapter_version": sampler.version,
             **({"sampler/logprob_diff": _mean(mismatch)} if mismatch else {}),
         }
-        if world > 1:
-            keys = list(metrics)
-            vec = t.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=device), reduction="mean")
-            metrics = dict(zip(keys, vec.tolist(), strict=True))
-        if t.runtime is not None and t.step % a.training.logging_steps == 0:
-            t.runtime.log_metrics(step=t.step, **metrics)
+        metrics = record_step(t, metrics)
         if t.step == 1 or t.step % 5 == 0:
             t.log(f"step {t.step}: reward {metrics['reward']:.3f}; sample: {texts[0][:80]!r} (answer {answers[0]})")
         if t.end_of_step():
