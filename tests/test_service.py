@@ -568,20 +568,17 @@ def test_on_policy_distillation_through_the_service(service: Server) -> None:
 def test_vllm_sampling_follows_the_tinker_semantics_of_the_hf_path() -> None:
     from dataclasses import dataclass
 
-    from trainer.service.engine import (
-        EngineError,
-        SampleParams,
-        choose_sampler,
-        vllm_prompt_logprobs,
-        vllm_sampling_kwargs,
-        vllm_sequences,
-    )
+    from trainer.samplers import SamplerError, choose_sampler
+    from trainer.service.engine import SampleParams, vllm_prompt_logprobs, vllm_sampling_kwargs, vllm_sequences
 
-    assert choose_sampler("auto", cuda=False, vllm_installed=True) == "hf"
-    assert choose_sampler("auto", cuda=True, vllm_installed=True) == "vllm"
-    assert choose_sampler("auto", cuda=True, vllm_installed=False) == "hf"
-    with pytest.raises(EngineError, match="needs an NVIDIA GPU"):
-        choose_sampler("vllm", cuda=False, vllm_installed=True)
+    def service_choice(kind: str, cuda: bool, vllm_installed: bool) -> str:  # as the service asks it
+        return choose_sampler(kind, True, "auto", 1, cuda, vllm_installed, option="--sampler")
+
+    assert service_choice("auto", cuda=False, vllm_installed=True) == "hf"
+    assert service_choice("auto", cuda=True, vllm_installed=True) == "vllm"
+    assert service_choice("auto", cuda=True, vllm_installed=False) == "hf"
+    with pytest.raises(SamplerError, match="needs an NVIDIA GPU"):
+        service_choice("vllm", cuda=False, vllm_installed=True)
 
     def params(stop: object) -> SampleParams:
         return SampleParams(max_tokens=8, seed=3, stop=stop, temperature=0.7, top_k=-1, top_p=0.9)  # type: ignore[arg-type]

@@ -35,17 +35,19 @@ def vllm_lora_rank(r: int) -> int:
     raise SamplerError(f"LoRA rank {r} is larger than vLLM supports ({VLLM_LORA_RANKS[-1]})")
 
 
-def choose_sampler(kind: str, use_lora: bool, device: str, processes: int, cuda: bool, vllm_installed: bool) -> str:
-    """hf or vllm. auto picks vLLM only where it can run as configured: a GPU, LoRA, one process, not device cpu."""
+def choose_sampler(kind: str, use_lora: bool, device: str, processes: int, cuda: bool, vllm_installed: bool,
+                   option: str = "sampler_type") -> str:
+    """hf or vllm. auto picks vLLM only where it can run as configured: a GPU, LoRA, one process, not device cpu.
+    `option` names the setting in the refusal (the trainer's sampler_type, the service's --sampler)."""
     if kind == "hf":
         return "hf"
     can = cuda and vllm_installed and use_lora and processes == 1 and device != "cpu"
     if kind == "auto":
         return "vllm" if can else "hf"
     if not cuda or device == "cpu":
-        raise SamplerError("sampler_type vllm needs an NVIDIA GPU; use sampler_type hf on this machine")
+        raise SamplerError(f"{option} vllm needs an NVIDIA GPU; use {option} hf on this machine")
     if not vllm_installed:
-        raise SamplerError("sampler_type vllm needs vLLM: pip install 'twinkle-tui[gpu]'")
+        raise SamplerError(f"{option} vllm needs vLLM: pip install 'twinkle-tui[gpu]'")
     return "vllm"
 
 
@@ -214,5 +216,10 @@ def sampled_logprobs(tokens: list[int], per_position: Any) -> list[float] | None
         entry = options.get(token) if options else None
         if entry is None:
             return None
-        out.append(float(getattr(entry, "logprob", entry)))
+        out.append(logprob_of(entry))
     return out
+
+
+def logprob_of(entry: Any) -> float:
+    """The number in one of vLLM's logprobs entries (a Logprob object, or a bare float)."""
+    return float(getattr(entry, "logprob", entry))

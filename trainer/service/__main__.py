@@ -43,20 +43,22 @@ def chosen_sampler(kind: str) -> str:
 
     import torch
 
-    from trainer.service.engine import choose_sampler
+    from trainer.samplers import choose_sampler
 
-    return choose_sampler(kind, torch.cuda.is_available(), importlib.util.find_spec("vllm") is not None)
+    # The service trains LoRA adapters in one process on the default device: vLLM wherever it can run.
+    return choose_sampler(kind, True, "auto", 1, torch.cuda.is_available(), importlib.util.find_spec("vllm") is not None,
+                          option="--sampler")
 
 
 def sampler_problem(kind: str) -> str | None:
     """Why the sampler asked for cannot run here (vllm without a GPU or vLLM), or None."""
     if kind == "auto" or kind == "hf":
         return None
-    from trainer.service.engine import EngineError
+    from trainer.samplers import SamplerError
 
     try:
         chosen_sampler(kind)
-    except EngineError as exc:
+    except SamplerError as exc:
         return str(exc)
     return None
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.samplers import logprob_of, sampled_logprobs
 from trainer.service import losses
 from trainer.service.wire import Datum, Sequence
 
@@ -311,23 +312,6 @@ class _Base:
     adapters: dict[str, float] = field(default_factory=dict)  # name -> last use
 
 
-SAMPLERS = ("auto", "hf", "vllm")
-
-
-def choose_sampler(kind: str, cuda: bool, vllm_installed: bool) -> str:
-    """hf or vllm: auto is vLLM where it can run (an NVIDIA GPU and the gpu extra); vllm asked for where it cannot
-    is refused in one line when the service starts."""
-    if kind not in SAMPLERS:
-        raise EngineError(f"sampler must be one of {', '.join(SAMPLERS)} (got {kind!r})")
-    if kind == "hf":
-        return "hf"
-    if kind == "vllm" and not cuda:
-        raise EngineError("sampler vllm needs an NVIDIA GPU and none is visible; use --sampler hf (or auto)")
-    if kind == "vllm" and not vllm_installed:
-        raise EngineError("sampler vllm needs vLLM: pip install 'twinkle-tui[gpu]'")
-    return "vllm" if cuda and vllm_installed else "hf"
-
-
 class Samplers:
     """Base models for sampling, each with the adapters of saved checkpoints loaded by name (up to MAX_ADAPTERS,
     least recently used first out). A sampling session names a checkpoint folder, or none for the base model.
@@ -537,14 +521,17 @@ def vllm_sampling_kwargs(params: SampleParams, n: int, max_new: int, eos: list[i
     return kw
 
 
-def _logprob(entry: Any) -> float:
-    return float(getattr(entry, "logprob", entry))
-
-
-def _ranked(options: dict[int, Any], k: int) -> tuple[list[int], list[float]]:
-    """The k most likely of one position's {token id: Logprob} (vLLM adds the sampled token: it may be outside)."""
-    ordered = sorted(options.items(), key=lambda kv: -_logprob(kv[1]))[:k]
-    return [int(t) for t, _ in ordered], [_logprob(v) for _, v in ordered]
+def topk_table(per_position: list[Any], k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [n, k], logprobs [n, k]): the k most likely of each position's {token id: Logprob}, from `first` on
+    (vLLM adds the sampled token to its k: it may fall outside). Empty slots hold the SDK's empty mark."""
+    ids = np.zeros((len(per_position), k), dtype=np.int32)
+    lps = np.full((len(per_position), k), -99999.0, dtype=np.float32)
+    for row in range(first, len(per_position)):
+        if per_position[row]:
+            ordered = sorted(per_position[row].items(), key=lambda kv: -logprob_of(kv[1]))[:k]
+            ids[row, : len(ordered)] = [int(t) for t, _ in ordered]
+            lps[row, : len(ordered)] = [logprob_of(v) for _, v in ordered]
+    return ids, lps
 
 
 def vllm_sequences(outputs: list[Any], topk_sample: int) -> list[Sequence]:
@@ -553,17 +540,10 @@ def vllm_sequences(outputs: list[Any], topk_sample: int) -> list[Sequence]:
     for c in outputs:
         tokens = [int(t) for t in c.token_ids]
         per_position = c.logprobs or []
-        logprobs = None
-        if len(per_position) == len(tokens):
-            logprobs = [_logprob(options[t]) for t, options in zip(tokens, per_position, strict=True)]
+        logprobs = sampled_logprobs(tokens, per_position)
         topk = None
         if topk_sample and tokens and len(per_position) == len(tokens):
-            ids = np.zeros((len(tokens), topk_sample), dtype=np.int32)
-            lps = np.full((len(tokens), topk_sample), -99999.0, dtype=np.float32)
-            for row, options in enumerate(per_position):
-                top_ids, top_lps = _ranked(options, topk_sample)
-                ids[row, : len(top_ids)], lps[row, : len(top_lps)] = top_ids, top_lps
-            topk = (ids, lps)
+            topk = topk_table(per_position, topk_sample)
         sequences.append(Sequence(tokens, logprobs, stop=c.finish_reason == "stop", topk=topk))
     return sequences
 
@@ -580,16 +560,8 @@ def vllm_prompt_logprobs(prompt: list[int], per_position: list[Any] | None, last
         for i in range(max(1, first), len(prompt)):
             options = per_position[i]
             if options and prompt[i] in options:
-                values[i] = _logprob(options[prompt[i]])
-    topk = None
-    if topk_prompt:
-        ids = np.zeros((len(prompt), topk_prompt), dtype=np.int32)
-        lps = np.full((len(prompt), topk_prompt), -99999.0, dtype=np.float32)
-        for i in range(max(1, first), len(prompt)):
-            if per_position[i]:
-                top_ids, top_lps = _ranked(per_position[i], topk_prompt)
-                ids[i, : len(top_ids)], lps[i, : len(top_lps)] = top_ids, top_lps
-        topk = (ids, lps)
+                values[i] = logprob_of(options[prompt[i]])
+    topk = topk_table(per_position, topk_prompt, max(1, first)) if topk_prompt else None
     return values, topk
 
 
