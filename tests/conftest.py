@@ -28,6 +28,16 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
+async def settle(pilot: object, condition: Callable[[], object], timeout: float = 30.0, what: str = "",
+                 interval: float = 0.05) -> None:
+    """wait_for under Textual's Pilot: let the app run until condition() holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await pilot.pause(interval)  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh $TWINKLE_HOME for the test and for every process it starts; runs still alive at the end are

@@ -3,7 +3,6 @@ confirmation a destructive tool asks for, Esc to cancel, history across restarts
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from twinkle_tui.ui.app import TwinkleApp
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.widgets.chat import AgentAnswer, ChatMessage, ToolLine
 
-from conftest import TOY, wait_for
+from conftest import TOY, settle, wait_for
 from fake_llm import FakeLLM, call, text
 from run_factory import make_run
 
@@ -26,14 +25,6 @@ NO_GPU = GpuSnapshot(error="no GPU detected")
 def app_with(home: Path, fake: FakeLLM, **kw) -> TwinkleApp:
     llm = LLMSettings(base_url=fake.url, model=fake.model, api_key="k", mode="auto")
     return TwinkleApp(home=home, grace=10, gpu_probe=lambda: NO_GPU, llm=llm, watch=False, data_interval=0.0, **kw)
-
-
-async def settle(pilot, condition, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def messages(app: TwinkleApp, role: str) -> list[str]:

@@ -18,7 +18,7 @@ from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import TOY
+from conftest import TOY, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -27,17 +27,6 @@ NO_GPU = GpuSnapshot(error="no GPU detected")
 def app_for(home: Path, **kw) -> TwinkleApp:
     kw.setdefault("gpu_probe", lambda: NO_GPU)
     return TwinkleApp(home=home, grace=10, **kw)
-
-
-async def settle(pilot, condition, timeout: float = 30.0, what: str = "") -> None:
-    """Let the app run until condition() holds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await pilot.pause(0.1)
 
 
 def charts(app: TwinkleApp) -> list[MetricChart]:

@@ -19,7 +19,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import TOY
+from conftest import TOY, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -29,14 +29,6 @@ def app_for(home: Path, **kw) -> TwinkleApp:
     kw.setdefault("gpu_probe", lambda: NO_GPU)
     kw.setdefault("data_interval", 0.0)
     return TwinkleApp(home=home, grace=10, **kw)
-
-
-async def settle(pilot, condition, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def status_text(app: TwinkleApp) -> str:

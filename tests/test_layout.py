@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import run_duration
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
+from conftest import settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -35,14 +35,6 @@ def app_for(home: Path, **kw) -> TwinkleApp:
     kw.setdefault("watch", False)
     kw.setdefault("clock", lambda: NOW)
     return TwinkleApp(home=home, grace=10, **kw)
-
-
-async def settle(pilot, condition, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 TITLE = re.compile(r"^(?P<name>.+?)(?: (?P<value>-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|NaN|[+-]Inf))?(?:  |$)")

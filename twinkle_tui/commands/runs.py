@@ -148,13 +148,21 @@ def pause_training(s: Session, a: dict[str, Any]) -> Reply:
     return Reply(f"paused `{run_id}`", redraw={"list", "status"})
 
 
+def service_role(meta: dict[str, Any]) -> str | None:
+    """"client" for a training-service client's run, "service" for the service's own run, else None: neither
+    saves a checkpoint on stop, so what stop and restart say differs."""
+    if meta.get("supervisor_kind") == SERVICE:
+        return "client"
+    return "service" if isinstance(meta.get("service"), dict) else None
+
+
 def _resume_confirm(s: Session, a: dict[str, Any]) -> Confirmation | None:
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
-    if plan.relaunch and plan.from_step is None and isinstance(s.view(run_id).meta.get("service"), dict):
-        return Confirmation(f"Start the training service {run_id} again?", "It listens at "
-                            f"{s.view(run_id).meta['service'].get('url')} again; its clients start new sessions.",
-                            "Start")
+    meta = s.view(run_id).meta
+    if plan.relaunch and plan.from_step is None and service_role(meta) == "service":
+        return Confirmation(f"Start the training service {run_id} again?", f"It listens at "
+                            f"{meta['service'].get('url')} again; its clients start new sessions.", "Start")
     if plan.relaunch and plan.from_step is None:
         return Confirmation(f"Restart {run_id} from step 0?",
                             "It has no checkpoint to resume from, so a relaunch starts over from the beginning.",
@@ -191,10 +199,11 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
 
 
 def _what_stop_does(view: RunView) -> str:
-    if view.meta.get("supervisor_kind") == SERVICE:
+    role = service_role(view.meta)
+    if role == "client":
         return ("It is a client of the training service: the client process gets the stop signal and the service "
                 "ends its session. What is saved is up to the client (its save_state); resume it from the client.")
-    if isinstance(view.meta.get("service"), dict):
+    if role == "service":
         return ("The training service closes its sessions (their runs end as stopped) and exits; start it again with "
                 "twinkle-tui serve or the agent's start_server.")
     return (f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
@@ -207,10 +216,7 @@ def _what_stop_does(view: RunView) -> str:
 def stop_training(s: Session, a: dict[str, Any]) -> Reply:
     run_id = s.target(a)
     s.controller.stop(run_id)
-    what = "it saves a checkpoint and exits"
-    meta = s.view(run_id).meta
-    if meta.get("supervisor_kind") == SERVICE or isinstance(meta.get("service"), dict):
-        what = "the stop signal is sent"
+    what = "the stop signal is sent" if service_role(s.view(run_id).meta) else "it saves a checkpoint and exits"
     return Reply(f"stopping `{run_id}`: {what}", redraw={"list", "status"})
 
 
