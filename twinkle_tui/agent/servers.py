@@ -59,11 +59,11 @@ def gpu_count() -> int:
 
 
 class ServerManager:
-    def __init__(self, home: Path, python: str = sys.executable) -> None:
+    def __init__(self, home: Path, controller: Any, python: str = sys.executable) -> None:
         self.home = home
+        self.controller = controller  # the training service is a run: launched and stopped like one
         self.python = python
         self.servers: dict[str, Server] = {}
-        self.controller: Any = None
 
     def vllm_command(self, model: str, port: int, lora: tuple[str, Path] | None = None, lora_rank: int = 8,
                      tensor_parallel: int = 1) -> list[str]:
@@ -98,7 +98,7 @@ class ServerManager:
         self.servers[name] = server
         return server
 
-    def start_training(self, name: str, controller: Any, port: int | None = None) -> Server:
+    def start_training(self, name: str, port: int | None = None) -> Server:
         """The training service as a supervised run on a free loopback port (or the one asked for)."""
         from trainer.protocol import new_run_id
         from trainer.service.__main__ import missing_packages
@@ -110,14 +110,13 @@ class ServerManager:
             raise ServerError(problem)
         port = port or free_port()
         try:
-            launched = controller.launch_module("trainer.service", ["--port", str(port)],
-                                                new_run_id(f"service-{port}"), model_id="tinker training service")
+            launched = self.controller.launch_module("trainer.service", ["--port", str(port)],
+                                                     new_run_id(f"service-{port}"), model_id="tinker training service")
         except (RunControlError, ValueError) as exc:
             raise ServerError(str(exc)) from None
         server = Server(name, "training", f"http://127.0.0.1:{port}", launched.supervisor,
-                        controller.paths(launched.run_id).log, time.time(), launched.run_id)
+                        self.controller.paths(launched.run_id).log, time.time(), launched.run_id)
         self.servers[name] = server
-        self.controller = controller
         return server
 
     def stop(self, name: str, grace: float = 10.0) -> Server:

@@ -132,7 +132,7 @@ command("search_datasets", "Search the Hugging Face Hub (or ModelScope) for data
 def _servers(s: Session) -> ServerManager:
     servers = s.services.get("servers")
     if servers is None:
-        servers = s.services["servers"] = ServerManager(s.store.home)
+        servers = s.services["servers"] = ServerManager(s.store.home, s.controller)
     return servers  # type: ignore[no-any-return,unused-ignore]
 
 
@@ -188,7 +188,7 @@ def start_server(s: Session, a: dict[str, Any]) -> Reply:
     try:
         if kind == "training":
             name = a.get("name") or "training"
-            server = _servers(s).start_training(name, s.controller, a.get("port"))
+            server = _servers(s).start_training(name, a.get("port"))
             return Reply(f"training service {name!r} starting at {server.url} (run {server.run_id}); clients: "
                          f"TINKER_BASE_URL={server.url} TINKER_API_KEY=tml-local", redraw={"list"})
         lora = _lora_of(s, a.get("run_id"))
