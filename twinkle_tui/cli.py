@@ -14,6 +14,25 @@ from trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_
 from twinkle_tui import __version__
 
 
+def add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    """The agent's and the monitor's LLM (flag > environment > default), for the dashboard and doctor alike."""
+    env = os.environ.get
+    p.add_argument("--llm", choices=("auto", "embedded", "none"), default=env("TWINKLE_LLM", "auto"),
+                   help="auto: the endpoint below if it answers, else the embedded llama.cpp LLM; none: slash only")
+    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"),
+                   help="an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, OpenAI)")
+    p.add_argument("--llm-model", default=env("TWINKLE_LLM_MODEL", "qwen3.5"))
+    p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
+    p.add_argument("--llm-gguf", metavar="PATH", default=env("TWINKLE_LLM_GGUF"),
+                   help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
+
+
+def llm_settings(ns: argparse.Namespace) -> Any:
+    from twinkle_tui.agent.endpoint import LLMSettings
+
+    return LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
@@ -29,14 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ask", metavar="TEXT", help="ask the agent once without the dashboard: prints the tools it used "
                    "and its answer (destructive tools need --yes)")
     p.add_argument("--yes", action="store_true", help="approve destructive actions without asking")
-    p.add_argument("--llm", choices=("auto", "embedded", "none"), default=env("TWINKLE_LLM", "auto"),
-                   help="auto: the endpoint below if it answers, else the embedded llama.cpp LLM; none: slash only")
-    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"),
-                   help="an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, OpenAI)")
-    p.add_argument("--llm-model", default=env("TWINKLE_LLM_MODEL", "qwen3.5"))
-    p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
-    p.add_argument("--llm-gguf", metavar="PATH", default=env("TWINKLE_LLM_GGUF"),
-                   help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
+    add_llm_arguments(p)
     p.add_argument("--monitor", action="store_true", help="with --run: watch the run with the health monitor")
     p.add_argument("--auto-fix", action="store_true",
                    help="with --run --monitor: apply the monitor's fixes of code errors and out-of-memory crashes")
@@ -84,9 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"twinkle-tui: {problem}", file=sys.stderr)
         return 2
     setup_logging(ns.home, ns.verbose)
-    from twinkle_tui.agent.endpoint import LLMSettings
-
-    llm = LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
+    llm = llm_settings(ns)
     if ns.run:
         from twinkle_tui.headless import MonitorLoop, run_headless
         from twinkle_tui.process.controller import ProcessController
@@ -153,12 +163,8 @@ def doctor_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="twinkle-tui doctor", description=doctor_main.__doc__)
     parser.add_argument("run_id")
     parser.add_argument("--home", default=None)
-    parser.add_argument("--llm", choices=("auto", "embedded", "none"), default=os.environ.get("TWINKLE_LLM", "auto"))
-    parser.add_argument("--llm-base-url", default=os.environ.get("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"))
-    parser.add_argument("--llm-model", default=os.environ.get("TWINKLE_LLM_MODEL", "qwen3.5"))
-    parser.add_argument("--llm-api-key", default=os.environ.get("TWINKLE_LLM_API_KEY", "not-needed"))
+    add_llm_arguments(parser)
     ns = parser.parse_args(argv)
-    from twinkle_tui.agent.endpoint import LLMSettings
     from twinkle_tui.monitor import run_rules, take_snapshot
     from twinkle_tui.runs.store import NoSuchRun, RunStore
 
@@ -180,8 +186,7 @@ def doctor_main(argv: list[str]) -> int:
     if not findings:
         print("no findings")
     worst = max((f.level for f in findings), default=-1)
-    reviewer = monitor_llm(LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm),
-                           twinkle_home(ns.home))
+    reviewer = monitor_llm(llm_settings(ns), twinkle_home(ns.home))
     if reviewer is not None:
         import asyncio
 
