@@ -132,6 +132,15 @@ def _finite(m: MetricData) -> tuple[np.ndarray, np.ndarray]:
     return m.steps[keep], m.values[keep]
 
 
+def _series(s: RunSnapshot, *names: str, at_least: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """The finite (steps, values) of the first metric of these names, when it has at least `at_least` of them."""
+    m = s.find(*names)
+    if m is None:
+        return None
+    steps, v = _finite(m)
+    return (steps, v) if len(v) >= at_least else None
+
+
 def is_rl(s: RunSnapshot) -> bool:
     """An RL run: its "loss" is a policy-gradient objective that hovers around 0 and changes sign, so the rules for
     a cross-entropy loss (spikes relative to its mean, plateaus) do not apply to it."""
@@ -176,12 +185,10 @@ def _last_streak(hit: np.ndarray, length: int) -> tuple[int, int] | None:
 
 @rule
 def loss_spike(s: RunSnapshot) -> list[Finding]:
-    m = s.find("loss", "train/loss")
-    if m is None or is_rl(s):
+    found = _series(s, "loss", "train/loss", at_least=20)
+    if found is None or is_rl(s):
         return []
-    steps, v = _finite(m)
-    if len(v) < 20:
-        return []
+    steps, v = found
     window = 100
     # Megatron: far above anything seen recently (the latest such step).
     rows, seen = _windows(v, window)
@@ -206,12 +213,10 @@ def loss_spike(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def plateau(s: RunSnapshot) -> list[Finding]:
-    m = s.find("loss", "train/loss")
-    if m is None or not s.alive or is_rl(s):
+    found = _series(s, "loss", "train/loss", at_least=200)
+    if found is None or not s.alive or is_rl(s):
         return []
-    steps, v = _finite(m)
-    if len(v) < 200:
-        return []
+    steps, v = found
     half = v[len(v) // 2 :]
     # Spread and levels by percentiles and medians: one spike must neither make a moving loss look flat (a
     # range inflated by the spike) nor hide a flat one.
@@ -231,12 +236,10 @@ def plateau(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def grad_explosion(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*GRAD_NAMES)
-    if m is None:
+    found = _series(s, *GRAD_NAMES, at_least=20)
+    if found is None:
         return []
-    steps, v = _finite(m)
-    if len(v) < 20:
-        return []
+    steps, v = found
     rows, seen = _windows(v, 100)
     # The median only where it can matter: above 10x the median implies above 10x the minimum.
     median = np.full(len(v), np.nan)
@@ -265,10 +268,10 @@ def stall(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def lr_zero(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*LR_NAMES)
-    if m is None or not s.total_steps:
+    found = _series(s, *LR_NAMES)
+    if found is None or not s.total_steps:
         return []
-    steps, v = _finite(m)
+    steps, v = found
     zero = np.flatnonzero((v == 0) & (np.arange(len(v)) > 0))
     for i in zero:
         if v[i - 1] > 0 and s.total_steps - int(steps[i]) > max(1, 0.01 * s.total_steps):
@@ -288,10 +291,10 @@ def _moving(v: np.ndarray, n: int) -> np.ndarray:
 
 @rule
 def reward_collapse(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*REWARD_NAMES)
-    if m is None:
+    found = _series(s, *REWARD_NAMES)
+    if found is None:
         return []
-    steps, v = _finite(m)
+    steps, v = found
     avg = _moving(v, 20)
     if len(avg) < 10:
         return []
@@ -305,11 +308,11 @@ def reward_collapse(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def zero_spread(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*ZERO_SPREAD_NAMES)
-    if m is None:
+    found = _series(s, *ZERO_SPREAD_NAMES, at_least=20)
+    if found is None:
         return []
-    steps, v = _finite(m)
-    if len(v) < 20 or not (v[-20:] >= 0.8).all():
+    steps, v = found
+    if not (v[-20:] >= 0.8).all():
         return []
     reward = s.find(*REWARD_NAMES)
     kind, why = "no signal", "most groups scored all completions alike"
@@ -328,12 +331,10 @@ def zero_spread(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def kl_explosion(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*KL_NAMES)
-    if m is None:
+    found = _series(s, *KL_NAMES, at_least=30)
+    if found is None:
         return []
-    steps, v = _finite(m)
-    if len(v) < 30:
-        return []
+    steps, v = found
     base = v[-101:-1]
     std = float(base.std())
     if std <= 0:
@@ -349,10 +350,10 @@ def kl_explosion(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def entropy_collapse(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*ENTROPY_NAMES)
-    if m is None:
+    found = _series(s, *ENTROPY_NAMES)
+    if found is None:
         return []
-    steps, v = _finite(m)
+    steps, v = found
     low = 0
     for value in v[::-1]:
         if value >= 1.0:
@@ -368,12 +369,10 @@ def entropy_collapse(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def reward_variance(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*REWARD_NAMES)
-    if m is None:
+    found = _series(s, *REWARD_NAMES, at_least=60)
+    if found is None:
         return []
-    steps, v = _finite(m)
-    if len(v) < 60:
-        return []
+    steps, v = found
     baseline = float(v[:-20].var())
     recent = float(v[-20:].var())
     if baseline > 0 and recent > 3 * baseline:
@@ -385,11 +384,11 @@ def reward_variance(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def truncation(s: RunSnapshot) -> list[Finding]:
-    m = s.find(*TRUNCATION_NAMES)
-    if m is None:
+    found = _series(s, *TRUNCATION_NAMES, at_least=20)
+    if found is None:
         return []
-    steps, v = _finite(m)
-    if len(v) < 20 or not (v[-20:] > 0.5).all():
+    steps, v = found
+    if not (v[-20:] > 0.5).all():
         return []
     return [Finding("truncation", "warning", f"{v[-20:].mean():.0%} of completions were cut at max_tokens for 20 "
                     "steps: raise max_tokens (rewards judge unfinished answers)",
