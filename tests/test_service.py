@@ -88,8 +88,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def client(service: Server) -> tinker.ServiceClient:
-    return tinker.ServiceClient(base_url=service.url)
+def client(service: Server) -> Iterator[tinker.ServiceClient]:
+    sc = tinker.ServiceClient(base_url=service.url)
+    yield sc
+    sc.close("success").result(timeout=30)  # its heartbeats stop before the service does (else they complain)
 
 
 def client_home() -> Path:
@@ -631,3 +633,18 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(service: Server) -> No
     response = conn.getresponse()
     assert response.status == 413 and "at most" in json.loads(response.read())["error"]
     conn.close()
+
+
+def test_closing_the_service_client_ends_its_runs_with_its_reason(service: Server) -> None:
+    ended = {}
+    for reason in ("success", "errored"):
+        sc = tinker.ServiceClient(base_url=service.url)
+        tc = sc.create_lora_training_client(base_model=BASE, rank=4).result()
+        datum = sft_datum(tc.get_tokenizer())
+        tc.forward_backward([datum], "cross_entropy")
+        tc.optim_step(types.AdamParams(learning_rate=1e-3)).result(timeout=60)
+        sc.close(reason, detail=f"{reason} from the test").result(timeout=30)  # type: ignore[arg-type]
+        ended[reason] = run_of(service.home, tc.model_id)
+    assert ended["success"]["status"] == "completed" and ended["errored"]["status"] == "failed"
+    events = (service.home / run_id_of(service.home, tc.model_id) / "events.jsonl").read_text()
+    assert "errored from the test" in events

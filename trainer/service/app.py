@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -118,6 +119,21 @@ def create_app(service: Service, api_key: str | None = None, compress_fwdbwd: bo
         req = await body(request, t.SessionHeartbeatRequest)
         service.heartbeat(req.session_id)
         return {"type": "session_heartbeat"}
+
+    @app.post("/api/v1/sessions/{session_id}/finish")
+    async def finish_session(session_id: str, request: Request) -> dict[str, Any]:
+        """ServiceClient.close(status): the session ends now, its runs with the status the client names."""
+        raw = json.loads(await request.body() or b"{}")
+        reason = raw.get("reason") if isinstance(raw, dict) else None
+        kind = reason.get("type") if isinstance(reason, dict) else None
+        status = {"success": RunStatus.COMPLETED, "errored": RunStatus.FAILED,
+                  "interrupted": RunStatus.STOPPED}.get(str(kind))
+        if status is None:
+            raise ServiceError("finish needs reason.type success, errored or interrupted")
+        detail = raw.get("detail")
+        why = f"the client finished the session ({kind}{': ' + str(detail) if detail else ''})"
+        await asyncio.to_thread(service.close_session, service.session(session_id), why, status)
+        return {}
 
     @app.get("/api/v1/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:
