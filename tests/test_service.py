@@ -334,6 +334,7 @@ def test_a_zstd_body_and_a_garbled_one(service: Server, tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=10)
         assert err.value.code == 400 and "zstd" in json.loads(err.value.read())["error"]
+        sc.close("success").result(timeout=30)  # no heartbeats left to a stopped service
     finally:
         zstd_server.stop()
         kill_live_runs(tmp_path)
