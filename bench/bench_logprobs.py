@@ -16,7 +16,7 @@ import sys
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from trainer.grpo import entropy_of, gathered_logprobs
+from twinkle_trainer.grpo import entropy_of, gathered_logprobs
 vocab, rows, length, how = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
 logits = torch.randn(rows, length, vocab, requires_grad=True)

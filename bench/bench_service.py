@@ -3,8 +3,8 @@
     python bench/bench_service.py [--model builtin:smollm2-135m-instruct] [--steps 8] [--batch 8] [--length 128]
 
 step      one SFT step (forward_backward of a batch + optim_step) sent by the official tinker SDK to
-          `python -m trainer.service` on the loopback address, against the same step on the service's own engine
-          (trainer.service.engine.TrainingModel) called in this process: same model, LoRA rank, data, optimizer.
+          `python -m twinkle_trainer.service` on the loopback address, against the same step on the service's own engine
+          (twinkle_trainer.service.engine.TrainingModel) called in this process: same model, LoRA rank, data, optimizer.
           Target: <= 1.15x.
 request   the overhead of one request: a forward of a 4-token datum through the SDK and the service, against the
           same forward in-process (the difference is HTTP, protobuf, the future and its long poll).
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def batch(tokenizer: object, size: int, length: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """(input, target) token lists of `length` tokens each: text from the shipped self-cognition set."""
-    from trainer.dataset import load_records
+    from twinkle_trainer.dataset import load_records
 
     text = " ".join(m["content"] for r in load_records("builtin:self-cognition", None) for m in r["messages"])
     ids = tokenizer.encode(text)  # type: ignore[attr-defined]
@@ -83,7 +83,7 @@ def main() -> None:
     env = {**os.environ, "TWINKLE_HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("TWINKLE_RUN_ID", None)
     log = open(home / "service.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "trainer.service", "--port", str(port)], env=env, stdout=log,
+    server = subprocess.Popen([sys.executable, "-m", "twinkle_trainer.service", "--port", str(port)], env=env, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -118,10 +118,10 @@ def in_process(args: argparse.Namespace) -> dict[str, list[float]]:
     """The same steps on the service's engine, called directly in this process."""
     import torch
 
-    from trainer.service import losses
-    from trainer.service.__main__ import quiet_libraries
-    from trainer.service.engine import LoraSpec, TrainingModel
-    from trainer.service.wire import Datum
+    from twinkle_trainer.service import losses
+    from twinkle_trainer.service.__main__ import quiet_libraries
+    from twinkle_trainer.service.engine import LoraSpec, TrainingModel
+    from twinkle_trainer.service.wire import Datum
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
     from tinker import types
 
-    from trainer.service.__main__ import quiet_libraries
+    from twinkle_trainer.service.__main__ import quiet_libraries
 
     quiet_libraries()
     sc = tinker.ServiceClient()

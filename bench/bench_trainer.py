@@ -26,8 +26,8 @@ STEPS = 12
 
 def trainer_metrics(config: str, *overrides: str) -> list[dict]:
     """Run the embedded trainer in this process on a fresh run id; returns its metric lines."""
-    from trainer.config import CLI
-    from trainer.train import run
+    from twinkle_trainer.config import CLI
+    from twinkle_trainer.train import run
 
     run_id = f"bench-{os.getpid()}-{time.time_ns()}"
     os.environ["TWINKLE_RUN_ID"] = run_id
@@ -40,9 +40,9 @@ def bench_sft() -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from trainer.config import CLI
-    from trainer.dataset import DataOrder, collate, load_records, tokenize_sft
-    from trainer.models import load_model_and_tokenizer
+    from twinkle_trainer.config import CLI
+    from twinkle_trainer.dataset import DataOrder, collate, load_records, tokenize_sft
+    from twinkle_trainer.models import load_model_and_tokenizer
 
     config = str(REPO / "examples" / "sft_smollm2.toml")
     rows = trainer_metrics(config, "--max_steps", str(STEPS), "--save_steps", "1000", "--num_warmup_steps", "0")
@@ -89,9 +89,9 @@ def bench_trl() -> None:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.config import CLI
-    from trainer.dataset import load_records
-    from trainer.models import load_model_and_tokenizer
+    from twinkle_trainer.config import CLI
+    from twinkle_trainer.dataset import load_records
+    from twinkle_trainer.models import load_model_and_tokenizer
 
     config = str(REPO / "examples" / "sft_smollm2.toml")
     rows = trainer_metrics(config, "--max_steps", str(STEPS), "--save_steps", "1000", "--num_warmup_steps", "0")

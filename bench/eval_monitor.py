@@ -34,7 +34,7 @@ Series = dict[str, np.ndarray]
 def write_run(home: Path, run_id: str, series: Series, status: str = "completed", log: str = "",
               total: int | None = None, step_seconds: float = 1.0, alive: bool = False, now: float = 0.0,
               gap: float = 0.0) -> None:
-    from trainer.protocol import process_start_time
+    from twinkle_trainer.protocol import process_start_time
 
     root = home / run_id
     root.mkdir(parents=True)

@@ -10,7 +10,7 @@ of groups with no reward spread, and the time split (generate / reward / train /
 import sys
 from pathlib import Path
 
-from trainer.train import main
+from twinkle_trainer.train import main
 
 CONFIG = Path(__file__).with_name("grpo_arith.yaml")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-from trainer.integrations.hf import TwinkleCallback
-from trainer.models import resolve_model_dir
+from twinkle_trainer.integrations.hf import TwinkleCallback
+from twinkle_trainer.models import resolve_model_dir
 
-DATA = Path(__file__).resolve().parents[1] / "trainer" / "data" / "self_cognition.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "twinkle_trainer" / "data" / "self_cognition.jsonl"
 
 
 class ChatData(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -70,7 +70,7 @@ def main() -> None:
 
 def run_output_dir(callback: TwinkleCallback) -> Path:
     """hf-output/ inside the run's directory, so its checkpoints travel with the run."""
-    from trainer.runtime import TrainingRuntime
+    from twinkle_trainer.runtime import TrainingRuntime
 
     return TrainingRuntime(callback.run_id).paths.root / "hf-output"
 

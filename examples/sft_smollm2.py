@@ -10,7 +10,7 @@ cached; the first use converts the GGUF once, about a minute).
 import sys
 from pathlib import Path
 
-from trainer.train import main
+from twinkle_trainer.train import main
 
 CONFIG = Path(__file__).with_name("sft_smollm2.toml")
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from trainer.runtime import TrainingRuntime
+from twinkle_trainer.runtime import TrainingRuntime
 
 
 def batch(seed: int, step: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

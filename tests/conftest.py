@@ -54,7 +54,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def kill_live_runs(home: Path) -> None:
-    from trainer.protocol import process_is, read_regular_file
+    from twinkle_trainer.protocol import process_is, read_regular_file
 
     for meta_path in home.glob("*/meta.json"):
         try:
@@ -79,7 +79,7 @@ PYTHON = sys.executable
 def restore_process_hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A TrainingRuntime started inside the test process takes its SIGTERM handler, excepthook, sys.exit and an
     atexit hook; give them back after every test, so a CI timeout can still stop pytest."""
-    from trainer.runtime import TrainingRuntime
+    from twinkle_trainer.runtime import TrainingRuntime
 
     started: list[TrainingRuntime] = []
     install = TrainingRuntime._install_hooks

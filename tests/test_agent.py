@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from trainer.protocol import read_meta
+from twinkle_trainer.protocol import read_meta
 from twinkle_tui.agent import AgentLoop, EndpointError, History, LLMSettings, SkillLibrary, connect
 from twinkle_tui.agent.endpoint import LLAMA_CPP_QUIRKS, probe
 from twinkle_tui.agent.history import MAX_TOOL_CHARS, prune

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import CLI, ConfigError
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.config import CLI, ConfigError
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.metrics import MetricsTable
 from twinkle_tui.runs.store import RunStore, clean_log_line
@@ -224,7 +224,7 @@ def test_headless_into_a_closed_pipe_exits_quietly_and_the_run_goes_on(home: Pat
 def test_headless_refuses_special_files_and_bad_configs(home: Path, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo.toml")
     for spec in ("/dev/zero", str(tmp_path / "fifo.toml")):
-        proc = subprocess.run([sys.executable, "-m", "trainer", "--config", spec], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "twinkle_trainer", "--config", spec], capture_output=True, text=True,
                               timeout=30)
         assert proc.returncode == 2 and "not a regular file" in proc.stderr, spec
 
@@ -266,7 +266,7 @@ TINY = ["--model_id", "builtin:tiny-llama", "--batch_size", "2", "--micro_batch_
 @pytest.mark.parametrize("damage", ["delete_adapter", "truncate_state"])
 def test_resume_falls_back_to_the_newest_complete_checkpoint(home: Path, damage: str) -> None:
     ctl = ProcessController(home, grace=60)
-    launched = ctl.launch_module("trainer", [*TINY, "--max_steps", "4", "--save_steps", "2"], run_id="ck")
+    launched = ctl.launch_module("twinkle_trainer", [*TINY, "--max_steps", "4", "--save_steps", "2"], run_id="ck")
     assert launched.supervisor.wait(timeout=240) == 0
     paths = ctl.paths("ck")
     latest = paths.checkpoint(4)
@@ -275,7 +275,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(home: Path, damage:
     else:
         state = latest / "trainer_state.pt"
         state.write_bytes(state.read_bytes()[:100])
-    from trainer.protocol import update_meta
+    from twinkle_trainer.protocol import update_meta
 
     update_meta(paths, lambda m: m.update(status="stopped"))
     relaunch = ctl.resume("ck")

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN_FOR_TRAINER_CORE = {"torch", "transformers", "peft", "numpy", "textual", "accelerate"}
 FORBIDDEN_FOR_APP = {"textual", "torch", "transformers", "peft", "accelerate", "vllm"}
-TRAINER_CORE = ("trainer.protocol", "trainer.runtime", "trainer.config", "trainer.preflight")
+TRAINER_CORE = ("twinkle_trainer.protocol", "twinkle_trainer.runtime", "twinkle_trainer.config", "twinkle_trainer.preflight")
 
 CHECKER = r"""
 import importlib, json, os, sys
@@ -65,7 +65,7 @@ def test_the_module_lists_are_not_empty() -> None:
 
 
 def test_trainer_core_imports_no_torch_numpy_or_textual() -> None:
-    core = [m for m in modules_of("trainer") if m.startswith(TRAINER_CORE)]
+    core = [m for m in modules_of("twinkle_trainer") if m.startswith(TRAINER_CORE)]
     assert len(core) >= 6
     for name, result in imported(core).items():
         assert "error" not in result, (name, result)

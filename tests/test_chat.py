@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import read_meta
+from twinkle_trainer.protocol import read_meta
 from twinkle_tui.agent import LLMSettings
 from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.process.controller import ProcessController

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import read_meta
+from twinkle_trainer.protocol import read_meta
 from twinkle_tui.commands import REGISTRY, CommandError, Session, parse_slash
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.runs.store import RunStore

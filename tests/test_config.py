@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from trainer.config import CLI, Args, ConfigError, ConfigResolver
-from trainer.config.resolve import FIELDS
+from twinkle_trainer.config import CLI, Args, ConfigError, ConfigResolver
+from twinkle_trainer.config.resolve import FIELDS
 
 from conftest import EXAMPLES, REPO
 
@@ -55,7 +55,7 @@ def test_bare_environment_names_only_from_the_documented_list() -> None:
 
 def test_unknown_twinkle_variables_and_app_variables_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
     env = {"TWINKLE_LLM_MODEL": "qwen", "TWINKLE_HOME": "/x", "TWINKLE_RUN_ID": "r", "TWINKLE_NOPE": "1"}
-    with caplog.at_level("DEBUG", logger="trainer.config.resolve"):
+    with caplog.at_level("DEBUG", logger="twinkle_trainer.config.resolve"):
         resolve(env=env)
     assert "ignoring TWINKLE_NOPE" in caplog.text and "LLM" not in caplog.text
 
@@ -194,7 +194,7 @@ def test_a_custom_config_source() -> None:
 
 @pytest.mark.parametrize("config", sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".toml", ".yaml", ".yml")))
 def test_config_show_on_the_examples(config: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "trainer", "config", "show", "--config", str(EXAMPLES / config), "--seed", "3"],
+    out = subprocess.run([sys.executable, "-m", "twinkle_trainer", "config", "show", "--config", str(EXAMPLES / config), "--seed", "3"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "[training]" in out.stdout and f"# {config}" in out.stdout
@@ -204,20 +204,20 @@ def test_config_show_on_the_examples(config: str) -> None:
 def test_config_show_prints_a_recipe_with_a_data_file(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     (tmp_path / "r.toml").write_text(f'[dataset]\ndata_file = "{tmp_path / "d.jsonl"}"\n')
-    out = subprocess.run([sys.executable, "-m", "trainer", "config", "show", "--config", str(tmp_path / "r.toml")],
+    out = subprocess.run([sys.executable, "-m", "twinkle_trainer", "config", "show", "--config", str(tmp_path / "r.toml")],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "dataset_id" in out.stdout and "null" in out.stdout.split("dataset_id")[1].splitlines()[0]
 
 
 def test_config_show_fails_with_the_error_on_bad_input() -> None:
-    out = subprocess.run([sys.executable, "-m", "trainer", "config", "show", "--lerning_rate", "1"],
+    out = subprocess.run([sys.executable, "-m", "twinkle_trainer", "config", "show", "--lerning_rate", "1"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: unknown key 'lerning_rate' in command line; did you mean learning_rate?"
 
 
 def test_config_imports_no_torch() -> None:
-    code = "import json, sys, trainer.config; print(json.dumps(sorted(sys.modules)))"
+    code = "import json, sys, twinkle_trainer.config; print(json.dumps(sorted(sys.modules)))"
     mods = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert not [m for m in mods if m.split(".")[0] in ("torch", "transformers", "numpy", "textual")]

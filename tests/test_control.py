@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import RunPaths, process_start_time, read_meta, update_meta
+from twinkle_trainer.protocol import RunPaths, process_start_time, read_meta, update_meta
 from twinkle_tui.gpu import UsageSampler
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
@@ -165,7 +165,7 @@ def test_a_run_with_nothing_left_is_recorded_as_ended(ctl: ProcessController) ->
 
 HELPER = """
 import subprocess, sys, time
-from trainer.runtime import TrainingRuntime
+from twinkle_trainer.runtime import TrainingRuntime
 helper = subprocess.Popen([sys.executable, "-c",
     "import sys, time, pathlib\\np = pathlib.Path(sys.argv[1])\\nwhile True:\\n    p.write_text(str(time.time())); time.sleep(0.05)",
     sys.argv[1]], start_new_session=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.ui.app import TwinkleApp

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import read_meta, update_meta
+from twinkle_trainer.protocol import read_meta, update_meta
 from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.ui.app import TwinkleApp

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer.config import CLI, ConfigError
-from trainer.grpo import entropy_of, gathered_logprobs, importance_weights, token_logprobs
-from trainer.samplers import SamplerError, choose_sampler, sampled_logprobs, vllm_engine_args, vllm_lora_rank
-from trainer.train import choose_precision, resolve_device, select_cuda_device
+from twinkle_trainer.config import CLI, ConfigError
+from twinkle_trainer.grpo import entropy_of, gathered_logprobs, importance_weights, token_logprobs
+from twinkle_trainer.samplers import SamplerError, choose_sampler, sampled_logprobs, vllm_engine_args, vllm_lora_rank
+from twinkle_trainer.train import choose_precision, resolve_device, select_cuda_device
 
 
 def resolve(*argv: str):  # noqa: ANN201
@@ -71,7 +71,7 @@ def test_precision_and_device_follow_the_hardware() -> None:
     assert choose_precision("auto", use_cpu=True, bf16_supported=False) == "no"
     assert choose_precision("auto", use_cpu=False, bf16_supported=True) == "bf16"
     assert choose_precision("auto", use_cpu=False, bf16_supported=False) == "fp16"  # a T4 or V100
-    from trainer.models import ModelError
+    from twinkle_trainer.models import ModelError
 
     with pytest.raises(ModelError, match="bf16 is not supported by this GPU"):
         choose_precision("bf16", use_cpu=False, bf16_supported=False)
@@ -104,7 +104,7 @@ def test_gathered_log_probabilities_equal_the_full_log_softmax_and_its_gradient(
     torch.manual_seed(1)
     x = torch.randn(3, 40, 257, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 257, (3, 40))
-    import trainer.grpo as grpo
+    import twinkle_trainer.grpo as grpo
 
     grpo_chunk, grpo.CHUNK_ELEMENTS = grpo.CHUNK_ELEMENTS, 257 * 7  # several chunks, one ragged
     try:
@@ -139,8 +139,8 @@ def test_vllm_sample_logprobs_are_read_per_token() -> None:
 def test_checkpoints_touch_cuda_only_where_there_is_one(tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from trainer import checkpoint
-    from trainer.models import make_tiny_model
+    from twinkle_trainer import checkpoint
+    from twinkle_trainer.models import make_tiny_model
 
     path = make_tiny_model(tmp_path / "tiny")
     from transformers import AutoModelForCausalLM
@@ -163,7 +163,7 @@ def test_all_linear_with_last_layers_trains(home: Path) -> None:
     from twinkle_tui.process.controller import ProcessController
 
     launched = ProcessController(home).launch_module(
-        "trainer", ["--model_id", "builtin:tiny-llama", "--lora_target_modules", "all-linear", "--lora_last_layers",
+        "twinkle_trainer", ["--model_id", "builtin:tiny-llama", "--lora_target_modules", "all-linear", "--lora_last_layers",
                     "1", "--max_steps", "2", "--batch_size", "2", "--micro_batch_size", "2"], run_id="alllinear")
     assert launched.supervisor.wait(timeout=240) == 0, (home / "alllinear" / "output.log").read_text()[-2000:]
     adapter = json.loads((home / "alllinear" / "adapter" / "adapter_config.json").read_text())

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 
 from conftest import TOY, wait_for, write_sigterm_ignoring_script
 

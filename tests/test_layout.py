@@ -135,7 +135,7 @@ def sleeper_pid():
     import subprocess
     import sys
 
-    from trainer.protocol import process_start_time
+    from twinkle_trainer.protocol import process_start_time
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     from conftest import wait_for
@@ -163,7 +163,7 @@ def test_rate_and_eta_count_running_time_only(home: Path) -> None:
 
 
 def test_the_run_list_shows_how_long_a_run_took() -> None:
-    ended = RunSummary("r", __import__("trainer.protocol", fromlist=["RunStatus"]).RunStatus.COMPLETED, None, 10,
+    ended = RunSummary("r", __import__("twinkle_trainer.protocol", fromlist=["RunStatus"]).RunStatus.COMPLETED, None, 10,
                        10, start_time=T0, end_time=T0 + 220)
     assert run_duration(ended, now=T0 + 100_000) == "3:40"  # its duration, not its age
 
@@ -227,7 +227,7 @@ async def test_a_missing_run_id_flag_is_named(home: Path) -> None:
 
 
 def test_quitting_says_how_many_runs_keep_training() -> None:
-    from trainer.protocol import RunStatus
+    from twinkle_trainer.protocol import RunStatus
     from twinkle_tui.cli import live_runs_message
 
     runs = [RunSummary("a", RunStatus.RUNNING, None, 1, None, None, None),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.monitor import FixPipeline, FixRefused, TrainingMonitor, parse_review, rules, run_rules, take_snapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.runs.store import RunStore
@@ -197,7 +197,7 @@ def test_healthy_runs_raise_nothing_above_info(ctl: ProcessController, home: Pat
     if recipe == "toy":
         launched = ctl.launch_script(TOY, ["--steps", "300"], run_id=recipe)
     elif recipe == "sft":
-        launched = ctl.launch_module("trainer", ["--model_id", "builtin:tiny-llama", "--max_steps", "30",
+        launched = ctl.launch_module("twinkle_trainer", ["--model_id", "builtin:tiny-llama", "--max_steps", "30",
                                                  "--batch_size", "4", "--micro_batch_size", "4"], run_id=recipe)
     else:
         launched = ctl.launch_config(EXAMPLES / "grpo_arith.yaml", ["--model_id", "builtin:tiny-llama",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import InvalidRunId, RunPaths, process_is, read_meta
+from twinkle_trainer.protocol import InvalidRunId, RunPaths, process_is, read_meta
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import (
+from twinkle_trainer.protocol import (
     InvalidRunId,
     MetaError,
     RunPaths,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController
 
 from conftest import EXAMPLES, REPO, wait_for
@@ -70,9 +70,36 @@ def test_a_script_runs_as_python_would_run_it(home: Path, tmp_path: Path) -> Non
     assert RunPaths.of("py").script.read_text() == SCRIPT  # the versioned copy that fixes edit
 
 
+USES_OWN_TRAINER = """
+from trainer import Trainer
+from twinkle_trainer.runtime import TrainingRuntime
+print("trainer from", Trainer.where)
+rt = TrainingRuntime().start(model_id="m", total_steps=1)
+rt.log_metrics(step=1, loss=1.0)
+rt.finish()
+"""
+
+
+def test_a_users_own_trainer_py_is_theirs_and_never_breaks_a_run(home: Path, tmp_path: Path) -> None:
+    """`trainer.py` is a common file name: in the working directory it must not break --run, and beside a script it
+    is what the script's `import trainer` finds, as under plain python; our runtime imports as twinkle_trainer."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "trainer.py").write_text("class Trainer:\n    where = 'the user'\n")
+    (project / "train.py").write_text(USES_OWN_TRAINER)
+    plain = subprocess.run([sys.executable, "train.py"], capture_output=True, text=True, cwd=project, timeout=120)
+    assert plain.returncode == 0 and "trainer from the user" in plain.stdout, plain.stderr
+    proc = twinkle("--run", "train.py", "--run-id", "own", cwd=project)  # from the folder that holds trainer.py
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "trainer from the user" in proc.stdout and "run own completed" in proc.stdout
+    recipe = twinkle("--run", str(EXAMPLES / "sft_smollm2.toml"), "--run-id", "recipe", "--", "--model_id",
+                     "builtin:tiny-llama", "--max_steps", "1", cwd=project)  # our trainer, beside their trainer.py
+    assert recipe.returncode == 0, recipe.stderr + recipe.stdout[-2000:]
+
+
 ORIGINAL_AUTO = """
 import torch
-from trainer.runtime import TrainingRuntime   # the only line that changed
+from trainer.runtime import TrainingRuntime   # the only line that changed (the old name still works)
 
 model = torch.nn.Linear(4, 1)
 dataloader = None
@@ -145,9 +172,9 @@ def test_two_nodes_on_the_loopback_address_train_one_metrics_stream(home: Path) 
     common = ["--model_id", "builtin:tiny-llama", "--max_steps", "6", "--batch_size", "4", "--micro_batch_size", "2",
               "--save_steps", "3", "--nnodes", "2", "--master_addr", "127.0.0.1", "--master_port", port]
     ctl = ProcessController(home, grace=60)
-    node0 = ctl.launch_module("trainer", [*common, "--node_rank", "0"], run_id="nodes")
+    node0 = ctl.launch_module("twinkle_trainer", [*common, "--node_rank", "0"], run_id="nodes")
     env = {k: v for k, v in os.environ.items() if k != "TWINKLE_RUN_ID"}
-    node1 = subprocess.Popen([sys.executable, "-m", "trainer", *common, "--node_rank", "1"], env=env,
+    node1 = subprocess.Popen([sys.executable, "-m", "twinkle_trainer", *common, "--node_rank", "1"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out1, _ = node1.communicate(timeout=400)
     assert node0.supervisor.wait(timeout=60) == 0, RunPaths.of("nodes").log.read_text()[-3000:]

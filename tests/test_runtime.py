@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import RunPaths, read_meta, update_meta
-from trainer.runtime import TrainingRuntime
+from twinkle_trainer.protocol import RunPaths, read_meta, update_meta
+from twinkle_trainer.runtime import TrainingRuntime
 
 
 def run_py(code: str, *args: str, env_run_id: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -133,7 +133,7 @@ def test_start_does_not_clobber_fields_written_by_others(home: Path) -> None:
 
 REENTRANT = """
 import signal, sys
-from trainer.runtime import TrainingRuntime
+from twinkle_trainer.runtime import TrainingRuntime
 rt = TrainingRuntime('reentrant').start()
 nested = []
 def hook(frame, event, arg):

@@ -22,7 +22,7 @@ import pytest
 tinker = pytest.importorskip("tinker")
 from tinker import types  # noqa: E402
 
-from trainer.protocol import RunPaths, read_meta  # noqa: E402
+from twinkle_trainer.protocol import RunPaths, read_meta  # noqa: E402
 
 from conftest import REPO, kill_live_runs, wait_for  # noqa: E402
 
@@ -45,7 +45,7 @@ class Server:
         if key:
             env["TWINKLE_SERVICE_API_KEY"] = key
         self.log = open(home / f"service-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "trainer.service", "--host", host, "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "twinkle_trainer.service", "--host", host, "--port",
                                       str(self.port), *extra], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> Server:
@@ -341,7 +341,7 @@ def test_a_zstd_body_and_a_garbled_one(service: Server, tmp_path: Path) -> None:
 
 
 def test_api_keys(tmp_path: Path) -> None:
-    refused = subprocess.run([sys.executable, "-m", "trainer.service", "--host", "0.0.0.0", "--port",
+    refused = subprocess.run([sys.executable, "-m", "twinkle_trainer.service", "--host", "0.0.0.0", "--port",
                               str(free_port())], env={**os.environ, "PYTHONPATH": str(REPO)},
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "set an API key" in refused.stderr
@@ -571,8 +571,8 @@ def test_on_policy_distillation_through_the_service(service: Server) -> None:
 def test_vllm_sampling_follows_the_tinker_semantics_of_the_hf_path() -> None:
     from dataclasses import dataclass
 
-    from trainer.samplers import SamplerError, choose_sampler
-    from trainer.service.engine import SampleParams, vllm_prompt_logprobs, vllm_sampling_kwargs, vllm_sequences
+    from twinkle_trainer.samplers import SamplerError, choose_sampler
+    from twinkle_trainer.service.engine import SampleParams, vllm_prompt_logprobs, vllm_sampling_kwargs, vllm_sequences
 
     def service_choice(kind: str, cuda: bool, vllm_installed: bool) -> str:  # as the service asks it
         return choose_sampler(kind, True, "auto", 1, cuda, vllm_installed, option="--sampler")

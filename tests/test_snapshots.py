@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import process_start_time
+from twinkle_trainer.protocol import process_start_time
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
 from twinkle_tui.ui.app import TwinkleApp
 

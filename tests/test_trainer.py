@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController
 
 from conftest import EXAMPLES, wait_for
@@ -24,7 +24,7 @@ def metrics(run_id: str) -> list[dict]:
 
 
 def train(ctl: ProcessController, run_id: str, *args: str, timeout: float = 240) -> dict:
-    launched = ctl.launch_module("trainer", [*TINY, *args], run_id=run_id)
+    launched = ctl.launch_module("twinkle_trainer", [*TINY, *args], run_id=run_id)
     launched.supervisor.wait(timeout=timeout)
     return read_meta(RunPaths.of(run_id))
 
@@ -89,7 +89,7 @@ def test_stop_then_resume_reproduces_the_uninterrupted_losses(ctl: ProcessContro
     assert train(ctl, "whole", *args)["status"] == "completed"
     reference = {r["step"]: r["loss"] for r in metrics("whole")}
 
-    launched = ctl.launch_module("trainer", [*TINY, *args], run_id="parts")
+    launched = ctl.launch_module("twinkle_trainer", [*TINY, *args], run_id="parts")
     wait_for(lambda: len(metrics("parts")) >= 5, timeout=120, what="five steps")
     ctl.stop("parts")
     launched.supervisor.wait(timeout=120)
@@ -169,7 +169,7 @@ def test_bad_input_fails_in_one_line(home: Path, tmp_path: Path, args: list[str]
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--model_id" not in argv:
         argv = [*TINY, *argv]
-    out = subprocess.run([sys.executable, "-m", "trainer", *argv, "--max_steps", "1"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "twinkle_trainer", *argv, "--max_steps", "1"], capture_output=True, text=True,
                          timeout=180, env={**__import__("os").environ, "TWINKLE_RUN_ID": "bad"})
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from trainer.dataset import DataError, DataOrder, arith_records, load_records, read_jsonl, tokenize_sft
-from trainer.grpo import group_advantages
-from trainer.optim import lr_factor
-from trainer.rewards import RewardError, format_, match, math, resolve, score
+from twinkle_trainer.dataset import DataError, DataOrder, arith_records, load_records, read_jsonl, tokenize_sft
+from twinkle_trainer.grpo import group_advantages
+from twinkle_trainer.optim import lr_factor
+from twinkle_trainer.rewards import RewardError, format_, match, math, resolve, score
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoTokenizer
 
-    from trainer.models import make_tiny_model
+    from twinkle_trainer.models import make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
     return AutoTokenizer.from_pretrained(str(path))
@@ -126,7 +126,7 @@ def test_learning_rate_schedules() -> None:
 def test_generalized_jsd_matches_its_definition() -> None:
     import torch
 
-    from trainer.gkd import generalized_jsd, reverse_kl
+    from twinkle_trainer.gkd import generalized_jsd, reverse_kl
 
     torch.manual_seed(0)
     s, t = torch.randn(5, 11, requires_grad=True), torch.randn(5, 11)

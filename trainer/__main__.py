@@ -1,20 +1,8 @@
-"""python -m trainer CONFIG [--key value ...]   |   python -m trainer config show [...]"""
-
-from __future__ import annotations
+"""`python -m trainer ...`: the same as `python -m twinkle_trainer ...` (the old name of the embedded trainer)."""
 
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["config"]:
-        from trainer.config.show import main as config_main
-
-        return config_main(argv[1:])
-    from trainer.train import main as train_main
-
-    return train_main(argv)
-
+from twinkle_trainer.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
+from twinkle_trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
 from twinkle_tui import __version__
 
 
@@ -227,8 +227,8 @@ def home_problem(home: str | None) -> str | None:
 def serve_main(argv: list[str]) -> int:
     """`twinkle-tui serve`: the tinker-compatible training service, as a supervised run followed in this terminal
     (its log here; Ctrl-C stops it; the dashboard shows it and the runs of its clients)."""
-    from trainer.protocol import new_run_id
-    from trainer.service.__main__ import KEY_ENV, check_key, missing_packages
+    from twinkle_trainer.protocol import new_run_id
+    from twinkle_trainer.service.__main__ import KEY_ENV, check_key, missing_packages
 
     p = argparse.ArgumentParser(prog="twinkle-tui serve",
                                 description="The tinker-compatible training service, as a run followed here.")
@@ -260,5 +260,5 @@ def serve_main(argv: list[str]) -> int:
     args = ["--host", ns.host, "--port", str(ns.port), "--sampler", ns.sampler, "--gpu-memory-utilization",
             str(ns.gpu_memory_utilization), *(["--zstd"] if ns.zstd else [])]
     return HeadlessRun(controller).follow(
-        lambda: controller.launch_module("trainer.service", args, new_run_id(f"service-{ns.port}"),
+        lambda: controller.launch_module("twinkle_trainer.service", args, new_run_id(f"service-{ns.port}"),
                                          model_id="tinker training service"))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from trainer.protocol import RunStatus
+from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import NoSuchRun, RunStore, RunView, clean_log_line

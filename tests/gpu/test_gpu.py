@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController
 
 from conftest import wait_for
@@ -29,7 +29,7 @@ def metrics(run_id: str) -> list[dict]:
 
 
 def train(home: Path, run_id: str, *args: str, timeout: float = 600) -> dict:
-    launched = ProcessController(home, grace=60).launch_module("trainer", [*TINY, *args], run_id=run_id)
+    launched = ProcessController(home, grace=60).launch_module("twinkle_trainer", [*TINY, *args], run_id=run_id)
     launched.supervisor.wait(timeout=timeout)
     meta = read_meta(RunPaths.of(run_id))
     assert meta["status"] == "completed", RunPaths.of(run_id).log.read_text()[-3000:]
@@ -59,7 +59,7 @@ def test_stop_and_resume_reproduce_the_losses_on_the_gpu(home: Path) -> None:
     train(home, "whole", *args)
     reference = {r["step"]: r["loss"] for r in metrics("whole")}
     ctl = ProcessController(home, grace=60)
-    launched = ctl.launch_module("trainer", [*TINY, *args], run_id="parts")
+    launched = ctl.launch_module("twinkle_trainer", [*TINY, *args], run_id="parts")
     wait_for(lambda: len(metrics("parts")) >= 5, timeout=300, what="five steps")
     ctl.stop("parts")
     launched.supervisor.wait(timeout=300)

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import append_jsonl
+from twinkle_trainer.protocol import append_jsonl
 
 log = logging.getLogger(__name__)
 

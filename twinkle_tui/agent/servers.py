@@ -1,6 +1,6 @@
 """Servers the agent starts and stops.
 
-- training: the tinker-compatible training service (trainer.service), as a supervised run like any other (its log
+- training: the tinker-compatible training service (twinkle_trainer.service), as a supervised run like any other (its log
   is the run's; stop it with shutdown_server or `s`), on CPU or GPU. It keeps serving after the app exits, as runs
   keep training.
 - vllm: vLLM's OpenAI-compatible server for a base model (optionally with a run's LoRA checkpoint) on chosen GPUs,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.samplers import vllm_lora_rank
+from twinkle_trainer.samplers import vllm_lora_rank
 from twinkle_tui.agent.embedded import free_port
 
 
@@ -100,8 +100,8 @@ class ServerManager:
 
     def start_training(self, name: str, port: int | None = None) -> Server:
         """The training service as a supervised run on a free loopback port (or the one asked for)."""
-        from trainer.protocol import new_run_id
-        from trainer.service.__main__ import missing_packages
+        from twinkle_trainer.protocol import new_run_id
+        from twinkle_trainer.service.__main__ import missing_packages
         from twinkle_tui.process.controller import RunControlError
 
         if name in self.servers and self.servers[name].alive:
@@ -110,7 +110,7 @@ class ServerManager:
             raise ServerError(problem)
         port = port or free_port()
         try:
-            launched = self.controller.launch_module("trainer.service", ["--port", str(port)],
+            launched = self.controller.launch_module("twinkle_trainer.service", ["--port", str(port)],
                                                      new_run_id(f"service-{port}"), model_id="tinker training service")
         except (RunControlError, ValueError) as exc:
             raise ServerError(str(exc)) from None

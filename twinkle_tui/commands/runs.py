@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import RunStatus, validate_run_id
+from twinkle_trainer.protocol import RunStatus, validate_run_id
 from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command, slash
 from twinkle_tui.commands.session import Session
 from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, SERVICE, Launched
@@ -282,8 +282,8 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
     if not path.is_file():
         raise CommandError(f"no such script or recipe: {a['path']}")
     if suffix in CONFIG_SUFFIXES:
-        from trainer.config import CLI
-        from trainer.preflight import preflight
+        from twinkle_trainer.config import CLI
+        from twinkle_trainer.preflight import preflight
 
         preflight(CLI.from_args([str(path), *args]))
     return path, args, run_id

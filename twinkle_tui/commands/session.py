@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError
-from trainer.protocol import InvalidRunId, MetaError, RunStatus
+from twinkle_trainer.config import ConfigError
+from twinkle_trainer.protocol import InvalidRunId, MetaError, RunStatus
 from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, get
 from twinkle_tui.commands.view import ChartSettings, ViewStore
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
@@ -124,7 +124,7 @@ class Session:
                 shown = ", ".join(sorted(matches)[:5]) + (" …" if len(matches) > 5 else "")
                 raise CommandError(f"{text!r} matches {len(matches)} runs: {shown}; type more of the id")
         try:
-            from trainer.protocol import validate_run_id
+            from twinkle_trainer.protocol import validate_run_id
 
             validate_run_id(text)
         except InvalidRunId as exc:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import validate_run_id, write_json_atomic
+from twinkle_trainer.protocol import validate_run_id, write_json_atomic
 
 log = logging.getLogger(__name__)
 

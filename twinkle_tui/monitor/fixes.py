@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.protocol import RunStatus, read_meta, record_event, update_meta
+from twinkle_trainer.protocol import RunStatus, read_meta, record_event, update_meta
 from twinkle_tui.commands.runs import script_diff
 from twinkle_tui.monitor.rules import Finding
 from twinkle_tui.monitor.snapshot import RunSnapshot

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from trainer.protocol import RunPaths, RunStatus, record_event
+from twinkle_trainer.protocol import RunPaths, RunStatus, record_event
 from twinkle_tui.monitor.rules import Finding, run_rules
 from twinkle_tui.monitor.snapshot import RunSnapshot, take_snapshot
 from twinkle_tui.runs.store import NoSuchRun, RunEvent, RunStore

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trainer.protocol import RunStatus
+from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.monitor.snapshot import MetricData, RunSnapshot
 
 SEVERITIES = ("info", "warning", "critical")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.protocol import RunStatus
+from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.process.exits import last_exception_line, launch_output
 from twinkle_tui.runs.store import RunView
 

@@ -1,8 +1,12 @@
 """The first code a run's process executes: it runs the script as `python script.py` would, and records its own
 exit if the supervisor is gone.
 
-    python -u -m twinkle_tui.process.bootstrap --script RUN_DIR/train.py --as /home/me/proj/train.py -- args...
-    python -u -m twinkle_tui.process.bootstrap --module trainer -- config.toml --lr 1e-4
+    python -P -u -m twinkle_tui.process.bootstrap --script RUN_DIR/train.py --as /home/me/proj/train.py -- args...
+    python -P -u -m twinkle_tui.process.bootstrap --module twinkle_trainer -- config.toml --lr 1e-4
+
+`-P` keeps the working directory off sys.path while this module and the runtime import: a user's own `trainer.py`
+or `twinkle_tui.py` there must not replace ours. Nothing here imports the name `trainer`, so a script whose folder
+holds a `trainer.py` gets that file from `import trainer`, as under plain python.
 
 The run directory keeps the versions of a script (train.py, train_v{N}.py) that fixes edit, and the copy there is
 what runs; but the script sees what `python /home/me/proj/train.py args` would show it: `__file__` is the original
@@ -20,7 +24,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import HOME_ENV, RUN_ID_ENV, RunPaths, process_start_time, update_meta
+from twinkle_trainer.protocol import HOME_ENV, RUN_ID_ENV, RunPaths, process_start_time, update_meta
 
 LAUNCH_ENV = "TWINKLE_LAUNCH"  # the same name as tree.LAUNCH_ENV (this module stays standard-library only)
 
@@ -57,6 +61,7 @@ def run_module(module: str, args: list[str]) -> None:
     import runpy
 
     sys.argv = [module, *args]
+    sys.path.insert(0, os.getcwd())  # as `python -m module` has it (we run with -P, so nothing else put it there)
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import (
+from twinkle_trainer.protocol import (
     InvalidRunId,
     MetaError,
     RunPaths,
@@ -135,10 +135,10 @@ class ProcessController:
 
     def launch_config(self, config: str | os.PathLike[str], args: Sequence[str] = (), run_id: str | None = None,
                       cwd: str | os.PathLike[str] | None = None) -> Launched:
-        """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m trainer CONFIG args...`."""
+        """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m twinkle_trainer CONFIG args...`."""
         path = Path(config).expanduser().resolve()
         run_id = validate_run_id(run_id) if run_id else new_run_id(path.name)
-        return self.launch_module("trainer", [str(path), *args], run_id, cwd)
+        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd)
 
     def launch_module(
         self,
@@ -148,10 +148,10 @@ class ProcessController:
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
     ) -> Launched:
-        """Run `python -m module args...` as a new run (the embedded trainer: module='trainer')."""
+        """Run `python -m module args...` as a new run (the embedded trainer: module='twinkle_trainer')."""
         run_id = validate_run_id(run_id) if run_id else new_run_id(module.split(".")[0])
         paths = self._new_run(run_id)
-        command = [self.python, "-u", "-m", "twinkle_tui.process.bootstrap", "--module", module, "--", *args]
+        command = [self.python, "-P", "-u", "-m", "twinkle_tui.process.bootstrap", "--module", module, "--", *args]
 
         def init(meta: dict[str, Any]) -> None:
             meta["model_id"] = model_id
@@ -159,7 +159,7 @@ class ProcessController:
         return self._launch(paths, command, cwd, init, new=True)
 
     def _script_command(self, paths: RunPaths, original: str, args: Sequence[str]) -> list[str]:
-        return [self.python, "-u", "-m", "twinkle_tui.process.bootstrap", "--script", str(paths.script),
+        return [self.python, "-P", "-u", "-m", "twinkle_tui.process.bootstrap", "--script", str(paths.script),
                 "--as", original, "--", *args]
 
     def _new_run(self, run_id: str) -> RunPaths:
@@ -204,7 +204,7 @@ class ProcessController:
         env[ROLE_ENV] = "supervisor"
         env.pop("TWINKLE_RUN_ID", None)  # only the run's own processes carry it (tree.py finds them by it)
         supervisor_cmd = [
-            self.python, "-m", "twinkle_tui.process.supervisor",
+            self.python, "-P", "-m", "twinkle_tui.process.supervisor",
             "--home", str(self.home), "--run-id", paths.run_id, "--grace", str(self.grace),
             "--cwd", str(workdir), "--launch", str(meta["launches"]), "--", *command,
         ]
@@ -396,7 +396,7 @@ class ProcessController:
         env = dict(os.environ)
         env[ROLE_ENV] = "supervisor"
         env.pop("TWINKLE_RUN_ID", None)
-        cmd = [self.python, "-m", "twinkle_tui.process.supervisor", "--home", str(self.home), "--run-id",
+        cmd = [self.python, "-P", "-m", "twinkle_tui.process.supervisor", "--home", str(self.home), "--run-id",
                paths.run_id, "--grace", str(self.grace), "--launch", str(launch), "--adopt", str(pid),
                "--adopt-start", str(start)]
         with open(paths.root / "supervisor.log", "ab") as errors:

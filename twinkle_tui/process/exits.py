@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import RunPaths, RunStatus, record_event, update_meta
+from twinkle_trainer.protocol import RunPaths, RunStatus, record_event, update_meta
 
 LOG_TAIL = 64 * 1024
 LAUNCH_MARK = "===== twinkle launch"

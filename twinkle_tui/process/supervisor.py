@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import (
+from twinkle_trainer.protocol import (
     HOME_ENV,
     RUN_ID_ENV,
     RunPaths,
@@ -35,7 +35,7 @@ from trainer.protocol import (
     update_meta,
     validate_run_id,
 )
-from trainer.runtime import SUPERVISED_ENV
+from twinkle_trainer.runtime import SUPERVISED_ENV
 from twinkle_tui.process.bootstrap import LAUNCH_ENV, SUPERVISOR_ENV
 from twinkle_tui.process.exits import failure_reason, record_exit
 from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run

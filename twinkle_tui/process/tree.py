@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from trainer.protocol import HOME_ENV, RUN_ID_ENV, process_is
+from twinkle_trainer.protocol import HOME_ENV, RUN_ID_ENV, process_is
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import (
+from twinkle_trainer.protocol import (
     InvalidRunId,
     MetaError,
     RunPaths,

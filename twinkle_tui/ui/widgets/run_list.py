@@ -7,7 +7,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
-from trainer.protocol import RunStatus
+from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.runs.progress import format_duration
 from twinkle_tui.runs.store import RunSummary
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from trainer.protocol import (
+from twinkle_trainer.protocol import (
     RUN_ID_ENV,
     RunPaths,
     RunStatus,

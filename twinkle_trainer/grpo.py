@@ -8,12 +8,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from trainer import rewards as reward_lib
-from trainer.dataset import DataOrder, prompt_ids
-from trainer.samplers import make_sampler
+from twinkle_trainer import rewards as reward_lib
+from twinkle_trainer.dataset import DataOrder, prompt_ids
+from twinkle_trainer.samplers import make_sampler
 
 if TYPE_CHECKING:
-    from trainer.train import Trainer
+    from twinkle_trainer.train import Trainer
 
 
 def group_advantages(scores: list[float], group: int, kind: str, scale: bool) -> tuple[list[float], float]:

@@ -25,7 +25,7 @@ class DataError(Exception):
 # ------------------------------------------------------------------ sources
 def load_records(dataset_id: str | None, data_file: str | None, split: str = "train", subset: str | None = None,
                  max_examples: int | None = None, system: str | None = None) -> list[dict[str, Any]]:
-    from trainer.preflight import is_local_data_path
+    from twinkle_trainer.preflight import is_local_data_path
 
     if not data_file and dataset_id and is_local_data_path(dataset_id):
         data_file = dataset_id  # a .jsonl path given as dataset_id is a data file

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trainer.config.resolve import ConfigError
-from trainer.config.schema import GROUPS, Args
+from twinkle_trainer.config.resolve import ConfigError
+from twinkle_trainer.config.schema import GROUPS, Args
 
 
 def problems(args: Args) -> list[str]:

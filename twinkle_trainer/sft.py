@@ -6,10 +6,10 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from trainer.dataset import DataError, DataOrder, collate, tokenize_sft
+from twinkle_trainer.dataset import DataError, DataOrder, collate, tokenize_sft
 
 if TYPE_CHECKING:
-    from trainer.train import Trainer
+    from twinkle_trainer.train import Trainer
 
 LOG_EVERY = 5  # a line in the run's log every few steps, so the log panel shows progress too
 

@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from tinker import types as t
 
-from trainer.protocol import RunPaths, RunStatus, read_meta
-from trainer.service import engine, losses, wire
-from trainer.service.state import SUPPORTED, Future, Service, ServiceError
+from twinkle_trainer.protocol import RunPaths, RunStatus, read_meta
+from twinkle_trainer.service import engine, losses, wire
+from twinkle_trainer.service.state import SUPPORTED, Future, Service, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ def _smollm2_installed() -> bool:
 def _context(name: str) -> int | None:
     import json
 
-    from trainer.models import ModelError, resolve_model_dir
+    from twinkle_trainer.models import ModelError, resolve_model_dir
 
     try:
         config = json.loads((resolve_model_dir(name) / "config.json").read_text())

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer.samplers import logprob_of, sampled_logprobs
-from trainer.service import losses
-from trainer.service.wire import Datum, Sequence
+from twinkle_trainer.samplers import logprob_of, sampled_logprobs
+from twinkle_trainer.service import losses
+from twinkle_trainer.service.wire import Datum, Sequence
 
 MAX_RANK = 32
 LORA_ALPHA = 32  # the scale is alpha / rank, so a larger rank does not train faster by itself
@@ -113,7 +113,7 @@ class TrainingModel:
         import torch
         from peft import LoraConfig, get_peft_model
 
-        from trainer.models import ModelError, load_model_and_tokenizer
+        from twinkle_trainer.models import ModelError, load_model_and_tokenizer
 
         spec.check()
         try:
@@ -139,7 +139,7 @@ class TrainingModel:
                          forward_only: bool) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
         import torch
 
-        from trainer.grpo import gathered_logprobs
+        from twinkle_trainer.grpo import gathered_logprobs
 
         vocab = self.model.get_input_embeddings().weight.shape[0]
         for i, d in enumerate(data):
@@ -329,7 +329,7 @@ class Samplers:
         self.vllm: VLLMEngine | None = None
 
     def _base(self, base_model: str) -> _Base:
-        from trainer.models import ModelError, load_model_and_tokenizer
+        from twinkle_trainer.models import ModelError, load_model_and_tokenizer
 
         if base_model not in self.bases:
             try:
@@ -340,7 +340,7 @@ class Samplers:
         return self.bases[base_model]
 
     def tokenizer_dir(self, base_model: str) -> Path:
-        from trainer.models import ModelError, resolve_model_dir
+        from twinkle_trainer.models import ModelError, resolve_model_dir
 
         try:
             return resolve_model_dir(base_model)
@@ -427,7 +427,7 @@ class Samplers:
                   topk_sample: int) -> list[Sequence]:
         import torch
 
-        from trainer.samplers import finished_at
+        from twinkle_trainer.samplers import finished_at
 
         device = next(model.parameters()).device
         stop_ids: list[int] = []

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import twinkle_home
+from twinkle_trainer.protocol import twinkle_home
 
 log = logging.getLogger(__name__)
 

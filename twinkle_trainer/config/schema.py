@@ -205,7 +205,7 @@ class Args:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Args:
         """Rebuild from to_dict() output (or any nested/flat mapping), with the same casting and checks."""
-        from trainer.config.resolve import ConfigResolver
+        from twinkle_trainer.config.resolve import ConfigResolver
 
         resolver = ConfigResolver(cls())
         resolver.apply(data, source="dict")

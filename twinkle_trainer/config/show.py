@@ -1,4 +1,4 @@
-"""`python -m trainer config show`: the resolved configuration, grouped, with each value's source."""
+"""`python -m twinkle_trainer config show`: the resolved configuration, grouped, with each value's source."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from trainer.config.resolve import CLI, FIELDS, ConfigError
-from trainer.config.schema import GROUPS
+from twinkle_trainer.config.resolve import CLI, FIELDS, ConfigError
+from twinkle_trainer.config.schema import GROUPS
 
 
 def render(args) -> str:
@@ -26,7 +26,7 @@ def render(args) -> str:
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if not argv or argv[0] not in ("show", "keys"):
-        print("usage: python -m trainer config show [--config FILE] [--key value ...] | config keys", file=sys.stderr)
+        print("usage: python -m twinkle_trainer config show [--config FILE] [--key value ...] | config keys", file=sys.stderr)
         return 2
     if argv[0] == "keys":
         for info in FIELDS.values():

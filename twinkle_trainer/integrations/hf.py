@@ -1,6 +1,6 @@
 """TwinkleCallback: any Hugging Face `transformers.Trainer` (and so TRL's trainers) as a full twinkle-tui run.
 
-    from trainer.integrations.hf import TwinkleCallback
+    from twinkle_trainer.integrations.hf import TwinkleCallback
 
     callback = TwinkleCallback()
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from trainer.runtime import TrainingRuntime
+from twinkle_trainer.runtime import TrainingRuntime
 
 SKIPPED = ("step", "total_flos")
 
@@ -35,7 +35,7 @@ class TwinkleCallback(TrainerCallback):
     # ------------------------------------------------------------------ resume
     def resume_from_checkpoint(self) -> str | None:
         """The checkpoint a relaunched run continues from (for Trainer.train), or None on a fresh run."""
-        from trainer.protocol import RunPaths, read_meta
+        from twinkle_trainer.protocol import RunPaths, read_meta
 
         rt = self.runtime or TrainingRuntime(self.run_id)
         self.run_id = rt.run_id

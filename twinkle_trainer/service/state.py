@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from trainer.protocol import (
+from twinkle_trainer.protocol import (
     HOME_ENV,
     RUN_ID_ENV,
     RunPaths,
@@ -45,8 +45,8 @@ from trainer.protocol import (
     update_meta,
     validate_run_id,
 )
-from trainer.service import engine, losses
-from trainer.service.wire import WireError
+from twinkle_trainer.service import engine, losses
+from twinkle_trainer.service.wire import WireError
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +478,7 @@ class Service:
         return f
 
     def check_base_model(self, base_model: str) -> None:
-        from trainer.models import ModelError, resolve_model_dir
+        from twinkle_trainer.models import ModelError, resolve_model_dir
 
         if not base_model.startswith("builtin:"):  # hub ids and paths resolve offline or say why not
             try:

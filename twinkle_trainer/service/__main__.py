@@ -1,4 +1,4 @@
-"""python -m trainer.service [--host 127.0.0.1] [--port 8000] [--zstd]
+"""python -m twinkle_trainer.service [--host 127.0.0.1] [--port 8000] [--zstd]
 
 The training service on its own (`twinkle-tui serve` runs it as a supervised run). The API key, if any, comes from
 the environment (TWINKLE_SERVICE_API_KEY), never from the command line, so it is not in the process list or the
@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from trainer.protocol import RUN_ID_ENV, RunPaths, twinkle_home
+from twinkle_trainer.protocol import RUN_ID_ENV, RunPaths, twinkle_home
 
 KEY_ENV = "TWINKLE_SERVICE_API_KEY"
 
@@ -43,7 +43,7 @@ def chosen_sampler(kind: str) -> str:
 
     import torch
 
-    from trainer.samplers import choose_sampler
+    from twinkle_trainer.samplers import choose_sampler
 
     # The service trains LoRA adapters in one process on the default device: vLLM wherever it can run.
     return choose_sampler(kind, True, "auto", 1, torch.cuda.is_available(), importlib.util.find_spec("vllm") is not None,
@@ -54,7 +54,7 @@ def sampler_problem(kind: str) -> str | None:
     """Why the sampler asked for cannot run here (vllm without a GPU or vLLM), or None."""
     if kind == "auto" or kind == "hf":
         return None
-    from trainer.samplers import SamplerError
+    from twinkle_trainer.samplers import SamplerError
 
     try:
         chosen_sampler(kind)
@@ -115,7 +115,7 @@ def server_class() -> type:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.service", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m twinkle_trainer.service", description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--zstd", action="store_true", help="ask clients to zstd-compress forward_backward bodies")
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from trainer.service.app import create_app
-    from trainer.service.engine import Samplers
-    from trainer.service.state import Service
+    from twinkle_trainer.service.app import create_app
+    from twinkle_trainer.service.engine import Samplers
+    from twinkle_trainer.service.state import Service
 
     kind = chosen_sampler(args.sampler)
     service = Service(twinkle_home(), Samplers(kind, args.gpu_memory_utilization))

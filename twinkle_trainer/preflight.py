@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from trainer.config import Args, ConfigError
+from twinkle_trainer.config import Args, ConfigError
 
 BUILTIN_MODELS = ("builtin:smollm2-135m-instruct", "builtin:tiny-llama", "builtin:tiny-qwen2")
 BUILTIN_DATASETS = ("builtin:self-cognition", "builtin:arith")
@@ -66,7 +66,7 @@ def problems(args: Args) -> list[str]:
         out.append(f"dataset {dataset!r} needs the `datasets` package (pip install datasets), or use a local .jsonl "
                    "file as data_file")
     if args.training.task == "grpo":
-        from trainer.rewards import RewardError, resolve
+        from twinkle_trainer.rewards import RewardError, resolve
 
         for name in args.rl.reward_fns:
             try:
@@ -78,7 +78,7 @@ def problems(args: Args) -> list[str]:
 
 def _data_problems(args: Args) -> list[str]:
     """Read and check every example of a local data file (each line a known format)."""
-    from trainer.dataset import DataError, load_records
+    from twinkle_trainer.dataset import DataError, load_records
 
     d = args.dataset
     try:

@@ -1,4 +1,4 @@
-"""`python -m trainer CONFIG [--key value ...]`: LoRA SFT, GRPO or GKD (on-policy distillation) as a twinkle run.
+"""`python -m twinkle_trainer CONFIG [--key value ...]`: LoRA SFT, GRPO or GKD (on-policy distillation) as a twinkle run.
 
 One process by default; with nproc_per_node > 1 it re-launches itself under `accelerate launch`. Rank 0 owns the
 run (metrics, checkpoints, meta.json); a stop request (SIGTERM) reaches every rank, and the ranks agree at a step
@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.config import CLI, Args, ConfigError
-from trainer.dataset import DataError
-from trainer.models import ModelError
-from trainer.rewards import RewardError
-from trainer.runtime import TrainingRuntime
-from trainer.samplers import SamplerError
+from twinkle_trainer.config import CLI, Args, ConfigError
+from twinkle_trainer.dataset import DataError
+from twinkle_trainer.models import ModelError
+from twinkle_trainer.rewards import RewardError
+from twinkle_trainer.runtime import TrainingRuntime
+from twinkle_trainer.samplers import SamplerError
 
 USER_ERRORS = (DataError, ModelError, RewardError, SamplerError)
 LAUNCHED_ENV = "TWINKLE_DISTRIBUTED_CHILD"
@@ -29,7 +29,7 @@ LAUNCHED_ENV = "TWINKLE_DISTRIBUTED_CHILD"
 
 @dataclass
 class Trainer:
-    """Everything a training loop needs; loops live in trainer.sft and trainer.grpo."""
+    """Everything a training loop needs; loops live in twinkle_trainer.sft and trainer.grpo."""
 
     args: Args
     accelerator: Any
@@ -45,8 +45,8 @@ class Trainer:
     stop_flag: list[bool] = field(default_factory=lambda: [False])
 
     def records(self) -> list[dict[str, Any]]:
-        """The configured dataset, normalized (see trainer.dataset)."""
-        from trainer.dataset import load_records
+        """The configured dataset, normalized (see twinkle_trainer.dataset)."""
+        from twinkle_trainer.dataset import load_records
 
         d = self.args.dataset
         return load_records(d.dataset_id, d.data_file, d.split, d.subset_name, d.max_examples, self.args.template.system)
@@ -95,7 +95,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Every rank waits; rank 0 writes checkpoints/step-N via the runtime (atomic, recorded in meta.json)."""
-        from trainer import checkpoint
+        from twinkle_trainer import checkpoint
 
         self.accelerator.wait_for_everyone()
         if self.runtime is not None:
@@ -110,7 +110,7 @@ class Trainer:
 
 
 def main(argv: list[str]) -> int:
-    from trainer.preflight import preflight
+    from twinkle_trainer.preflight import preflight
 
     try:
         args = preflight(CLI.from_args(argv))  # data, model and reward problems now, not after the model loads
@@ -143,7 +143,7 @@ def launch_command(args: Args, argv: list[str], port: int) -> list[str]:
             "--num_processes", str(inf.nproc_per_node * inf.nnodes), "--num_machines", str(inf.nnodes),
             "--machine_rank", str(inf.node_rank), "--main_process_ip", inf.master_addr,
             "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "trainer", *argv]
+            "-m", "twinkle_trainer", *argv]
 
 
 def launch_distributed(args: Args, argv: list[str]) -> int:
@@ -217,7 +217,7 @@ def run(args: Args) -> int:
 def _read_resume_checkpoint(trainer: Trainer, runtime: TrainingRuntime | None, args: Args) -> Any:
     """The newest checkpoint that loads completely (rank 0 chooses; every rank reads the same one), or None.
     A checkpoint with a missing or damaged file is skipped with a line in the log, never resumed half-way."""
-    from trainer import checkpoint
+    from twinkle_trainer import checkpoint
 
     chosen: list[str | None] = [None]
     loaded = None
@@ -274,9 +274,9 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from trainer import checkpoint
-    from trainer.models import load_model_and_tokenizer
-    from trainer.optim import build_optimizer, build_scheduler
+    from twinkle_trainer import checkpoint
+    from twinkle_trainer.models import load_model_and_tokenizer
+    from twinkle_trainer.optim import build_optimizer, build_scheduler
 
     stop_flag = [False]
     if runtime is None:  # other ranks: remember the request, rank 0's decision is shared at the next step boundary
@@ -330,15 +330,15 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
     trainer.model, trainer.optimizer = accelerator.prepare(model, optimizer)
 
     if args.training.task == "grpo":
-        from trainer.grpo import train_grpo
+        from twinkle_trainer.grpo import train_grpo
 
         train_grpo(trainer)
     elif args.training.task == "gkd":
-        from trainer.gkd import train_gkd
+        from twinkle_trainer.gkd import train_gkd
 
         train_gkd(trainer)
     else:
-        from trainer.sft import train_sft
+        from twinkle_trainer.sft import train_sft
 
         train_sft(trainer)
     accelerator.wait_for_everyone()

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import yaml
 from dotenv import dotenv_values
 
-from trainer.config.schema import GROUPS, Args
+from twinkle_trainer.config.schema import GROUPS, Args
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def read_dotenv(path: Path) -> dict[str, str | None]:
 
     from dotenv.parser import parse_stream
 
-    from trainer.protocol import read_regular_file
+    from twinkle_trainer.protocol import read_regular_file
 
     try:
         text = read_regular_file(path, CONFIG_MAX_BYTES).decode("utf-8")
@@ -294,7 +294,7 @@ class FileSource:
         self.name = self.path.name
 
     def load(self) -> Mapping[str, Any]:
-        from trainer.protocol import read_regular_file
+        from twinkle_trainer.protocol import read_regular_file
 
         suffix = self.path.suffix.lower()
         try:
@@ -369,7 +369,7 @@ def parse_cli_tokens(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, A
 
 
 class CLI:
-    """Builds Args the way every entry point does: python -m trainer, example scripts, the agent."""
+    """Builds Args the way every entry point does: python -m twinkle_trainer, example scripts, the agent."""
 
     @staticmethod
     def from_args(
@@ -381,7 +381,7 @@ class CLI:
     ) -> Args:
         import sys
 
-        from trainer.config.validate import validate_args
+        from twinkle_trainer.config.validate import validate_args
 
         argv = list(sys.argv[1:] if argv is None else argv)
         env = os.environ if env is None else env

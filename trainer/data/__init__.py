@@ -1,1 +1,0 @@
-"""Data shipped with the trainer (loaded through trainer.datasets)."""

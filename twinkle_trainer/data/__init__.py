@@ -1,0 +1,1 @@
+"""Data shipped with the trainer (loaded through twinkle_trainer.datasets)."""
