@@ -53,6 +53,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     kill_live_runs(h)
 
 
+def patch_meta(paths: object, **fields: object) -> None:
+    """Set fields of a run's meta.json (as another writer would), under the protocol's lock."""
+    from twinkle_trainer.protocol import RunMeta, RunStatus, update_meta
+
+    def change(meta: RunMeta) -> None:
+        for key, value in fields.items():
+            setattr(meta, key, RunStatus(value) if key == "status" else value)
+
+    update_meta(paths, change)  # type: ignore[arg-type]
+
+
 def kill_live_runs(home: Path) -> None:
     from twinkle_trainer.protocol import process_is, read_regular_file
 

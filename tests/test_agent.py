@@ -68,7 +68,7 @@ async def test_a_multi_round_tool_conversation_pauses_a_real_run(home: Path) -> 
     ctl = ProcessController(home, grace=5)
     launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.02"], run_id="live-run")
     try:
-        wait_for(lambda: read_meta(ctl.paths("live-run"))["status"] == "running", what="running")
+        wait_for(lambda: read_meta(ctl.paths("live-run")).status == "running", what="running")
         answers = [call("list_training_runs"), call("pause_training", {"run_id": "live"}), text("Paused `live-run`.")]
         with FakeLLM(answers).running() as fake:
             loop, asked = agent(home, fake)
@@ -77,7 +77,7 @@ async def test_a_multi_round_tool_conversation_pauses_a_real_run(home: Path) -> 
         assert answer == "Paused `live-run`." and "".join(events.texts) == answer
         assert [name for name, _ in events.calls] == ["list_training_runs", "pause_training"]
         assert all(o.ok for _, o in events.results) and not asked  # pause is not destructive
-        pid = read_meta(ctl.paths("live-run"))["pid"]
+        pid = read_meta(ctl.paths("live-run")).pid
         wait_for(lambda: state(pid) == "T", what="the process to be stopped")
         third = fake.requests[2]["messages"]
         assert third[-1]["role"] == "tool" and third[-1]["content"] == "paused `live-run`"
@@ -123,7 +123,7 @@ async def test_a_refused_destructive_action_is_reported_and_not_done(home: Path)
     ctl = ProcessController(home, grace=5)
     launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.02"], run_id="keep")
     try:
-        wait_for(lambda: read_meta(ctl.paths("keep"))["status"] == "running", what="running")
+        wait_for(lambda: read_meta(ctl.paths("keep")).status == "running", what="running")
         with FakeLLM([call("stop_training", {"run_id": "keep"}), text("You declined; it keeps running.")]).running() as fake:
             loop, asked = agent(home, fake, answer_yes=False)
             events = Recorder()
@@ -132,7 +132,7 @@ async def test_a_refused_destructive_action_is_reported_and_not_done(home: Path)
         outcome = events.results[0][1]
         assert outcome.refused and not outcome.ok
         assert fake.requests[1]["messages"][-1]["content"].startswith("REFUSED by the user")
-        assert read_meta(ctl.paths("keep"))["status"] == "running"
+        assert read_meta(ctl.paths("keep")).status == "running"
     finally:
         ctl.kill("keep")
         launched.supervisor.wait(timeout=30)

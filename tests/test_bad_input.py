@@ -18,7 +18,7 @@ from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.metrics import MetricsTable
 from twinkle_tui.runs.store import RunStore, clean_log_line
 
-from conftest import wait_for
+from conftest import patch_meta, wait_for
 from run_factory import make_run
 
 
@@ -159,7 +159,7 @@ def test_a_corrupt_meta_under_a_live_run_does_not_stop_training(home: Path, tmp_
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
     meta = read_meta(paths)
-    assert meta["status"] == "completed" and meta["progress"]["last_step"] == 60
+    assert meta.status == "completed" and meta.progress.last_step == 60
     assert len(paths.metrics.read_text().splitlines()) == 60
 
 
@@ -194,9 +194,9 @@ def test_a_plain_python_run_ends_with_the_right_status(home: Path, tmp_path: Pat
     subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60,
                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     meta = read_meta(RunPaths.of("plain"))
-    assert meta["status"] == status and meta["error"] == error
+    assert meta.status == status and meta.error == error
     if status == "stopped":  # interrupted: a checkpoint of the last finished step
-        assert meta["last_checkpoint"]["step"] == 15
+        assert meta.last_checkpoint.step == 15
 
 
 # ------------------------------------------------------------------ headless
@@ -218,7 +218,7 @@ def test_headless_into_a_closed_pipe_exits_quietly_and_the_run_goes_on(home: Pat
     assert proc.stdout.count("\n") == 2 and "Traceback" not in proc.stderr
     assert "output closed; run piped keeps training" in proc.stderr
     paths = RunPaths.of("piped")
-    wait_for(lambda: read_meta(paths)["status"] == "completed", timeout=30, what="the run to finish on its own")
+    wait_for(lambda: read_meta(paths).status == "completed", timeout=30, what="the run to finish on its own")
 
 
 def test_headless_refuses_special_files_and_bad_configs(home: Path, tmp_path: Path) -> None:
@@ -275,9 +275,8 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(home: Path, damage:
     else:
         state = latest / "trainer_state.pt"
         state.write_bytes(state.read_bytes()[:100])
-    from twinkle_trainer.protocol import update_meta
 
-    update_meta(paths, lambda m: m.update(status="stopped"))
+    patch_meta(paths, status="stopped")
     relaunch = ctl.resume("ck")
     assert relaunch is not None and relaunch.supervisor.wait(timeout=240) == 0
     log = paths.log.read_text()
@@ -291,7 +290,7 @@ def test_config_errors_name_the_problem_for_the_dashboard(home: Path, tmp_path: 
     recipe.write_text("[training]\nmax_steps = 1e29\n")
     launched = ProcessController(home).launch_config(recipe, run_id="cfg")
     assert launched.supervisor.wait(timeout=120) == 2
-    assert "max_steps is out of range" in read_meta(RunPaths.of("cfg"))["error"]
+    assert "max_steps is out of range" in read_meta(RunPaths.of("cfg")).error
 
 
 def test_a_latin1_script_is_read_with_its_coding_line(home: Path, tmp_path: Path) -> None:
@@ -318,4 +317,4 @@ def test_second_ctrl_c_run_is_killed_not_stopped(home: Path, tmp_path: Path) -> 
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
-    assert read_meta(paths)["status"] == "killed"
+    assert read_meta(paths).status == "killed"

@@ -57,7 +57,7 @@ async def test_a_destructive_tool_asks_in_a_modal_and_a_no_is_reported(home: Pat
     ctl = ProcessController(home, grace=10)
     launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.02"], run_id="live")
     try:
-        wait_for(lambda: read_meta(ctl.paths("live"))["status"] == "running", what="running")
+        wait_for(lambda: read_meta(ctl.paths("live")).status == "running", what="running")
         script = [call("stop_training", {"run_id": "live"}), text("Understood, I left it running.")]
         with FakeLLM(script).running() as fake:
             app = app_with(home, fake)
@@ -71,7 +71,7 @@ async def test_a_destructive_tool_asks_in_a_modal_and_a_no_is_reported(home: Pat
                              what="the refusal")
                 await settle(pilot, lambda: "left it running" in str(app.query(AgentAnswer).last().markdown._markdown),
                              what="the answer")
-        assert read_meta(ctl.paths("live"))["status"] == "running"
+        assert read_meta(ctl.paths("live")).status == "running"
     finally:
         ctl.kill("live")
         launched.supervisor.wait(timeout=30)

@@ -161,7 +161,7 @@ def test_delete_and_archive_refuse_live_runs(session: Session, home: Path) -> No
     try:
         from conftest import wait_for
 
-        wait_for(lambda: read_meta(ctl.paths("live"))["status"] == "running", what="running")
+        wait_for(lambda: read_meta(ctl.paths("live")).status == "running", what="running")
         for name in ("delete_run", "archive_run"):
             with pytest.raises(CommandError, match="it is running; stop it first"):
                 session.prepare(name, {"run_id": "live"})

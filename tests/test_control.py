@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from twinkle_trainer.protocol import RunPaths, process_start_time, read_meta, update_meta
+from twinkle_trainer.protocol import RunPaths, process_start_time, read_meta
 from twinkle_tui.gpu import UsageSampler
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
 
-from conftest import TOY, wait_for, write_sigterm_ignoring_script
+from conftest import TOY, patch_meta, wait_for, write_sigterm_ignoring_script
 
 
 def state(pid: int) -> str:
@@ -44,7 +44,7 @@ def ctl(home: Path) -> ProcessController:
 
 
 def kill_supervisor(paths: RunPaths) -> None:
-    supervisor = read_meta(paths)["supervisor_pid"]
+    supervisor = read_meta(paths).supervisor_pid
     os.kill(supervisor, signal.SIGKILL)
     wait_for(lambda: state(supervisor) in ("gone", "Z"), what="the supervisor to die")
 
@@ -55,7 +55,7 @@ def test_a_relaunch_that_cannot_start_rolls_back_and_says_why(ctl: ProcessContro
     launched = ctl.launch_script(TOY, ["--steps", "3"], run_id="gonedir", cwd=workdir)
     assert launched.supervisor.wait(timeout=60) == 0
     paths = ctl.paths("gonedir")
-    update_meta(paths, lambda m: m.update(status="stopped"))
+    patch_meta(paths, status="stopped")
     before = read_meta(paths)
     workdir.rmdir()
     with pytest.raises(RunControlError, match="its working directory .* no longer exists"):
@@ -68,13 +68,13 @@ def test_a_supervisor_that_cannot_start_rolls_meta_back(ctl: ProcessController, 
     launched = ctl.launch_script(TOY, ["--steps", "2"], run_id="nopython")
     launched.supervisor.wait(timeout=60)
     paths = ctl.paths("nopython")
-    update_meta(paths, lambda m: m.update(status="failed"))
-    launches = read_meta(paths)["launches"]
+    patch_meta(paths, status="failed")
+    launches = read_meta(paths).launches
     ctl.python = str(tmp_path / "no-such-python")
     with pytest.raises(RunControlError, match="cannot launch 'nopython'"):
         ctl.resume("nopython")
     meta = read_meta(paths)
-    assert meta["status"] == "failed" and meta["launches"] == launches
+    assert meta.status == "failed" and meta.launches == launches
     assert events(paths, "launch_failed")
 
 
@@ -84,7 +84,7 @@ def test_a_failure_without_traceback_records_the_error_line(ctl: ProcessControll
     launched = ctl.launch_config(recipe, ["--model_id", "builtin:tiny-llama"], run_id="cfg")
     assert launched.supervisor.wait(timeout=120) == 2
     meta = read_meta(ctl.paths("cfg"))
-    assert meta["status"] == "failed" and meta["error"].startswith("error: data file not found")
+    assert meta.status == "failed" and meta.error.startswith("error: data file not found")
 
 
 def test_stop_right_after_launch_is_never_lost(ctl: ProcessController, tmp_path: Path) -> None:
@@ -95,12 +95,12 @@ def test_stop_right_after_launch_is_never_lost(ctl: ProcessController, tmp_path:
                     "    rt.log_metrics(step=i, v=1.0); time.sleep(0.01); rt.step_boundary(i)\n")
     launched = ctl.launch_script(slow, run_id="early")
     paths = ctl.paths("early")
-    wait_for(lambda: read_meta(paths).get("supervisor_pid"), timeout=10, what="the supervisor's pid")
-    os.kill(read_meta(paths)["supervisor_pid"], signal.SIGTERM)  # as soon as it is visible
+    wait_for(lambda: read_meta(paths).supervisor_pid, timeout=10, what="the supervisor's pid")
+    os.kill(read_meta(paths).supervisor_pid, signal.SIGTERM)  # as soon as it is visible
     assert launched.supervisor.wait(timeout=30) is not None
     meta = read_meta(paths)
-    assert meta["status"] in ("stopped", "failed") and events(paths, "exit")  # recorded, not orphaned
-    assert state(meta["pid"]) == "gone"
+    assert meta.status in ("stopped", "failed") and events(paths, "exit")  # recorded, not orphaned
+    assert state(meta.pid) == "gone"
 
 
 def test_stop_without_a_supervisor_still_ends_in_a_kill(ctl: ProcessController, tmp_path: Path) -> None:
@@ -109,11 +109,11 @@ def test_stop_without_a_supervisor_still_ends_in_a_kill(ctl: ProcessController, 
     ctl.launch_script(script, run_id="deaf")
     paths = ctl.paths("deaf")
     wait_for(lambda: steps(paths) > 3, what="steps")
-    pid = read_meta(paths)["pid"]
+    pid = read_meta(paths).pid
     kill_supervisor(paths)
     ctl.stop("deaf")  # an adopting supervisor takes over and enforces the grace period
     wait_for(lambda: state(pid) == "gone", timeout=20, what="the run to be killed after the grace period")
-    wait_for(lambda: read_meta(paths)["status"] == "killed", timeout=10, what="the kill to be recorded")
+    wait_for(lambda: read_meta(paths).status == "killed", timeout=10, what="the kill to be recorded")
     assert events(paths, "adopt")
 
 
@@ -124,26 +124,26 @@ def test_kill_action_ends_a_stopping_run(ctl: ProcessController, tmp_path: Path)
     paths = ctl.paths("stuck")
     wait_for(lambda: steps(paths) > 3, what="steps")
     ctl.stop("stuck")
-    assert read_meta(paths)["status"] == "stopping"
+    assert read_meta(paths).status == "stopping"
     with pytest.raises(RunControlError, match="it is stopping"):
         ctl.stop("stuck")
     ctl.kill("stuck")
     assert launched.supervisor.wait(timeout=30) is not None
-    assert read_meta(paths)["status"] == "killed"
+    assert read_meta(paths).status == "killed"
 
 
 def test_a_run_whose_supervisor_died_before_recording_it_is_recovered(ctl: ProcessController, home: Path) -> None:
     paths = ctl.paths("orphan")
     paths.root.mkdir()
-    update_meta(paths, lambda m: m.update(status="starting", launches=1, start_time=time.time() - 60,
-                                          supervisor_pid=999_999, supervisor_start_time=1))
+    patch_meta(paths, status="starting", launches=1, start_time=time.time() - 60,
+               supervisor_pid=999_999, supervisor_start_time=1)
     env = {**os.environ, "TWINKLE_RUN_ID": "orphan", "TWINKLE_HOME": str(home), "TWINKLE_LAUNCH": "1"}
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env, start_new_session=True)
     try:
         wait_for(lambda: process_start_time(child.pid), what="the child")
         assert ctl.recover("orphan") == "adopted"  # found by the environment it carries
         meta = read_meta(paths)
-        assert meta["pid"] == child.pid and meta["supervisor_pid"] != 999_999
+        assert meta.pid == child.pid and meta.supervisor_pid != 999_999
         ctl.pause("orphan")  # accepts actions again
         wait_for(lambda: state(child.pid) == "T", what="SIGSTOP")
         ctl.kill("orphan")
@@ -156,11 +156,11 @@ def test_a_run_whose_supervisor_died_before_recording_it_is_recovered(ctl: Proce
 def test_a_run_with_nothing_left_is_recorded_as_ended(ctl: ProcessController) -> None:
     paths = ctl.paths("ghost")
     paths.root.mkdir()
-    update_meta(paths, lambda m: m.update(status="starting", launches=1, start_time=time.time() - 60,
-                                          supervisor_pid=999_999, supervisor_start_time=1))
+    patch_meta(paths, status="starting", launches=1, start_time=time.time() - 60,
+               supervisor_pid=999_999, supervisor_start_time=1)
     assert ctl.recover("ghost") == "recorded as ended"
     meta = read_meta(paths)
-    assert meta["status"] == "failed" and "supervisor and process are gone" in meta["error"]
+    assert meta.status == "failed" and "supervisor and process are gone" in meta.error
 
 
 HELPER = """
@@ -202,7 +202,7 @@ def test_pause_and_resume_from_two_dashboards_never_disagree_with_the_process(ct
     launched = ctl.launch_script(TOY, ["--steps", "10000000", "--sleep", "0.01"], run_id="race")
     paths = ctl.paths("race")
     wait_for(lambda: steps(paths) > 3, what="steps")
-    pid = read_meta(paths)["pid"]
+    pid = read_meta(paths).pid
     other = ProcessController(home, grace=5)
     def act(c: ProcessController, action: str) -> None:
         try:
@@ -216,7 +216,7 @@ def test_pause_and_resume_from_two_dashboards_never_disagree_with_the_process(ct
             t.start()
         for t in threads:
             t.join()
-        status = read_meta(paths)["status"]
+        status = read_meta(paths).status
         wait_for(lambda status=status: (state(pid) == "T") == (status == "paused"), timeout=2,
                  what=f"process state to match meta ({status})")
         if status == "paused":
@@ -239,10 +239,10 @@ def test_an_old_launch_exit_never_overwrites_a_newer_launch(ctl: ProcessControll
             time.sleep(0.02)
     assert relaunch is not None
     launched.supervisor.wait(timeout=30)
-    wait_for(lambda: read_meta(paths)["status"] == "running", timeout=20, what="launch 2 running")
+    wait_for(lambda: read_meta(paths).status == "running", timeout=20, what="launch 2 running")
     time.sleep(0.5)
     meta = read_meta(paths)
-    assert meta["launches"] == 2 and meta["status"] == "running"
+    assert meta.launches == 2 and meta.status == "running"
     assert [e["launch"] for e in events(paths, "exit")] == [1]
     ctl.kill("quick")
     relaunch.supervisor.wait(timeout=30)
@@ -255,9 +255,9 @@ def test_a_script_that_outlives_its_supervisor_records_its_own_exit(ctl: Process
     paths = ctl.paths("selfrec")
     wait_for(lambda: paths.log.exists() and "tick 3" in paths.log.read_text(), what="ticks")
     kill_supervisor(paths)
-    wait_for(lambda: read_meta(paths)["status"] == "completed", timeout=20, what="the run's own exit record")
+    wait_for(lambda: read_meta(paths).status == "completed", timeout=20, what="the run's own exit record")
     meta = read_meta(paths)
-    assert meta["exit_code"] == 0 and meta["error"] is None
+    assert meta.exit_code == 0 and meta.error is None
 
 
 def test_headless_follows_a_run_whose_supervisor_dies(home: Path, tmp_path: Path) -> None:
@@ -278,7 +278,7 @@ def test_a_pid_without_start_time_is_never_signalled(ctl: ProcessController) -> 
     try:
         paths = ctl.paths("unsure")
         paths.root.mkdir()
-        update_meta(paths, lambda m: m.update(status="running", pid=sleeper.pid, pid_start_time=None, launches=1))
+        patch_meta(paths, status="running", pid=sleeper.pid, pid_start_time=None, launches=1)
         with pytest.raises(RunControlError, match="cannot be confirmed"):
             ctl.pause("unsure")
         time.sleep(0.2)
@@ -324,11 +324,11 @@ def test_a_burst_of_stop_signals_never_deadlocks_the_run(ctl: ProcessController)
                                      run_id=run_id)
         paths = ctl.paths(run_id)
         wait_for(lambda paths=paths: steps(paths) > 5, what="steps")
-        pid = read_meta(paths)["pid"]
+        pid = read_meta(paths).pid
         for _ in range(200):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 break
         assert launched.supervisor.wait(timeout=30) == 0
-        assert read_meta(paths)["status"] == "stopped"
+        assert read_meta(paths).status == "stopped"

@@ -61,26 +61,26 @@ async def test_keys_pause_resume_and_stop_a_real_process_with_confirmation(home:
     paths = RunPaths.of("keys")
     app = app_for(home, run_id="keys")
     async with app.run_test(size=(160, 48)) as pilot:
-        await settle(pilot, lambda: read_meta(paths)["pid"] and read_meta(paths)["status"] == "running", what="running")
+        await settle(pilot, lambda: read_meta(paths).pid and read_meta(paths).status == "running", what="running")
         await settle(pilot, lambda: app.current_view() is not None and app.current_view().last_step > 3, what="steps")
-        pid = read_meta(paths)["pid"]
+        pid = read_meta(paths).pid
         await pilot.press("p")
-        await settle(pilot, lambda: read_meta(paths)["status"] == "paused", what="paused")
+        await settle(pilot, lambda: read_meta(paths).status == "paused", what="paused")
         await settle(pilot, lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", what="SIGSTOP")
         await pilot.press("r")
-        await settle(pilot, lambda: read_meta(paths)["status"] == "running", what="running again")
+        await settle(pilot, lambda: read_meta(paths).status == "running", what="running again")
         assert Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "T"
         await pilot.press("s")
         await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
         await pilot.press("n")  # the modal guards stop: saying no leaves the run alone
         await pilot.pause(0.5)
-        assert read_meta(paths)["status"] == "running"
+        assert read_meta(paths).status == "running"
         await pilot.press("s")
         await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
         await pilot.press("y")
         assert launched.supervisor.wait(timeout=60) == 0
         meta = read_meta(paths)
-        assert meta["status"] == "stopped" and meta["last_checkpoint"] is not None
+        assert meta.status == "stopped" and meta.last_checkpoint is not None
 
 
 async def test_zoom_reset_and_metric_selection_change_what_is_drawn(home: Path) -> None:
@@ -204,4 +204,4 @@ async def test_new_run_from_a_recipe_starts_and_is_selected(home: Path) -> None:
         await pilot.press("enter")
         await settle(pilot, lambda: app.selected and app.selected.startswith("toy-regression"), what="new run selected")
         run_id = app.selected
-        await settle(pilot, lambda: read_meta(RunPaths.of(run_id))["status"] == "completed", timeout=60, what="done")
+        await settle(pilot, lambda: read_meta(RunPaths.of(run_id)).status == "completed", timeout=60, what="done")

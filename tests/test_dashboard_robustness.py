@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from twinkle_trainer.protocol import read_meta, update_meta
+from twinkle_trainer.protocol import read_meta
 from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.ui.app import TwinkleApp
@@ -19,7 +19,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import TOY, settle
+from conftest import TOY, patch_meta, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -128,7 +128,7 @@ async def test_resume_whose_directory_is_gone_is_a_notice_not_a_crash(home: Path
     workdir.mkdir()
     ctl = ProcessController(home, grace=5)
     ctl.launch_script(TOY, ["--steps", "3"], run_id="moved", cwd=workdir).supervisor.wait(timeout=60)
-    update_meta(ctl.paths("moved"), lambda m: m.update(status="stopped"))
+    patch_meta(ctl.paths("moved"), status="stopped")
     workdir.rmdir()
     app = app_for(home, run_id="moved", watch=False)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -141,7 +141,7 @@ async def test_resume_whose_directory_is_gone_is_a_notice_not_a_crash(home: Path
         await settle(pilot, lambda: "cannot launch 'moved': its working directory" in status_text(app),
                      what="the notice")
         assert any("no longer exists" in n.message for n in app._notifications)  # the toast has all of it
-        assert app.is_running and read_meta(ctl.paths("moved"))["status"] == "stopped"
+        assert app.is_running and read_meta(ctl.paths("moved")).status == "stopped"
 
 
 async def test_switching_to_a_deleted_run_from_the_palette_is_a_notice(home: Path) -> None:

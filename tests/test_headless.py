@@ -26,7 +26,7 @@ def test_headless_run_prints_log_and_progress_and_exits_zero(home: Path) -> None
     assert "step 50: loss" in out  # the script's own output
     final = out.strip().splitlines()[-1]
     assert final.startswith("twinkle-tui: run hl completed · step 60/60 (100%) · loss 0.0"), final
-    assert read_meta(RunPaths.of("hl"))["status"] == "completed"
+    assert read_meta(RunPaths.of("hl")).status == "completed"
 
 
 def test_headless_run_exits_with_the_scripts_exit_code(home: Path) -> None:
@@ -46,7 +46,7 @@ def test_ctrl_c_stops_gracefully_with_a_checkpoint(home: Path) -> None:
     assert proc.returncode == 130
     assert "stopping gracefully" in out
     meta = read_meta(paths)
-    assert meta["status"] == "stopped" and meta["last_checkpoint"]["step"] >= 10
+    assert meta.status == "stopped" and meta.last_checkpoint.step >= 10
 
 
 def test_second_ctrl_c_kills(home: Path, tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_second_ctrl_c_kills(home: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGKILL
-    assert read_meta(paths)["exit_signal"] == "SIGKILL"
+    assert read_meta(paths).exit_signal == "SIGKILL"
 
 
 def test_headless_refuses_bad_input_in_one_line(home: Path, tmp_path: Path) -> None:

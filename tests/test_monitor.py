@@ -216,7 +216,7 @@ def test_a_failure_is_found_within_two_check_intervals(ctl: ProcessController, t
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         reports = monitor.check()
-        status = read_meta(ctl.paths("late"))["status"]
+        status = read_meta(ctl.paths("late")).status
         if status == "failed" and failed_at is None:
             failed_at = time.monotonic()
         if any(f.rule == "crash" for r in reports for f in r.findings):
@@ -273,7 +273,7 @@ def test_a_fix_repairs_a_broken_script_and_the_relaunched_run_completes(home: Pa
     assert "monitor: [critical] crash" in proc.stdout and "fix applied" in proc.stdout
     paths = RunPaths.of("fixme")
     meta = read_meta(paths)
-    assert meta["status"] == "completed" and meta["fix_attempts"] == 1 and meta["launches"] == 2
+    assert meta.status == "completed" and meta.fix_attempts == 1 and meta.launches == 2
     assert paths.script.read_text() == FIXED and paths.script_version(1).read_text() == BROKEN
     assert "totl_steps" in fake.requests[0]["messages"][1]["content"]  # the review saw the script and traceback
 
@@ -286,7 +286,7 @@ def test_a_warning_with_code_in_it_leaves_the_script_alone(home: Path, tmp_path:
         proc = headless(fake, tmp_path / "broken.py", "warned", "--auto-fix")
     assert proc.returncode == 1 and "review: WARNING: a typo" in proc.stdout
     assert RunPaths.of("warned").script.read_text() == BROKEN
-    assert read_meta(RunPaths.of("warned"))["fix_attempts"] == 0
+    assert read_meta(RunPaths.of("warned")).fix_attempts == 0
 
 
 def test_a_fix_that_does_not_compile_is_rejected(home: Path, tmp_path: Path) -> None:
@@ -308,7 +308,7 @@ def test_the_fourth_attempt_is_refused_and_attempts_survive_restarts(ctl: Proces
         proposal = pipeline.propose(snapshot, BROKEN + f"\n# attempt {attempt}\n", "try", found)
         launched = pipeline.apply(proposal)
         assert launched is not None and launched.supervisor.wait(timeout=120) == 1
-        assert read_meta(ctl.paths("stubborn"))["fix_attempts"] == attempt
+        assert read_meta(ctl.paths("stubborn")).fix_attempts == attempt
     snapshot = take_snapshot(RunStore(home).view("stubborn"))
     with pytest.raises(FixRefused, match="had 3 fix attempts already"):
         FixPipeline(ctl, "auto").propose(snapshot, FIXED, "fourth", run_rules(snapshot))
@@ -375,10 +375,10 @@ async def test_the_dashboard_shows_findings_and_asks_before_a_fix(home: Path, tm
             monitor_lines = [str(m._markdown) for m in app.query(ChatMessage) if m.has_class("error")]
             assert any("[critical] crash" in m and "name/attribute error" in m for m in monitor_lines)
             await pilot.press("y")
-            while read_meta(RunPaths.of("dash"))["launches"] < 2 and time.monotonic() < deadline + 60:
+            while read_meta(RunPaths.of("dash")).launches < 2 and time.monotonic() < deadline + 60:
                 await pilot.pause(0.1)
     paths = RunPaths.of("dash")
-    wait_for(lambda: read_meta(paths)["status"] == "completed", timeout=60, what="the fixed run to complete")
+    wait_for(lambda: read_meta(paths).status == "completed", timeout=60, what="the fixed run to complete")
     assert paths.script.read_text() == FIXED
     kinds = [json.loads(line)["kind"] for line in paths.events.read_text().splitlines()]
     assert "error" in kinds and "fix" in kinds  # the finding and the fix are chart markers

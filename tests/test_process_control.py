@@ -23,7 +23,7 @@ def steps_logged(paths: RunPaths) -> list[int]:
 
 
 def status(paths: RunPaths) -> str:
-    return read_meta(paths)["status"] if paths.meta.exists() else ""
+    return read_meta(paths).status if paths.meta.exists() else ""
 
 
 def finished(paths: RunPaths) -> bool:
@@ -44,8 +44,8 @@ def test_a_crash_is_recorded_failed_with_exit_code_and_traceback(ctl: ProcessCon
     assert launched.supervisor.wait(timeout=60) == 1
     paths = ctl.paths("crash")
     meta = read_meta(paths)
-    assert meta["status"] == "failed" and meta["exit_code"] == 1
-    assert meta["error"] == "RuntimeError: injected failure at step 7"
+    assert meta.status == "failed" and meta.exit_code == 1
+    assert meta.error == "RuntimeError: injected failure at step 7"
     log = paths.log.read_text()
     assert "Traceback (most recent call last)" in log and "injected failure at step 7" in log
     traceback = log[log.index("Traceback (most recent call last)"):]
@@ -57,11 +57,11 @@ def test_sigkill_is_recorded_as_killed(ctl: ProcessController) -> None:
     ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.02"], run_id="victim")
     paths = ctl.paths("victim")
     wait_for(lambda: len(steps_logged(paths)) > 3, what="training to start")
-    os.kill(read_meta(paths)["pid"], signal.SIGKILL)
+    os.kill(read_meta(paths).pid, signal.SIGKILL)
     wait_for(lambda: finished(paths), what="the exit to be recorded")
     meta = read_meta(paths)
-    assert meta["status"] == "failed" and meta["exit_signal"] == "SIGKILL"
-    assert meta["error"] == "killed by SIGKILL" and meta["exit_code"] == -9
+    assert meta.status == "failed" and meta.exit_signal == "SIGKILL"
+    assert meta.error == "killed by SIGKILL" and meta.exit_code == -9
 
 
 def test_stop_checkpoints_and_resume_continues_at_the_next_step(ctl: ProcessController, home: Path) -> None:
@@ -72,8 +72,8 @@ def test_stop_checkpoints_and_resume_continues_at_the_next_step(ctl: ProcessCont
     ctl.stop("sr")
     launched.supervisor.wait(timeout=60)
     meta = read_meta(paths)
-    assert meta["status"] == "stopped" and meta["exit_code"] == 0
-    stopped_at = meta["last_checkpoint"]["step"]
+    assert meta.status == "stopped" and meta.exit_code == 0
+    stopped_at = meta.last_checkpoint.step
     assert steps_logged(paths)[-1] == stopped_at  # the checkpoint is of the last finished step
     assert (paths.checkpoint(stopped_at) / "state.pt").exists()
 
@@ -81,7 +81,7 @@ def test_stop_checkpoints_and_resume_continues_at_the_next_step(ctl: ProcessCont
     assert relaunch is not None
     assert relaunch.supervisor.wait(timeout=120) == 0
     meta = read_meta(paths)
-    assert meta["status"] == "completed" and meta["launches"] == 2
+    assert meta.status == "completed" and meta.launches == 2
     assert steps_logged(paths) == list(range(1, total + 1))  # no repeated, no missing step
     series = RunStore(home).view("sr")
     series.refresh()
@@ -96,7 +96,7 @@ def test_pause_freezes_progress_and_resume_continues(ctl: ProcessController) -> 
     wait_for(lambda: len(steps_logged(paths)) > 5, what="training to start")
     ctl.pause("pz")
     assert status(paths) == "paused"
-    pid = read_meta(paths)["pid"]
+    pid = read_meta(paths).pid
     wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", what="the process to stop")
     frozen = len(steps_logged(paths))
     import time
@@ -120,7 +120,7 @@ def test_stopping_a_paused_run_still_checkpoints(ctl: ProcessController) -> None
     ctl.stop("ps")
     launched.supervisor.wait(timeout=60)
     meta = read_meta(paths)
-    assert meta["status"] == "stopped" and meta["last_checkpoint"] is not None
+    assert meta.status == "stopped" and meta.last_checkpoint is not None
 
 
 def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
     ctl.stop("stubborn")
     launched.supervisor.wait(timeout=30)
     meta = read_meta(paths)
-    assert meta["status"] == "killed" and meta["exit_signal"] == "SIGKILL"
+    assert meta.status == "killed" and meta.exit_signal == "SIGKILL"
     assert any(json.loads(line)["kind"] == "warning" for line in paths.events.read_text().splitlines())
 
 
@@ -175,7 +175,7 @@ def test_update_script_archives_versions_and_refuses_code_that_does_not_compile(
     assert ctl.update_script("fixme", original + "\n# fix 2\n") == 3
     assert paths.script_version(1).read_text() == original
     assert paths.script_version(2).read_text().endswith("# fix 1\n")
-    assert read_meta(paths)["script_version"] == 3
+    assert read_meta(paths).script_version == 3
 
 
 def test_bad_run_ids_are_refused_everywhere(ctl: ProcessController, home: Path) -> None:

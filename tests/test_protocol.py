@@ -51,10 +51,10 @@ def test_meta_read_tolerates_missing_unknown_fields_and_old_error_status(tmp_pat
     paths.root.mkdir()
     paths.meta.write_text(json.dumps({"status": "error", "future_field": [1, 2], "progress": {"last_step": 7}}))
     meta = read_meta(paths)
-    assert meta["status"] == "failed"
-    assert meta["future_field"] == [1, 2]
-    assert meta["progress"] == {"last_step": 7, "total_steps": None}
-    assert meta["run_id"] == "old" and meta["launches"] == 0
+    assert meta.status == "failed"
+    assert meta.extra["future_field"] == [1, 2] and meta.to_json()["future_field"] == [1, 2]
+    assert (meta.progress.last_step, meta.progress.total_steps) == (7, None)
+    assert meta.run_id == "old" and meta.launches == 0
 
 
 def test_missing_and_corrupt_meta_give_one_line_errors(tmp_path: Path) -> None:
@@ -97,20 +97,21 @@ def test_update_meta_serializes_concurrent_writers(tmp_path: Path) -> None:
     paths = RunPaths(tmp_path / "r")
     code = (
         "import sys; from pathlib import Path; from trainer.protocol import RunPaths, update_meta\n"
+        "def bump(m): m.fix_attempts += 1\n"
         "p = RunPaths(Path(sys.argv[1]))\n"
-        "for _ in range(50): update_meta(p, lambda m: m.__setitem__('fix_attempts', m['fix_attempts'] + 1))\n"
+        "for _ in range(50): update_meta(p, bump)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(paths.root)]) for _ in range(4)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
-    assert read_meta(paths)["fix_attempts"] == 200
+    assert read_meta(paths).fix_attempts == 200
 
 
 def test_update_meta_starts_from_defaults_and_keeps_other_fields(tmp_path: Path) -> None:
     paths = RunPaths(tmp_path / "r")
-    update_meta(paths, lambda m: m.__setitem__("model_id", "tiny"))
-    update_meta(paths, lambda m: m["progress"].__setitem__("last_step", 3))
+    update_meta(paths, lambda m: setattr(m, "model_id", "tiny"))
+    update_meta(paths, lambda m: setattr(m.progress, "last_step", 3))
     meta = read_meta(paths)
-    assert (meta["model_id"], meta["progress"]["last_step"], meta["status"]) == ("tiny", 3, "starting")
+    assert (meta.model_id, meta.progress.last_step, meta.status) == ("tiny", 3, "starting")
 
 
 def test_status_parsing() -> None:

@@ -126,14 +126,14 @@ def test_a_script_for_the_original_auto_runs_with_only_its_import_changed(home: 
     script.write_text(ORIGINAL_AUTO)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0, plain.stderr
-    assert read_meta(RunPaths.of("my-run"))["status"] == "completed"  # on its own it uses its own run id
+    assert read_meta(RunPaths.of("my-run")).status == "completed"  # on its own it uses its own run id
     proc = twinkle("--run", str(script), "--run-id", "managed")
     assert proc.returncode == 0, proc.stderr
     assert "running as managed run 'managed' (the script asked for 'my-run')" in proc.stdout
     assert [r["step"] for r in metrics("managed")] == list(range(1, 21))
     assert {"loss", "reward", "grad_norm", "lr"} <= set(metrics("managed")[0])
     assert len(metrics("my-run")) == 20  # the managed launch wrote nothing into the script's own run
-    assert read_meta(RunPaths.of("managed"))["last_checkpoint"]["step"] == 20
+    assert read_meta(RunPaths.of("managed")).last_checkpoint.step == 20
 
 
 def test_a_hugging_face_trainer_run_stops_and_resumes_at_the_right_step(home: Path) -> None:
@@ -143,13 +143,13 @@ def test_a_hugging_face_trainer_run_stops_and_resumes_at_the_right_step(home: Pa
     paths = ctl.paths("hf")
     wait_for(lambda: len(metrics("hf")) >= 8, timeout=120, what="eight steps")
     meta = read_meta(paths)
-    assert meta["progress"]["total_steps"] == 400 and {"loss", "learning_rate", "grad_norm"} <= set(metrics("hf")[0])
+    assert meta.progress.total_steps == 400 and {"loss", "learning_rate", "grad_norm"} <= set(metrics("hf")[0])
     ctl.stop("hf")
     assert launched.supervisor.wait(timeout=120) == 0
     meta = read_meta(paths)
-    stopped = meta["last_checkpoint"]["step"]
-    assert meta["status"] == "stopped" and stopped >= 8
-    assert Path(meta["last_checkpoint"]["path"]).name == f"checkpoint-{stopped}"
+    stopped = meta.last_checkpoint.step
+    assert meta.status == "stopped" and stopped >= 8
+    assert Path(meta.last_checkpoint.path).name == f"checkpoint-{stopped}"
     assert metrics("hf")[-1]["step"] == stopped
     relaunch = ctl.resume("hf")
     assert relaunch is not None
@@ -181,7 +181,7 @@ def test_two_nodes_on_the_loopback_address_train_one_metrics_stream(home: Path) 
     assert node1.returncode == 0, out1[-3000:]
     assert [r["step"] for r in metrics("nodes")] == list(range(1, 7))  # global rank 0 alone wrote them
     assert "2 process(es)" in RunPaths.of("nodes").log.read_text()
-    assert read_meta(RunPaths.of("nodes"))["status"] == "completed"
+    assert read_meta(RunPaths.of("nodes")).status == "completed"
     assert [p.name for p in home.iterdir() if not p.name.startswith(".")] == ["nodes"]  # node 1 made no run
 
 

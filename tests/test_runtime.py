@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from twinkle_trainer.protocol import RunPaths, read_meta, update_meta
+from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_trainer.runtime import TrainingRuntime
 
 
@@ -32,8 +32,8 @@ def test_start_keeps_progress_and_resume_returns_the_last_checkpoint(home: Path)
 
     again = TrainingRuntime("keep").start(model_id="m")
     meta = read_meta(again.paths)
-    assert meta["progress"] == {"last_step": 30, "total_steps": 100}
-    assert meta["status"] == "running" and meta["launches"] == 2
+    assert (meta.progress.last_step, meta.progress.total_steps) == (30, 100)
+    assert meta.status == "running" and meta.launches == 2
     info = again.get_resume_info()
     assert info is not None and info.step == 30 and info.next_step == 31
     assert (info.path / "weights.bin").read_bytes() == b"w"
@@ -82,8 +82,8 @@ def test_an_uncaught_exception_marks_the_run_failed_with_its_summary(home: Path)
     proc = run_py(code)
     assert proc.returncode == 1 and "ValueError: bad batch shape" in proc.stderr  # the traceback still prints
     meta = read_meta(RunPaths.of("boom"))
-    assert meta["status"] == "failed" and meta["error"] == "ValueError: bad batch shape (3, 4)"
-    assert meta["progress"]["last_step"] == 1
+    assert meta.status == "failed" and meta.error == "ValueError: bad batch shape (3, 4)"
+    assert meta.progress.last_step == 1
 
 
 def test_the_last_step_is_flushed_at_exit(home: Path) -> None:
@@ -95,7 +95,7 @@ def test_the_last_step_is_flushed_at_exit(home: Path) -> None:
     )
     assert run_py(code).returncode == 0
     meta = read_meta(RunPaths.of("flush"))
-    assert meta["progress"]["last_step"] == 57 and meta["status"] == "completed"
+    assert meta.progress.last_step == 57 and meta.status == "completed"
 
 
 def test_sigterm_sets_should_stop_and_step_boundary_checkpoints(home: Path) -> None:
@@ -113,7 +113,7 @@ def test_sigterm_sets_should_stop_and_step_boundary_checkpoints(home: Path) -> N
     proc = run_py(code)
     assert proc.returncode == 0, proc.stderr
     meta = read_meta(RunPaths.of("term"))
-    assert meta["status"] == "stopped" and meta["last_checkpoint"]["step"] == 12
+    assert meta.status == "stopped" and meta.last_checkpoint.step == 12
     assert (RunPaths.of("term").checkpoint(12) / "w").read_text() == "ok"
 
 
@@ -125,10 +125,11 @@ def test_finish_rejects_non_final_status(home: Path) -> None:
 
 def test_start_does_not_clobber_fields_written_by_others(home: Path) -> None:
     paths = RunPaths.of("others")
-    update_meta(paths, lambda m: m.update(fix_attempts=2, custom="kept"))
+    paths.root.mkdir(parents=True)
+    paths.meta.write_text(json.dumps({"fix_attempts": 2, "custom": "kept"}))
     TrainingRuntime("others").start()
     meta = read_meta(paths)
-    assert meta["fix_attempts"] == 2 and meta["custom"] == "kept"
+    assert meta.fix_attempts == 2 and meta.extra["custom"] == "kept"
 
 
 REENTRANT = """

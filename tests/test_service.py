@@ -138,9 +138,9 @@ def test_sft_loss_falls_and_the_run_records_it(client: tinker.ServiceClient, ser
         opt.result(timeout=60)
     assert losses[-1] < 0.6 * losses[0], losses
     meta = run_of(service.home, tc.model_id)
-    assert meta["status"] == "running" and meta["model_id"] == BASE
-    assert meta["config"]["lora"]["rank"] == 8 and meta["config"]["user_metadata"] == {"experiment": "sft"}
-    assert meta["supervisor_pid"] == service.proc.pid and meta["pid"] == os.getpid()  # the client is the process
+    assert meta.status == "running" and meta.model_id == BASE
+    assert meta.config["lora"]["rank"] == 8 and meta.config["user_metadata"] == {"experiment": "sft"}
+    assert meta.supervisor_pid == service.proc.pid and meta.pid == os.getpid()  # the client is the process
     lines = metrics_of(service.home, run_id_of(service.home, tc.model_id))
     assert [m["step"] for m in lines] == list(range(1, 26))
     assert lines[0]["loss"] == pytest.approx(losses[0], rel=1e-5) and lines[-1]["loss"] == pytest.approx(losses[-1],
@@ -397,7 +397,7 @@ def test_pause_resume_and_stop_act_on_the_client(service: Server, tmp_path: Path
         wait_for(lambda: steps_of(service.home, run_id) > 3, timeout=60, what="steps")
         ctl = ProcessController(service.home, grace=5)
         ctl.pause(run_id)
-        assert read_meta(RunPaths(service.home / run_id))["status"] == "paused"
+        assert read_meta(RunPaths(service.home / run_id)).status == "paused"
         time.sleep(0.5)
         paused_at = steps_of(service.home, run_id)
         time.sleep(1.5)
@@ -412,8 +412,8 @@ def test_pause_resume_and_stop_act_on_the_client(service: Server, tmp_path: Path
         assert "client of the training service" in asked.detail and "checkpoint" not in asked.detail
         ctl.stop(run_id)
         proc.wait(timeout=30)
-        wait_for(lambda: read_meta(RunPaths(service.home / run_id))["status"] == "stopped", timeout=30, what="the run to stop")
-        assert read_meta(RunPaths(service.home / run_id))["end_time"]
+        wait_for(lambda: read_meta(RunPaths(service.home / run_id)).status == "stopped", timeout=30, what="the run to stop")
+        assert read_meta(RunPaths(service.home / run_id)).end_time
     finally:
         proc.kill()
 
@@ -426,8 +426,8 @@ def test_a_managed_client_writes_into_its_own_run(service: Server, tmp_path: Pat
                           env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     meta = read_meta(RunPaths(service.home / "cookbook-run"))  # the training client wrote into the managed run
-    assert meta["config"]["tinker_model_id"] in done.stdout
-    assert meta["status"] == "completed" and meta["model_id"] == BASE and meta["config"]["source"] == "tinker service"
+    assert meta.config["tinker_model_id"] in done.stdout
+    assert meta.status == "completed" and meta.model_id == BASE and meta.config["source"] == "tinker service"
     assert [m["step"] for m in metrics_of(service.home, "cookbook-run")] == [1, 2, 3, 4, 5]
 
 
@@ -489,7 +489,7 @@ async def test_the_agent_starts_and_stops_the_service_as_a_run(tmp_path: Path) -
     try:
         wait_for(up, timeout=60, what="the agent's service to answer")
         meta = read_meta(RunPaths(home / run_id))
-        assert meta["status"] == "running" and meta["service"] == {"url": f"http://127.0.0.1:{port}",
+        assert meta.status == "running" and meta.service == {"url": f"http://127.0.0.1:{port}",
                                                                    "sampler": "hf", "sessions": 0}
         from twinkle_tui.gpu import GpuSnapshot
         from twinkle_tui.ui.app import TwinkleApp
@@ -502,7 +502,7 @@ async def test_the_agent_starts_and_stops_the_service_as_a_run(tmp_path: Path) -
         assert f"tinker training service at http://127.0.0.1:{port} · 0 open sessions" in shown, shown
         stopped = await runner.run("shutdown_server", {"name": "training"})
         assert stopped.ok, stopped.text
-        wait_for(lambda: read_meta(RunPaths(home / run_id))["status"] == "stopped", timeout=30,
+        wait_for(lambda: read_meta(RunPaths(home / run_id)).status == "stopped", timeout=30,
                  what="the service run to be stopped")
         assert not up()
         from twinkle_tui.commands.runs import _resume_confirm
@@ -543,7 +543,7 @@ def test_twinkle_tui_serve_follows_the_service_and_ctrl_c_stops_it(tmp_path: Pat
     assert serve.returncode == 130, out  # headless: interrupted by the user (README, exit codes)
     assert "Traceback" not in out
     service_run = next(p for p in home.iterdir() if p.name.startswith(f"service-{port}"))
-    assert read_meta(RunPaths(service_run))["status"] == "stopped"
+    assert read_meta(RunPaths(service_run)).status == "stopped"
     client_run = run_of(home, model_id)
     assert client_run["status"] == "completed" and steps_of(home, run_id_of(home, model_id)) == 2
 

@@ -38,7 +38,7 @@ def test_sft_loss_decreases(ctl: ProcessController) -> None:
     # Full fine-tuning: a LoRA on a 2-layer random model has too little capacity to move the loss visibly
     # (SmolLM2 with LoRA learns: see the slow test and examples/sft_smollm2.toml).
     meta = train(ctl, "sft", "--max_steps", "40", "--batch_size", "8", "--lr", "1e-2", "--no-use-lora", "--save_steps", "20")
-    assert meta["status"] == "completed", meta.get("error")
+    assert meta.status == "completed", meta.error
     rows = metrics("sft")
     assert [r["step"] for r in rows] == list(range(1, 41))
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
@@ -47,7 +47,7 @@ def test_sft_loss_decreases(ctl: ProcessController) -> None:
     assert (RunPaths.of("sft").root / "adapter" / "config.json").exists()  # the whole model, without LoRA
     log = RunPaths.of("sft").log.read_text()
     assert "step 5/40: loss" in log and "step 40/40: loss" in log  # progress in the log panel too
-    assert meta["last_checkpoint"]["step"] == 40
+    assert meta.last_checkpoint.step == 40
 
 
 GRPO_METRICS = {"loss", "grad_norm", "learning rate", "tokens/s", "reward", "reward_std", "reward/math",
@@ -59,7 +59,7 @@ def test_grpo_step_changes_the_adapter_and_logs_every_metric(ctl: ProcessControl
     meta = train(ctl, "grpo", "--task", "grpo", "--dataset_id", "builtin:arith", "--max_steps", "2",
                  "--batch_size", "2", "--micro_batch_size", "2", "--num_generations", "4", "--max_tokens", "6",
                  "--save_steps", "1", "--lr", "1e-2")
-    assert meta["status"] == "completed", meta.get("error")
+    assert meta.status == "completed", meta.error
     rows = metrics("grpo")
     assert len(rows) == 2 and GRPO_METRICS <= set(rows[0])
     assert rows[1]["adapter_version"] > rows[0]["adapter_version"]
@@ -79,7 +79,7 @@ def test_a_reward_plugin_by_dotted_path(ctl: ProcessController, tmp_path: Path, 
     monkeypatch.setenv("PYTHONPATH", f"{plugins}:{__import__('os').environ['PYTHONPATH']}")
     meta = train(ctl, "plugin", "--task", "grpo", "--dataset_id", "builtin:arith", "--max_steps", "1",
                  "--batch_size", "2", "--micro_batch_size", "2", "--max_tokens", "4", "--reward_fns", "math,my_rewards.brevity")
-    assert meta["status"] == "completed", meta.get("error")
+    assert meta.status == "completed", meta.error
     assert 0 < metrics("plugin")[0]["reward/my_rewards.brevity"] <= 1
 
 
@@ -94,8 +94,8 @@ def test_stop_then_resume_reproduces_the_uninterrupted_losses(ctl: ProcessContro
     ctl.stop("parts")
     launched.supervisor.wait(timeout=120)
     meta = read_meta(RunPaths.of("parts"))
-    stopped = meta["last_checkpoint"]["step"]
-    assert meta["status"] == "stopped" and 5 <= stopped < 40
+    stopped = meta.last_checkpoint.step
+    assert meta.status == "stopped" and 5 <= stopped < 40
     relaunch = ctl.resume("parts")
     assert relaunch is not None and relaunch.supervisor.wait(timeout=240) == 0
     rows = metrics("parts")
@@ -109,7 +109,7 @@ def test_stop_then_resume_reproduces_the_uninterrupted_losses(ctl: ProcessContro
 def test_two_process_accelerate_run_writes_one_metrics_stream(ctl: ProcessController) -> None:
     meta = train(ctl, "ddp", "--nproc_per_node", "2", "--max_steps", "6", "--batch_size", "4", "--micro_batch_size", "2",
                  "--save_steps", "3", timeout=300)
-    assert meta["status"] == "completed", RunPaths.of("ddp").log.read_text()[-2000:]
+    assert meta.status == "completed", RunPaths.of("ddp").log.read_text()[-2000:]
     assert [r["step"] for r in metrics("ddp")] == list(range(1, 7))
     assert "2 process(es)" in RunPaths.of("ddp").log.read_text()
 
@@ -126,7 +126,7 @@ def test_gkd_student_moves_toward_a_teacher_trained_first(ctl: ProcessController
     meta = train(ctl, "gkd", "--task", "gkd", "--teacher_model_id", str(teacher_dir), "--max_steps", "16",
                  "--batch_size", "4", "--num_generations", "2", "--max_tokens", "16", "--lr", "5e-3",
                  "--no-use-lora", "--save_steps", "100")
-    assert meta["status"] == "completed", meta.get("error")
+    assert meta.status == "completed", meta.error
     rows = metrics("gkd")
     assert [r["step"] for r in rows] == list(range(1, 17)) and GKD_METRICS <= set(rows[0])
     first, last = (sum(r["kl/teacher"] for r in part) / 3 for part in (rows[:3], rows[-3:]))
@@ -142,7 +142,7 @@ def test_gkd_teacher_from_a_lora_run(ctl: ProcessController) -> None:
     meta = train(ctl, "gkd-lora", "--task", "gkd", "--teacher_model_id", str(RunPaths.of("lora-teacher").root),
                  "--max_steps", "1", "--batch_size", "4", "--num_generations", "1", "--max_tokens", "8",
                  "--gkd_beta", "1")
-    assert meta["status"] == "completed", meta.get("error")
+    assert meta.status == "completed", meta.error
     log = RunPaths.of("gkd-lora").log.read_text()
     assert "reverse KL" in log and metrics("gkd-lora")[0]["kl/teacher"] > 0  # the adapter is merged: not the base
 
@@ -176,7 +176,7 @@ def test_bad_input_fails_in_one_line(home: Path, tmp_path: Path, args: list[str]
     assert len(errors) == 1 and errors[0].startswith(message), out.stderr[-500:]
     if RunPaths.of("bad").meta.exists():  # found after the run started (a model not in the cache)
         meta = read_meta(RunPaths.of("bad"))
-        assert meta["status"] == "failed" and meta["error"] in errors[0]
+        assert meta.status == "failed" and meta.error in errors[0]
     else:  # found before anything loaded: no model, no run left behind
         assert "model" not in message or "someone" not in message
 
@@ -195,4 +195,4 @@ def test_smollm2_from_the_wheel_learns_the_example_recipe(ctl: ProcessController
     last = sum(r["loss"] for r in rows[-5:]) / 5
     # The README's promise: from about 4 to about 1 (measured here: 3.9 -> 0.6).
     assert first > 3.0 and last < 1.2 and last < first / 3, (first, last)
-    assert read_meta(RunPaths.of("smol"))["model_id"] == "builtin:smollm2-135m-instruct"
+    assert read_meta(RunPaths.of("smol")).model_id == "builtin:smollm2-135m-instruct"

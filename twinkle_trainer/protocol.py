@@ -7,11 +7,9 @@ import torch.
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 import stat
@@ -22,9 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twinkle_trainer.run_meta import (
+    MAX_STEP,
+    SCHEMA,
+    CheckpointRef,
+    Progress,
+    RunKind,
+    RunMeta,
+    RunStatus,
+    as_int,
+    as_time,
+)
+
+__all__ = ["HOME_ENV", "MAX_STEP", "RUN_ID_ENV", "SCHEMA", "CheckpointRef", "InvalidRunId", "MetaError", "Progress", "RunKind",
+           "RunMeta", "RunPaths", "RunStatus", "append_jsonl", "as_int", "as_time", "meta_lock", "new_run_id",
+           "process_is", "process_start_time", "read_meta", "read_regular_file", "record_event", "run_id_prefix",
+           "twinkle_home", "update_meta", "validate_run_id", "write_json_atomic"]
+
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 HOME_ENV = "TWINKLE_HOME"
 RUN_ID_ENV = "TWINKLE_RUN_ID"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -32,38 +46,6 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 class InvalidRunId(ValueError):
     """A run id that could escape $TWINKLE_HOME or is not a plain name."""
-
-
-class RunStatus(str, enum.Enum):
-    """Lifecycle of a run as recorded in meta.json."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    KILLED = "killed"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def is_active(self) -> bool:
-        """True while a process is expected to exist for the run."""
-        return self in _ACTIVE
-
-    @classmethod
-    def parse(cls, value: object) -> RunStatus:
-        """Read a status written by any writer; old writers said "error" for failed."""
-        text = str(value or "").strip().lower()
-        if text == "error":
-            return cls.FAILED
-        try:
-            return cls(text)
-        except ValueError:
-            return cls.FAILED if text else cls.STARTING
-
-
-_ACTIVE = {RunStatus.STARTING, RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.STOPPING}
 
 
 def twinkle_home(base_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -181,127 +163,11 @@ def append_jsonl(path: Path, obj: dict[str, Any]) -> None:
         os.close(fd)
 
 
-META_DEFAULTS: dict[str, Any] = {
-    "schema": SCHEMA,
-    "run_id": None,
-    "model_id": None,
-    "config": {},
-    "status": RunStatus.STARTING.value,
-    "pid": None,
-    "pid_start_time": None,
-    "pgid": None,
-    "supervisor_pid": None,
-    "supervisor_start_time": None,
-    "cwd": None,
-    "command": None,
-    "script_path": None,
-    "script_version": 0,
-    "start_time": None,
-    "end_time": None,
-    "exit_code": None,
-    "exit_signal": None,
-    "error": None,
-    "progress": {"last_step": 0, "total_steps": None},
-    "last_checkpoint": None,
-    "fix_attempts": 0,
-    "launches": 0,
-}
 META_MAX_BYTES = 1024 * 1024  # a meta.json is a few KB; anything far larger is not one
-INVALID_KEY = "_invalid"  # fields a reader had to ignore; never written back
-MAX_STEP = 2**53  # steps beyond this are not integers a float (JSON, numpy) can hold exactly
-
-_INT_FIELDS = ("pid", "pid_start_time", "pgid", "supervisor_pid", "supervisor_start_time", "script_version",
-               "fix_attempts", "launches", "exit_code")
-_TIME_FIELDS = ("start_time", "end_time")
-_TEXT_FIELDS = ("run_id", "model_id", "cwd", "script_path", "exit_signal", "error", "display_name")
 
 
 class MetaError(Exception):
     """meta.json is missing or unreadable; the message is one line a user can act on."""
-
-
-def as_int(value: Any, lo: int = -MAX_STEP, hi: int = MAX_STEP) -> int | None:
-    """An integer in [lo, hi] from an int or an integral finite float; None for anything else (bools too)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value) or not value.is_integer():
-            return None
-        value = int(value)
-    if isinstance(value, int) and lo <= value <= hi:
-        return value
-    return None
-
-
-def as_time(value: Any) -> float | None:
-    """A finite, non-negative timestamp, or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and 0 <= value < 1e11 else None
-
-
-def normalize_meta(raw: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-    """Fill missing fields with defaults, keep unknown ones, read old status values, and replace values of the
-    wrong type (a pid that is a string, a step of 1e400) by their defaults, naming them under `_invalid`."""
-    meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in META_DEFAULTS.items()}
-    meta.update(raw)
-    meta.pop(INVALID_KEY, None)
-    invalid: list[str] = []
-
-    def reset(key: str, default: Any = None) -> None:
-        if raw.get(key) is not None:
-            invalid.append(key)
-        meta[key] = default
-
-    for key in _INT_FIELDS:
-        if meta.get(key) is not None:
-            number = as_int(meta[key])
-            if number is None:
-                reset(key, META_DEFAULTS.get(key))
-            else:
-                meta[key] = number
-    for key in _TIME_FIELDS:
-        if meta.get(key) is not None and as_time(meta[key]) is None:
-            reset(key)
-    for key in _TEXT_FIELDS:
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            reset(key)
-    if not isinstance(meta.get("config"), dict):
-        reset("config", {})
-    command = meta.get("command")
-    if command is not None and not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-        reset("command")
-    progress = dict(META_DEFAULTS["progress"])
-    raw_progress = raw.get("progress")
-    if isinstance(raw_progress, dict):
-        progress.update(raw_progress)
-    elif raw_progress is not None:
-        invalid.append("progress")
-    last = as_int(progress.get("last_step"), 0)
-    if last is None:
-        invalid.append("progress.last_step")
-        last = 0
-    progress["last_step"] = last
-    total = progress.get("total_steps")
-    if total is not None:
-        progress["total_steps"] = as_int(total, 1)
-        if progress["total_steps"] is None:
-            invalid.append("progress.total_steps")
-    meta["progress"] = progress
-    checkpoint = meta.get("last_checkpoint")
-    if checkpoint is not None:
-        if isinstance(checkpoint, dict) and as_int(checkpoint.get("step"), 0) is not None \
-                and isinstance(checkpoint.get("path"), str):
-            meta["last_checkpoint"] = {**checkpoint, "step": as_int(checkpoint["step"], 0)}
-        else:
-            reset("last_checkpoint")
-    meta["status"] = RunStatus.parse(raw.get("status")).value
-    if run_id and not meta.get("run_id"):
-        meta["run_id"] = run_id
-    if invalid:
-        meta[INVALID_KEY] = invalid
-    return meta
 
 
 def read_regular_file(path: Path, max_bytes: int) -> bytes:
@@ -330,7 +196,7 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-def read_meta(paths: RunPaths) -> dict[str, Any]:
+def read_meta(paths: RunPaths) -> RunMeta:
     """Read meta.json, tolerant of missing and unknown fields and of values of the wrong type; raise MetaError
     if it is absent, not a regular file, too large, or not a JSON object."""
     try:
@@ -342,7 +208,7 @@ def read_meta(paths: RunPaths) -> dict[str, Any]:
         raise MetaError(f"run {paths.run_id!r}: meta.json is unreadable: {reason.splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise MetaError(f"run {paths.run_id!r}: meta.json does not hold a JSON object")
-    return normalize_meta(raw, paths.run_id)
+    return RunMeta.from_json(raw, paths.run_id)
 
 
 @contextlib.contextmanager
@@ -374,7 +240,7 @@ def meta_lock(paths: RunPaths, timeout: float = 2.0) -> Iterator[None]:
         os.close(fd)
 
 
-def update_meta(paths: RunPaths, change: Callable[[dict[str, Any]], None], repair: bool = False) -> dict[str, Any]:
+def update_meta(paths: RunPaths, change: Callable[[RunMeta], None], repair: bool = False) -> RunMeta:
     """Apply `change` to meta.json under the lock and write it atomically; a missing file starts from defaults.
 
     `change` may raise to abort: nothing is written then. A corrupt meta.json raises MetaError, unless `repair`
@@ -392,10 +258,10 @@ def update_meta(paths: RunPaths, change: Callable[[dict[str, Any]], None], repai
                 with contextlib.suppress(OSError):
                     if not paths.meta.is_file() or paths.meta.is_symlink():
                         paths.meta.unlink()  # a FIFO or link in its place: os.replace needs a plain name
-            meta = normalize_meta({}, paths.run_id)
+            meta = RunMeta(run_id=paths.run_id)
         change(meta)
-        meta.pop(INVALID_KEY, None)
-        write_json_atomic(paths.meta, meta)
+        meta.invalid = ()
+        write_json_atomic(paths.meta, meta.to_json())
         return meta
 
 

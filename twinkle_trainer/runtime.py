@@ -34,6 +34,8 @@ from typing import Any
 
 from twinkle_trainer.protocol import (
     RUN_ID_ENV,
+    CheckpointRef,
+    RunMeta,
     RunPaths,
     RunStatus,
     append_jsonl,
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 SUPERVISED_ENV = "TWINKLE_SUPERVISED"
 STATE_FILE = "twinkle_state.json"
-FINAL_STATUSES = {RunStatus.COMPLETED.value, RunStatus.STOPPED.value, RunStatus.FAILED.value}
+FINAL_STATUSES = {RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.FAILED}
 
 SaveFn = Callable[[Path], None]
 
@@ -151,36 +153,36 @@ class TrainingRuntime:
         pid = os.getpid()
         script = script_path or (sys.argv[0] if sys.argv and sys.argv[0] else None)
 
-        def change(meta: dict[str, Any]) -> None:
-            meta["run_id"] = self.run_id
+        def change(meta: RunMeta) -> None:
+            meta.run_id = self.run_id
             if model_id is not None:
-                meta["model_id"] = model_id
+                meta.model_id = model_id
             if config is not None:
-                meta["config"] = config
-            meta["status"] = RunStatus.RUNNING.value
+                meta.config = config
+            meta.status = RunStatus.RUNNING
             if not self.supervised:  # under the supervisor, pid is its child: the leader of the run's group
-                meta["pid"] = pid
-                meta["pid_start_time"] = process_start_time(pid)
-            meta["cwd"] = meta.get("cwd") or os.getcwd()
-            if script and not meta.get("script_path"):
-                meta["script_path"] = str(Path(script).resolve())
-            meta["start_time"] = meta.get("start_time") or now
-            meta["end_time"] = None
-            meta["exit_code"] = None
-            meta["exit_signal"] = None
-            meta["error"] = None
+                meta.pid = pid
+                meta.pid_start_time = process_start_time(pid)
+            meta.cwd = meta.cwd or os.getcwd()
+            if script and not meta.script_path:
+                meta.script_path = str(Path(script).resolve())
+            meta.start_time = meta.start_time or now
+            meta.end_time = None
+            meta.exit_code = None
+            meta.exit_signal = None
+            meta.error = None
             if total_steps is not None:
-                meta["progress"]["total_steps"] = int(total_steps)
+                meta.progress.total_steps = int(total_steps)
             if not self.supervised:  # the supervisor counts launches it makes
-                meta["launches"] = int(meta.get("launches") or 0) + 1
-                meta["command"] = meta.get("command") or [sys.executable, *sys.argv]
+                meta.launches = meta.launches + 1
+                meta.command = meta.command or [sys.executable, *sys.argv]
 
         meta = update_meta(self.paths, change, repair=True)
-        self._last_step = int(meta["progress"].get("last_step") or 0)
-        self._total_steps = meta["progress"].get("total_steps")
+        self._last_step = meta.progress.last_step
+        self._total_steps = meta.progress.total_steps
         self._started = True
         if not self.supervised:
-            record_event(self.paths, "launch", self.clock, pid=pid, launch=meta["launches"])
+            record_event(self.paths, "launch", self.clock, pid=pid, launch=meta.launches)
         self._install_hooks()
         if self._renamed_from:
             self.log(f"running as managed run {self.run_id!r} (the script asked for {self._renamed_from!r})")
@@ -188,22 +190,22 @@ class TrainingRuntime:
 
     def finish(self, status: str | RunStatus = RunStatus.COMPLETED, error: str | None = None) -> None:
         """Record the final status (completed, stopped or failed) and flush progress."""
-        status = RunStatus.parse(status.value if isinstance(status, RunStatus) else status).value
-        if status not in FINAL_STATUSES:
-            raise ValueError(f"finish() takes completed, stopped or failed, not {status!r}")
+        final = RunStatus.parse(status)
+        if final not in FINAL_STATUSES:
+            raise ValueError(f"finish() takes completed, stopped or failed, not {final.value!r}")
         now = self.clock()
 
-        def change(meta: dict[str, Any]) -> None:
-            meta["status"] = status
-            meta["end_time"] = now
-            meta["progress"]["last_step"] = max(int(meta["progress"].get("last_step") or 0), self._last_step)
+        def change(meta: RunMeta) -> None:
+            meta.status = final
+            meta.end_time = now
+            meta.progress.last_step = max(meta.progress.last_step, self._last_step)
             if error:
-                meta["error"] = error
+                meta.error = error
 
         self._update_meta(change)
         self._progress_dirty = False
         self._finished = True
-        record_event(self.paths, "finish", self.clock, status=status, step=self._last_step, **({"error": error} if error else {}))
+        record_event(self.paths, "finish", self.clock, status=final.value, step=self._last_step, **({"error": error} if error else {}))
         self._uninstall_hooks()
 
     # ---------------------------------------------------------------- reporting
@@ -233,20 +235,23 @@ class TrainingRuntime:
 
     def set_total_steps(self, total_steps: int) -> None:
         self._total_steps = int(total_steps)
-        self._update_meta(lambda meta: meta["progress"].__setitem__("total_steps", self._total_steps))
+        def change(meta: RunMeta) -> None:
+            meta.progress.total_steps = self._total_steps
+
+        self._update_meta(change)
 
     def flush_progress(self) -> None:
         """Write the last step to meta.json now (log_metrics does it at most once per progress_interval)."""
         step = self._last_step
 
-        def change(meta: dict[str, Any]) -> None:
-            meta["progress"]["last_step"] = step
+        def change(meta: RunMeta) -> None:
+            meta.progress.last_step = step
 
         self._update_meta(change)
         self._progress_written_at = self.clock()
         self._progress_dirty = False
 
-    def _update_meta(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    def _update_meta(self, change: Callable[[RunMeta], None]) -> RunMeta | None:
         """Write meta.json, never stopping training over it: a corrupt file is rewritten from what this process
         knows, and any other failure is logged once and the step goes on."""
         try:
@@ -306,9 +311,9 @@ class TrainingRuntime:
         os.replace(tmp, final)
         self._last_step = max(self._last_step, int(step))
 
-        def change(meta: dict[str, Any]) -> None:
-            meta["last_checkpoint"] = {"step": int(step), "path": str(final)}
-            meta["progress"]["last_step"] = max(int(meta["progress"].get("last_step") or 0), self._last_step)
+        def change(meta: RunMeta) -> None:
+            meta.last_checkpoint = CheckpointRef(int(step), str(final))
+            meta.progress.last_step = max(meta.progress.last_step, self._last_step)
 
         self._update_meta(change)
         record_event(self.paths, "checkpoint", self.clock, step=int(step), path=str(final))
@@ -319,9 +324,9 @@ class TrainingRuntime:
         resume point, without copying it."""
         self._last_step = max(self._last_step, int(step))
 
-        def change(meta: dict[str, Any]) -> None:
-            meta["last_checkpoint"] = {"step": int(step), "path": str(path), "external": True}
-            meta["progress"]["last_step"] = max(int(meta["progress"].get("last_step") or 0), self._last_step)
+        def change(meta: RunMeta) -> None:
+            meta.last_checkpoint = CheckpointRef(int(step), str(path), external=True)
+            meta.progress.last_step = max(meta.progress.last_step, self._last_step)
 
         self._update_meta(change)
         record_event(self.paths, "checkpoint", self.clock, step=int(step), path=str(path))

@@ -227,7 +227,7 @@ def home_problem(home: str | None) -> str | None:
 def serve_main(argv: list[str]) -> int:
     """`twinkle-tui serve`: the tinker-compatible training service, as a supervised run followed in this terminal
     (its log here; Ctrl-C stops it; the dashboard shows it and the runs of its clients)."""
-    from twinkle_trainer.protocol import new_run_id
+    from twinkle_trainer.protocol import RunKind, new_run_id
     from twinkle_trainer.service.__main__ import KEY_ENV, check_key, missing_packages
 
     p = argparse.ArgumentParser(prog="twinkle-tui serve",
@@ -261,4 +261,4 @@ def serve_main(argv: list[str]) -> int:
             str(ns.gpu_memory_utilization), *(["--zstd"] if ns.zstd else [])]
     return HeadlessRun(controller).follow(
         lambda: controller.launch_module("twinkle_trainer.service", args, new_run_id(f"service-{ns.port}"),
-                                         model_id="tinker training service"))
+                                         model_id="tinker training service", kind=RunKind.SERVICE))

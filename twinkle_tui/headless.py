@@ -106,7 +106,7 @@ class HeadlessRun:
         view.refresh_meta()
         if view.status.is_active:
             return True
-        if RunStatus.parse(view.meta.get("status")).is_active:  # claimed active, but its supervisor is gone
+        if view.meta.status.is_active:  # claimed active, but its supervisor is gone
             try:
                 if self.controller.recover(self.run_id) == "adopted":
                     return True
@@ -192,11 +192,11 @@ class HeadlessRun:
         view.refresh()
         meta = view.meta
         status = view.status
-        code = meta.get("exit_code")
+        code = meta.exit_code
         if self.tty:
             self._write("\n")
         final = progress_line(RunProgress.of(view), last_metrics(view), active=False)
-        detail = f" ({meta['error']})" if meta.get("error") else ""
+        detail = f" ({meta.error})" if meta.error else ""
         self._write(f"twinkle-tui: run {view.run_id} {status.value}{detail} · {final}\n")
         if status == RunStatus.STOPPED and self.interrupts and code in (0, None):
             return 130  # interrupted by the user, as a shell would report it

@@ -32,7 +32,7 @@ def train(home: Path, run_id: str, *args: str, timeout: float = 600) -> dict:
     launched = ProcessController(home, grace=60).launch_module("twinkle_trainer", [*TINY, *args], run_id=run_id)
     launched.supervisor.wait(timeout=timeout)
     meta = read_meta(RunPaths.of(run_id))
-    assert meta["status"] == "completed", RunPaths.of(run_id).log.read_text()[-3000:]
+    assert meta.status == "completed", RunPaths.of(run_id).log.read_text()[-3000:]
     return meta
 
 

@@ -40,10 +40,10 @@ class TwinkleCallback(TrainerCallback):
         rt = self.runtime or TrainingRuntime(self.run_id)
         self.run_id = rt.run_id
         try:
-            last = read_meta(RunPaths(rt.paths.root)).get("last_checkpoint")
+            last = read_meta(RunPaths(rt.paths.root)).last_checkpoint
         except Exception:  # a fresh run has no meta.json yet
             return None
-        return str(last["path"]) if isinstance(last, dict) and last.get("path") else None
+        return last.path if last is not None else None
 
     # ------------------------------------------------------------------ lifecycle
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:

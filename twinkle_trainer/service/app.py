@@ -323,13 +323,13 @@ def create_app(service: Service, api_key: str | None = None, compress_fwdbwd: bo
 
     def training_run(run_id: str) -> Any:
         meta = read_meta(RunPaths(service.home / run_id))
-        lora = (meta.get("config") or {}).get("lora") or {}
+        lora = (meta.config or {}).get("lora") or {}
         ckpts = service.checkpoints(run_id)
         last = {k: max((c for c in ckpts if c[0] == k), key=lambda c: c[3].created, default=None)
                 for k in ("weights", "sampler_weights")}
-        user = (meta.get("config") or {}).get("user_metadata")
-        requested = time.time() if RunStatus.parse(meta.get("status")).is_active else meta.get("end_time")
-        return t.TrainingRun(training_run_id=run_id, base_model=meta.get("model_id") or "?", model_owner="local",
+        user = (meta.config or {}).get("user_metadata")
+        requested = time.time() if meta.status.is_active else meta.end_time
+        return t.TrainingRun(training_run_id=run_id, base_model=meta.model_id or "?", model_owner="local",
                              is_lora=True, lora_rank=lora.get("rank"),
                              user_metadata={str(k): str(v) for k, v in user.items()} if isinstance(user, dict) else None,
                              last_request_time=datetime.fromtimestamp(requested or time.time(), UTC),
@@ -461,8 +461,8 @@ def _tinker_runs(service: Service) -> list[str]:
             meta = read_meta(RunPaths(root))
         except Exception:
             continue
-        if (meta.get("config") or {}).get("source") == "tinker service" or (root / "checkpoints" / "tinker").is_dir():
-            out.append((meta.get("start_time") or 0, root.name))
+        if (meta.config or {}).get("source") == "tinker service" or (root / "checkpoints" / "tinker").is_dir():
+            out.append((meta.start_time or 0, root.name))
     return [r for _, r in sorted(out, reverse=True)]
 
 

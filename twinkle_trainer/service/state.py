@@ -34,6 +34,9 @@ import psutil
 from twinkle_trainer.protocol import (
     HOME_ENV,
     RUN_ID_ENV,
+    CheckpointRef,
+    RunKind,
+    RunMeta,
     RunPaths,
     RunStatus,
     append_jsonl,
@@ -189,16 +192,16 @@ class ServiceRun:
         now = time.time()
         service = os.getpid()
 
-        def change(meta: dict[str, Any]) -> None:
-            meta.update(run_id=paths.run_id, model_id=base_model, status=RunStatus.RUNNING.value, start_time=now,
-                        pid=session.client_pid, pid_start_time=session.client_start,
-                        pgid=_pgid(session.client_pid), supervisor_pid=service,
-                        supervisor_start_time=process_start_time(service), supervisor_kind="service", launches=1,
-                        config={"lora": asdict(lora), "source": "tinker service", "session": session.session_id,
-                                "tinker_model_id": model_id,
-                                **({"parent_run": parent} if parent else {}),
-                                **({"session_metadata": session.user_metadata} if session.user_metadata else {}),
-                                **({"user_metadata": user_metadata} if user_metadata else {})})
+        def change(meta: RunMeta) -> None:
+            meta.run_id, meta.kind, meta.model_id = paths.run_id, RunKind.SERVICE_CLIENT, base_model
+            meta.status, meta.start_time, meta.launches = RunStatus.RUNNING, now, 1
+            meta.pid, meta.pid_start_time, meta.pgid = session.client_pid, session.client_start, _pgid(session.client_pid)
+            meta.supervisor_pid, meta.supervisor_start_time = service, process_start_time(service)
+            meta.config = {"lora": asdict(lora), "source": "tinker service", "session": session.session_id,
+                           "tinker_model_id": model_id,
+                           **({"parent_run": parent} if parent else {}),
+                           **({"session_metadata": session.user_metadata} if session.user_metadata else {}),
+                           **({"user_metadata": user_metadata} if user_metadata else {})}
 
         update_meta(paths, change, repair=True)
         record_event(paths, "launch", pid=session.client_pid, launch=1, source="tinker service")
@@ -212,9 +215,9 @@ class ServiceRun:
                user_metadata: dict[str, Any] | None = None) -> ServiceRun:
         paths = RunPaths(home / validate_run_id(run_id))
 
-        def change(meta: dict[str, Any]) -> None:
-            meta["model_id"] = base_model
-            meta["config"] = {**(meta.get("config") or {}), "lora": asdict(lora), "source": "tinker service",
+        def change(meta: RunMeta) -> None:
+            meta.model_id = base_model
+            meta.config = {**(meta.config or {}), "lora": asdict(lora), "source": "tinker service",
                               "tinker_model_id": model_id,
                               **({"user_metadata": user_metadata} if user_metadata else {})}
 
@@ -230,12 +233,16 @@ class ServiceRun:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         append_jsonl(self.paths.metrics, {"step": step, "ts": time.time(), **values})
-        _quietly(self.paths, lambda m: m["progress"].__setitem__(
-            "last_step", max(int(m["progress"].get("last_step") or 0), step)))
+        def change(meta: RunMeta) -> None:
+            meta.progress.last_step = max(meta.progress.last_step, step)
+
+        _quietly(self.paths, change)
 
     def checkpoint(self, step: int, folder: Path, tinker_path: str) -> None:
-        _quietly(self.paths, lambda m: m.__setitem__(
-            "last_checkpoint", {"step": step, "path": str(folder), "tinker_path": tinker_path, "external": True}))
+        def change(meta: RunMeta) -> None:
+            meta.last_checkpoint = CheckpointRef(step, str(folder), external=True, tinker_path=tinker_path)
+
+        _quietly(self.paths, change)
         record_event(self.paths, "checkpoint", step=step, path=str(folder), tinker_path=tinker_path)
 
     def end(self, why: str, status: RunStatus | None = None, error: str | None = None) -> None:
@@ -245,19 +252,19 @@ class ServiceRun:
             return
         now = time.time()
 
-        def change(meta: dict[str, Any]) -> None:
-            current = RunStatus.parse(meta.get("status"))
+        def change(meta: RunMeta) -> None:
+            current = meta.status
             if not current.is_active:
                 return
             final = status or (RunStatus.STOPPED if current == RunStatus.STOPPING else RunStatus.COMPLETED)
-            meta["status"] = final.value
-            meta["end_time"] = now
+            meta.status = final
+            meta.end_time = now
             if error:
-                meta["error"] = error
+                meta.error = error
 
         _quietly(self.paths, change)
         self.log(why)
-        record_event(self.paths, "finish", status=read_meta(self.paths).get("status"), note=why)
+        record_event(self.paths, "finish", status=read_meta(self.paths).status.value, note=why)
 
 
 def _pgid(pid: int | None) -> int | None:
@@ -267,7 +274,7 @@ def _pgid(pid: int | None) -> int | None:
         return None
 
 
-def _quietly(paths: RunPaths, change: Callable[[dict[str, Any]], None]) -> None:
+def _quietly(paths: RunPaths, change: Callable[[RunMeta], None]) -> None:
     try:
         update_meta(paths, change, repair=True)
     except Exception as exc:  # bookkeeping never fails a training request
@@ -404,14 +411,20 @@ class Service:
         """The service's own run (it runs as one): its address and open sessions in meta.json, so the dashboard
         shows what it is doing instead of waiting for a first step that never comes."""
         self.own_run = run
-        _quietly(run, lambda m: m.__setitem__("service", {"url": url, "sampler": sampler, "sessions": 0}))
+        def change(meta: RunMeta) -> None:
+            meta.service = {"url": url, "sampler": sampler, "sessions": 0}
+
+        _quietly(run, change)
 
     def publish(self) -> None:
         if self.own_run is None:
             return
         with self.lock:
             open_sessions = sum(not s.closed for s in self.sessions.values())
-        _quietly(self.own_run, lambda m: m.setdefault("service", {}).__setitem__("sessions", open_sessions))
+        def change(meta: RunMeta) -> None:
+            meta.service = {**(meta.service or {}), "sessions": open_sessions}
+
+        _quietly(self.own_run, change)
 
     def session(self, session_id: str) -> Session:
         with self.lock:
@@ -530,7 +543,7 @@ class Service:
             return validate_run_id(ident)
         for root in self.home.iterdir() if self.home.is_dir() else []:
             try:
-                if (read_meta(RunPaths(root)).get("config") or {}).get("tinker_model_id") == ident:
+                if read_meta(RunPaths(root)).config.get("tinker_model_id") == ident:
                     return root.name
             except Exception:
                 continue

@@ -100,7 +100,7 @@ class ServerManager:
 
     def start_training(self, name: str, port: int | None = None) -> Server:
         """The training service as a supervised run on a free loopback port (or the one asked for)."""
-        from twinkle_trainer.protocol import new_run_id
+        from twinkle_trainer.protocol import RunKind, new_run_id
         from twinkle_trainer.service.__main__ import missing_packages
         from twinkle_tui.process.controller import RunControlError
 
@@ -111,7 +111,8 @@ class ServerManager:
         port = port or free_port()
         try:
             launched = self.controller.launch_module("twinkle_trainer.service", ["--port", str(port)],
-                                                     new_run_id(f"service-{port}"), model_id="tinker training service")
+                                                     new_run_id(f"service-{port}"), model_id="tinker training service",
+                                                     kind=RunKind.SERVICE)
         except (RunControlError, ValueError) as exc:
             raise ServerError(str(exc)) from None
         server = Server(name, "training", f"http://127.0.0.1:{port}", launched.supervisor,

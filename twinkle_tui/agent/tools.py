@@ -141,11 +141,11 @@ def _lora_of(s: Session, run_id: str | None) -> tuple[str, Path, int] | None:
         return None
     run = s.resolve_run(run_id)
     meta = s.view(run).meta
-    checkpoint = meta.get("last_checkpoint")
+    checkpoint = meta.last_checkpoint
     if not checkpoint:
         raise CommandError(f"run {run!r} has no checkpoint to serve")
-    rank = int(((meta.get("config") or {}).get("lora") or {}).get("lora_r") or 8)
-    return run, Path(checkpoint["path"]), rank
+    rank = int(((meta.config or {}).get("lora") or {}).get("lora_r") or 8)
+    return run, Path(checkpoint.path), rank
 
 
 def _kind(a: dict[str, Any]) -> str:

@@ -7,10 +7,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from twinkle_trainer.protocol import RunStatus, validate_run_id
+from twinkle_trainer.protocol import RunKind, RunStatus, validate_run_id
 from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command, slash
 from twinkle_tui.commands.session import Session
-from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, SERVICE, Launched
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, Launched
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import RunSummary, RunView
 
@@ -19,7 +19,7 @@ MAX_LISTED = 30
 
 
 def run_label(summary: RunSummary) -> str:
-    name = summary.meta.get("display_name")
+    name = summary.meta.display_name
     return f"{name} (`{summary.run_id}`)" if name else f"`{summary.run_id}`"
 
 
@@ -65,14 +65,14 @@ def status_text(view: RunView, now: float, selected: bool = False) -> str:
     head += f" · {'elapsed' if view.status.is_active else 'ran'} {format_duration(p.elapsed)}"
     lines = [head]
     facts = []
-    if meta.get("model_id"):
-        facts.append(f"model {meta['model_id']}")
-    if meta.get("launches", 0) > 1:
-        facts.append(f"launch {meta['launches']}")
-    checkpoint = meta.get("last_checkpoint")
-    facts.append(f"last checkpoint step {checkpoint['step']}" if checkpoint else "no checkpoint yet")
-    if meta.get("fix_attempts"):
-        facts.append(f"{meta['fix_attempts']} fix attempt(s)")
+    if meta.model_id:
+        facts.append(f"model {meta.model_id}")
+    if meta.launches > 1:
+        facts.append(f"launch {meta.launches}")
+    checkpoint = meta.last_checkpoint
+    facts.append(f"last checkpoint step {checkpoint.step}" if checkpoint else "no checkpoint yet")
+    if meta.fix_attempts:
+        facts.append(f"{meta.fix_attempts} fix attempt(s)")
     lines.append(" · ".join(facts))
     latest = []
     for name in view.metrics.names()[:8]:
@@ -81,8 +81,8 @@ def status_text(view: RunView, now: float, selected: bool = False) -> str:
             latest.append(f"{name} {format_value(last[1])}")
     if latest:
         lines.append("latest: " + " · ".join(latest))
-    if meta.get("error"):
-        lines.append(f"error: {meta['error']}")
+    if meta.error:
+        lines.append(f"error: {meta.error}")
     if view.problem:
         lines.append(f"problem: {view.problem}")
     return "\n\n".join(lines)
@@ -148,21 +148,14 @@ def pause_training(s: Session, a: dict[str, Any]) -> Reply:
     return Reply(f"paused `{run_id}`", redraw={"list", "status"})
 
 
-def service_role(meta: dict[str, Any]) -> str | None:
-    """"client" for a training-service client's run, "service" for the service's own run, else None: neither
-    saves a checkpoint on stop, so what stop and restart say differs."""
-    if meta.get("supervisor_kind") == SERVICE:
-        return "client"
-    return "service" if isinstance(meta.get("service"), dict) else None
-
-
 def _resume_confirm(s: Session, a: dict[str, Any]) -> Confirmation | None:
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
     meta = s.view(run_id).meta
-    if plan.relaunch and plan.from_step is None and service_role(meta) == "service":
-        return Confirmation(f"Start the training service {run_id} again?", f"It listens at "
-                            f"{meta['service'].get('url')} again; its clients start new sessions.", "Start")
+    if plan.relaunch and plan.from_step is None and meta.kind == RunKind.SERVICE:
+        url = (meta.service or {}).get("url") or "its address"
+        return Confirmation(f"Start the training service {run_id} again?", f"It listens at {url} again; its "
+                            "clients start new sessions.", "Start")
     if plan.relaunch and plan.from_step is None:
         return Confirmation(f"Restart {run_id} from step 0?",
                             "It has no checkpoint to resume from, so a relaunch starts over from the beginning.",
@@ -199,11 +192,11 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
 
 
 def _what_stop_does(view: RunView) -> str:
-    role = service_role(view.meta)
-    if role == "client":
+    kind = view.meta.kind
+    if kind == RunKind.SERVICE_CLIENT:
         return ("It is a client of the training service: the client process gets the stop signal and the service "
                 "ends its session. What is saved is up to the client (its save_state); resume it from the client.")
-    if role == "service":
+    if kind == RunKind.SERVICE:
         return ("The training service closes its sessions (their runs end as stopped) and exits; start it again with "
                 "twinkle-tui serve or the agent's start_server.")
     return (f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
@@ -216,7 +209,7 @@ def _what_stop_does(view: RunView) -> str:
 def stop_training(s: Session, a: dict[str, Any]) -> Reply:
     run_id = s.target(a)
     s.controller.stop(run_id)
-    what = "the stop signal is sent" if service_role(s.view(run_id).meta) else "it saves a checkpoint and exits"
+    what = "it saves a checkpoint and exits" if s.view(run_id).meta.saves_on_stop else "the stop signal is sent"
     return Reply(f"stopping `{run_id}`: {what}", redraw={"list", "status"})
 
 
@@ -225,8 +218,8 @@ def _kill_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     view = s.view(run_id)
     if not view.status.is_active:
         raise CommandError(f"cannot kill run {run_id!r}: it is {view.status.value}")
-    checkpoint = view.meta.get("last_checkpoint")
-    since = f"since the checkpoint of step {checkpoint['step']}" if checkpoint else "(it has no checkpoint)"
+    checkpoint = view.meta.last_checkpoint
+    since = f"since the checkpoint of step {checkpoint.step}" if checkpoint else "(it has no checkpoint)"
     return Confirmation(f"Kill run {run_id}?", f"SIGKILL to all its processes now: the steps {since} are lost.",
                         "Kill")
 
@@ -346,7 +339,7 @@ def update_script(s: Session, a: dict[str, Any]) -> Reply:
 def _undo_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     run_id = s.target(a)
     paths = s.controller.existing(run_id)
-    current = int(s.view(run_id).meta.get("script_version") or 0)
+    current = int(s.view(run_id).meta.script_version or 0)
     previous = paths.script_version(current - 1)
     if current < 2 or not previous.is_file():
         raise CommandError(f"run {run_id!r} has no earlier version of its script to go back to")

@@ -6,9 +6,8 @@ one, and relaunches the run from its last checkpoint."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from twinkle_trainer.protocol import RunStatus, read_meta, record_event, update_meta
+from twinkle_trainer.protocol import RunMeta, RunStatus, read_meta, record_event, update_meta
 from twinkle_tui.commands.runs import script_diff
 from twinkle_tui.monitor.rules import Finding
 from twinkle_tui.monitor.snapshot import RunSnapshot
@@ -53,7 +52,7 @@ class FixPipeline:
             raise FixRefused(f"run {run_id} was {snapshot.status.value} by the user: it is left alone")
         if snapshot.script is None:
             raise FixRefused(f"run {run_id} runs a recipe, not a script: there is nothing to edit")
-        attempts = int(read_meta(self.controller.paths(run_id)).get("fix_attempts") or 0)
+        attempts = read_meta(self.controller.paths(run_id)).fix_attempts
         if attempts >= self.max_attempts:
             raise FixRefused(f"run {run_id} had {attempts} fix attempts already (at most {self.max_attempts})")
         try:
@@ -70,15 +69,15 @@ class FixPipeline:
         """Count the attempt, archive and write the script, relaunch from the last checkpoint."""
         paths = self.controller.paths(proposal.run_id)
 
-        def count(meta: dict[str, Any]) -> None:
-            attempts = int(meta.get("fix_attempts") or 0)
+        def count(meta: RunMeta) -> None:
+            attempts = meta.fix_attempts
             if attempts >= self.max_attempts:
                 raise FixRefused(f"run {proposal.run_id} had {attempts} fix attempts already")
-            meta["fix_attempts"] = attempts + 1
+            meta.fix_attempts = attempts + 1
 
         update_meta(paths, count)
         version = self.controller.update_script(proposal.run_id, proposal.new, reason=f"fix: {proposal.reason}")
-        step = read_meta(paths)["progress"].get("last_step")
+        step = read_meta(paths).progress.last_step
         record_event(paths, "fix", step=step, version=version, reason=proposal.reason)
         status = self.controller.status(proposal.run_id)
         if status in (RunStatus.FAILED,):
@@ -88,12 +87,12 @@ class FixPipeline:
     def undo(self, run_id: str) -> int:
         """Put the previous version of the script back (as a new version, so nothing is lost)."""
         paths = self.controller.paths(run_id)
-        current = int(read_meta(paths).get("script_version") or 0)
+        current = read_meta(paths).script_version
         previous = paths.script_version(current - 1)
         if current < 2 or not previous.is_file():
             raise FixRefused(f"run {run_id} has no earlier version of its script to go back to")
         version = self.controller.update_script(run_id, previous.read_text(encoding="utf-8"),
                                                 reason=f"undo: back to version {current - 1}")
-        record_event(paths, "undo", step=read_meta(paths)["progress"].get("last_step"), version=version,
+        record_event(paths, "undo", step=read_meta(paths).progress.last_step, version=version,
                      restored=current - 1)
         return version

@@ -126,10 +126,10 @@ def take_snapshot(view: RunView, now: float | None = None) -> RunSnapshot:
         except OSError:
             script = None
     return RunSnapshot(
-        run_id=view.run_id, status=view.status, claimed=RunStatus.parse(meta.get("status")),
-        exit_code=meta.get("exit_code"), exit_signal=meta.get("exit_signal"), error=meta.get("error"),
+        run_id=view.run_id, status=view.status, claimed=meta.status,
+        exit_code=meta.exit_code, exit_signal=meta.exit_signal, error=meta.error,
         last_step=view.last_step, total_steps=view.total_steps, log_tail=tail, exception=exception, metrics=metrics,
         last_step_age=age, median_interval=median, script=script,
-        script_version=int(meta.get("script_version") or 0), fix_attempts=int(meta.get("fix_attempts") or 0),
-        launches=int(meta.get("launches") or 0), events=[e.data for e in view.events.events[-50:]],
+        script_version=meta.script_version, fix_attempts=meta.fix_attempts,
+        launches=meta.launches, events=[e.data for e in view.events.events[-50:]],
     )

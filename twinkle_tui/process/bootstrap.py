@@ -22,9 +22,8 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
-from twinkle_trainer.protocol import HOME_ENV, RUN_ID_ENV, RunPaths, process_start_time, update_meta
+from twinkle_trainer.protocol import HOME_ENV, RUN_ID_ENV, RunMeta, RunPaths, process_start_time, update_meta
 
 LAUNCH_ENV = "TWINKLE_LAUNCH"  # the same name as tree.LAUNCH_ENV (this module stays standard-library only)
 
@@ -80,10 +79,10 @@ def record_own_pid(paths: RunPaths, launch: int) -> None:
     """Write our pid, so a supervisor that dies before it records us does not leave the run unfindable."""
     pid = os.getpid()
 
-    def change(meta: dict[str, Any]) -> None:
-        if int(meta.get("launches") or 0) != launch or meta.get("pid") == pid:
+    def change(meta: RunMeta) -> None:
+        if meta.launches != launch or meta.pid == pid:
             raise _Unchanged
-        meta["pid"], meta["pid_start_time"], meta["pgid"] = pid, process_start_time(pid), os.getpgid(0)
+        meta.pid, meta.pid_start_time, meta.pgid = pid, process_start_time(pid), os.getpgid(0)
 
     try:
         update_meta(paths, change, repair=True)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from twinkle_trainer.protocol import (
     InvalidRunId,
     MetaError,
+    RunKind,
+    RunMeta,
     RunPaths,
     RunStatus,
     new_run_id,
@@ -90,7 +91,7 @@ class ProcessController:
             raise NoSuchRun(f"no run {run_id!r} under {self.home}")
         return paths
 
-    def meta(self, run_id: str) -> dict[str, Any]:
+    def meta(self, run_id: str) -> RunMeta:
         try:
             return read_meta(self.existing(run_id))
         except MetaError as exc:
@@ -126,10 +127,11 @@ class ProcessController:
         paths = self._new_run(run_id)
         shutil.copyfile(source_path, paths.script)  # the bytes as they are: a coding line stays true
 
-        def init(meta: dict[str, Any]) -> None:
-            meta["script_path"] = str(source_path)
-            meta["script_version"] = 1
-            meta["model_id"] = model_id
+        def init(meta: RunMeta) -> None:
+            meta.kind = RunKind.SCRIPT
+            meta.script_path = str(source_path)
+            meta.script_version = 1
+            meta.model_id = model_id
 
         return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True)
 
@@ -138,7 +140,7 @@ class ProcessController:
         """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m twinkle_trainer CONFIG args...`."""
         path = Path(config).expanduser().resolve()
         run_id = validate_run_id(run_id) if run_id else new_run_id(path.name)
-        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd)
+        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd, kind=RunKind.RECIPE)
 
     def launch_module(
         self,
@@ -147,14 +149,16 @@ class ProcessController:
         run_id: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
+        kind: RunKind = RunKind.MODULE,
     ) -> Launched:
         """Run `python -m module args...` as a new run (the embedded trainer: module='twinkle_trainer')."""
         run_id = validate_run_id(run_id) if run_id else new_run_id(module.split(".")[0])
         paths = self._new_run(run_id)
         command = [self.python, "-P", "-u", "-m", "twinkle_tui.process.bootstrap", "--module", module, "--", *args]
 
-        def init(meta: dict[str, Any]) -> None:
-            meta["model_id"] = model_id
+        def init(meta: RunMeta) -> None:
+            meta.kind = kind
+            meta.model_id = model_id
 
         return self._launch(paths, command, cwd, init, new=True)
 
@@ -173,7 +177,7 @@ class ProcessController:
         return paths
 
     def _launch(self, paths: RunPaths, command: list[str], cwd: str | os.PathLike[str] | None,
-                init: Callable[[dict[str, Any]], None] | None = None, new: bool = False) -> Launched:
+                init: Callable[[RunMeta], None] | None = None, new: bool = False) -> Launched:
         """Mark the run starting and start its supervisor. If the supervisor cannot start, meta.json is rolled
         back (a new run's directory is removed) and the failure is recorded, so nothing is left 'starting'."""
         workdir = Path(cwd or os.getcwd())
@@ -182,22 +186,21 @@ class ProcessController:
                 shutil.rmtree(paths.root, ignore_errors=True)
             raise RunControlError(f"cannot launch {paths.run_id!r}: its working directory {workdir} no longer exists")
         now = self.clock()
-        before: dict[str, Any] | None = None
+        before: RunMeta | None = None
         with contextlib.suppress(MetaError):
             before = read_meta(paths) if paths.meta.exists() else None
 
-        def starting(meta: dict[str, Any]) -> None:
+        def starting(meta: RunMeta) -> None:
             if init is not None:
                 init(meta)
-            meta["run_id"] = paths.run_id
-            meta["status"] = RunStatus.STARTING.value
-            meta["command"] = command
-            meta["cwd"] = str(workdir)
-            meta["start_time"] = meta.get("start_time") or now
-            for key in ("end_time", "exit_code", "exit_signal", "error", "pid", "pid_start_time", "pgid",
-                        "supervisor_pid", "supervisor_start_time"):
-                meta[key] = None
-            meta["launches"] = int(meta.get("launches") or 0) + 1
+            meta.run_id = paths.run_id
+            meta.status = RunStatus.STARTING
+            meta.command = command
+            meta.cwd = str(workdir)
+            meta.start_time = meta.start_time or now
+            meta.end_time = meta.exit_code = meta.exit_signal = meta.error = None
+            meta.pid = meta.pid_start_time = meta.pgid = meta.supervisor_pid = meta.supervisor_start_time = None
+            meta.launches += 1
 
         meta = update_meta(paths, starting)
         env = dict(os.environ)
@@ -206,7 +209,7 @@ class ProcessController:
         supervisor_cmd = [
             self.python, "-P", "-m", "twinkle_tui.process.supervisor",
             "--home", str(self.home), "--run-id", paths.run_id, "--grace", str(self.grace),
-            "--cwd", str(workdir), "--launch", str(meta["launches"]), "--", *command,
+            "--cwd", str(workdir), "--launch", str(meta.launches), "--", *command,
         ]
         try:
             with open(paths.root / "supervisor.log", "ab") as errors:
@@ -220,7 +223,7 @@ class ProcessController:
             if new or before is None:
                 shutil.rmtree(paths.root, ignore_errors=True)
             else:
-                write_json_atomic(paths.meta, before)
+                write_json_atomic(paths.meta, before.to_json())
                 record_event(paths, "launch_failed", self.clock, error=reason)
             raise RunControlError(f"cannot launch {paths.run_id!r}: {reason}") from None
         return Launched(paths.run_id, proc)
@@ -231,18 +234,18 @@ class ProcessController:
 
     def is_alive(self, run_id: str) -> bool:
         meta = self.meta(run_id)
-        return process_is(meta.get("pid"), meta.get("pid_start_time"))
+        return process_is(meta.pid, meta.pid_start_time)
 
     def pause(self, run_id: str) -> None:
         """Freeze the run's processes (SIGSTOP): memory and GPU state stay, no step progresses."""
         paths = self.existing(run_id)
         self.recover(run_id)
 
-        def change(meta: dict[str, Any]) -> None:
+        def change(meta: RunMeta) -> None:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING}, "pause")
             self._signal(meta, signal.SIGSTOP)  # under the lock: no other dashboard's resume can come between
-            meta["status"] = RunStatus.PAUSED.value
-            record_event(paths, "pause", self.clock, step=meta["progress"].get("last_step"))
+            meta.status = RunStatus.PAUSED
+            record_event(paths, "pause", self.clock, step=meta.progress.last_step)
 
         self._locked(paths, change)
 
@@ -253,50 +256,48 @@ class ProcessController:
         if status == RunStatus.PAUSED:
             return ResumePlan(False, None)
         if status in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
-            if meta.get("supervisor_kind") == SERVICE:
+            if not meta.kind.relaunchable:
                 raise RunControlError(SERVICE_RESUME.format(run_id=run_id))
-            if not meta.get("command"):
+            if not meta.command:
                 raise RunControlError(f"run {run_id!r} has no recorded command to relaunch")
-            checkpoint = meta.get("last_checkpoint")
-            return ResumePlan(True, checkpoint["step"] if isinstance(checkpoint, dict) else None)
+            return ResumePlan(True, meta.last_checkpoint.step if meta.last_checkpoint else None)
         raise RunControlError(f"cannot resume run {run_id!r}: it is {status.value}")
 
     def resume(self, run_id: str) -> Launched | None:
         """Continue a paused run (SIGCONT), or relaunch a stopped/failed/killed run from its last checkpoint."""
         paths = self.existing(run_id)
         self.recover(run_id)
-        relaunch: list[dict[str, Any]] = []
+        relaunch: list[RunMeta] = []
 
-        def change(meta: dict[str, Any]) -> None:
+        def change(meta: RunMeta) -> None:
             status = effective_status(meta)
             if status == RunStatus.PAUSED:
                 self._check(meta, {RunStatus.PAUSED}, "resume")
                 self._signal(meta, signal.SIGCONT)
-                meta["status"] = RunStatus.RUNNING.value
-                record_event(paths, "resume", self.clock, step=meta["progress"].get("last_step"))
+                meta.status = RunStatus.RUNNING
+                record_event(paths, "resume", self.clock, step=meta.progress.last_step)
                 return
             if status not in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
                 raise RunControlError(f"cannot resume run {run_id!r}: it is {status.value}")
-            if meta.get("supervisor_kind") == SERVICE:
+            if not meta.kind.relaunchable:
                 raise RunControlError(SERVICE_RESUME.format(run_id=run_id))
-            if process_is(meta.get("pid"), meta.get("pid_start_time")) or \
-                    process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
+            if process_is(meta.pid, meta.pid_start_time) or \
+                    process_is(meta.supervisor_pid, meta.supervisor_start_time):
                 raise RunControlError(f"run {run_id!r} is still shutting down; resume it in a moment")
-            if not meta.get("command"):
+            if not meta.command:
                 raise RunControlError(f"run {run_id!r} has no recorded command to relaunch")
-            relaunch.append(dict(meta))
+            relaunch.append(meta)
             raise _NoWrite
 
         self._locked(paths, change)
         if not relaunch:
             return None
         meta = relaunch[0]
-        if meta.get("script_path") and paths.script.exists():
+        if meta.script_path and paths.script.exists():
             check_compiles(read_script(paths.script), str(paths.script))
-        checkpoint = meta.get("last_checkpoint")
         record_event(paths, "resume", self.clock, relaunch=True,
-                     from_checkpoint=checkpoint["step"] if isinstance(checkpoint, dict) else None)
-        return self._launch(paths, list(meta["command"]), meta.get("cwd"))
+                     from_checkpoint=meta.last_checkpoint.step if meta.last_checkpoint else None)
+        return self._launch(paths, list(meta.command or ()), meta.cwd)
 
     def stop(self, run_id: str) -> None:
         """Graceful stop: SIGTERM, the runtime checkpoints and exits; SIGKILL after the grace period (enforced by
@@ -305,18 +306,18 @@ class ProcessController:
         self.recover(run_id)
         supervisor: list[int] = []
 
-        def change(meta: dict[str, Any]) -> None:
+        def change(meta: RunMeta) -> None:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED}, "stop")
-            meta["status"] = RunStatus.STOPPING.value
-            record_event(paths, "stop", self.clock, step=meta["progress"].get("last_step"))
-            if meta.get("supervisor_kind") == SERVICE:
+            meta.status = RunStatus.STOPPING
+            record_event(paths, "stop", self.clock, step=meta.progress.last_step)
+            if meta.kind == RunKind.SERVICE_CLIENT:
                 # The training service watches this run for its client; it serves others too and must not be
                 # signalled. The client gets SIGTERM (after SIGCONT if paused); the service records its end.
                 self._signal(meta, signal.SIGCONT)
                 self._signal(meta, signal.SIGTERM)
                 return
-            if process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
-                supervisor.append(meta["supervisor_pid"])
+            if meta.supervisor_pid and process_is(meta.supervisor_pid, meta.supervisor_start_time):
+                supervisor.append(meta.supervisor_pid)
 
         self._locked(paths, change)
         if supervisor:
@@ -332,10 +333,10 @@ class ProcessController:
         paths = self.existing(run_id)
         self.recover(run_id)
 
-        def change(meta: dict[str, Any]) -> None:
+        def change(meta: RunMeta) -> None:
             self._check(meta, CONTROLLABLE, "kill")
-            meta["status"] = RunStatus.KILLED.value
-            record_event(paths, "kill", self.clock, step=meta["progress"].get("last_step"))
+            meta.status = RunStatus.KILLED
+            record_event(paths, "kill", self.clock, step=meta.progress.last_step)
             self._signal(meta, signal.SIGCONT)
             self._signal(meta, signal.SIGKILL)
 
@@ -349,24 +350,28 @@ class ProcessController:
             meta = read_meta(paths)
         except MetaError:
             return None
-        status = RunStatus.parse(meta.get("status"))
+        status = meta.status
         if not status.is_active:
             return None
-        if process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time")):
+        if process_is(meta.supervisor_pid, meta.supervisor_start_time):
             return None
-        if not force_adopt and status == RunStatus.STARTING and not meta.get("supervisor_pid"):
-            started = meta.get("start_time") or 0
+        if not force_adopt and status == RunStatus.STARTING and not meta.supervisor_pid:
+            started = meta.start_time or 0
             if self.clock() - float(started) < 10:  # a supervisor that is still starting has not written yet
                 return None
-        launch = int(meta.get("launches") or 0)
-        pid, start = meta.get("pid"), meta.get("pid_start_time")
+        launch = meta.launches
+        pid, start = meta.pid, meta.pid_start_time
         if pid and start is None and process_start_time(pid) is not None:
             return None  # an old writer recorded no start time: that pid may or may not be the run; leave it be
         if not process_is(pid, start):
             found = self._find_leader(run_id, launch)  # a supervisor that died before it recorded its child
             if found is not None:
                 pid, start = found
-                self._locked(paths, lambda m: m.update(pid=pid, pid_start_time=start))
+
+                def record(m: RunMeta) -> None:
+                    m.pid, m.pid_start_time = found[0], found[1]
+
+                self._locked(paths, record)
         if pid is not None and start is not None and process_is(pid, start):
             self._start_adopter(paths, pid, start, launch)
             return "adopted"
@@ -405,7 +410,7 @@ class ProcessController:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and proc.poll() is None:  # until it has published itself
             with contextlib.suppress(MetaError):
-                if read_meta(paths).get("supervisor_pid") == proc.pid:
+                if read_meta(paths).supervisor_pid == proc.pid:
                     break
             time.sleep(0.02)
         return proc
@@ -414,7 +419,7 @@ class ProcessController:
         """Archive train.py as train_v{N}.py and write the new source; refuses source that does not compile."""
         paths = self.existing(run_id)
         check_compiles(source, str(paths.script))
-        current = int(self.meta(run_id).get("script_version") or 0)
+        current = self.meta(run_id).script_version
         try:
             if paths.script.exists():
                 current = max(current, 1)
@@ -425,7 +430,10 @@ class ProcessController:
         except OSError as exc:
             raise RunControlError(f"cannot write the script of {run_id!r}: {exc.strerror or exc}") from None
         new_version = current + 1
-        self._locked(paths, lambda m: m.__setitem__("script_version", new_version))
+        def versioned(m: RunMeta) -> None:
+            m.script_version = new_version
+
+        self._locked(paths, versioned)
         record_event(paths, "script", self.clock, version=new_version, reason=reason)
         return new_version
 
@@ -439,8 +447,8 @@ class ProcessController:
             meta = None  # an unreadable run can still be removed
         if meta is not None:
             status = effective_status(meta)
-            alive = process_is(meta.get("pid"), meta.get("pid_start_time")) or \
-                process_is(meta.get("supervisor_pid"), meta.get("supervisor_start_time"))
+            alive = process_is(meta.pid, meta.pid_start_time) or \
+                process_is(meta.supervisor_pid, meta.supervisor_start_time)
             if status.is_active or alive:
                 raise RunControlError(f"cannot {action} run {run_id!r}: it is {status.value}; stop it first")
         return paths
@@ -470,11 +478,14 @@ class ProcessController:
         """Give a run a display name (its id, and so its directory, stay as they are)."""
         paths = self.existing(run_id)
         name = " ".join(display_name.split())[:80]
-        self._locked(paths, lambda m: m.__setitem__("display_name", name or None))
+        def named(m: RunMeta) -> None:
+            m.display_name = name or None
+
+        self._locked(paths, named)
         record_event(paths, "rename", self.clock, display_name=name or None)
 
     # ---------------------------------------------------------------- helpers
-    def _locked(self, paths: RunPaths, change: Callable[[dict[str, Any]], None]) -> None:
+    def _locked(self, paths: RunPaths, change: Callable[[RunMeta], None]) -> None:
         """update_meta with every failure as a RunControlError (a change may raise _NoWrite to write nothing)."""
         try:
             update_meta(paths, change)
@@ -485,26 +496,25 @@ class ProcessController:
         except OSError as exc:
             raise RunControlError(f"run {paths.run_id!r}: {exc.strerror or exc}") from None
 
-    def _check(self, meta: dict[str, Any], allowed: set[RunStatus], action: str) -> None:
+    def _check(self, meta: RunMeta, allowed: set[RunStatus], action: str) -> None:
         status = effective_status(meta)
-        run_id = meta.get("run_id")
+        run_id = meta.run_id
         if status not in allowed:
             raise RunControlError(f"cannot {action} run {run_id!r}: it is {status.value}")
-        if not process_is(meta.get("pid"), meta.get("pid_start_time")):
-            if meta.get("pid") and meta.get("pid_start_time") is None:
-                raise RunControlError(f"cannot {action} run {run_id!r}: the identity of process {meta['pid']} "
+        if not process_is(meta.pid, meta.pid_start_time):
+            if meta.pid and meta.pid_start_time is None:
+                raise RunControlError(f"cannot {action} run {run_id!r}: the identity of process {meta.pid} "
                                       "cannot be confirmed (no start time recorded)")
             raise RunControlError(f"cannot {action} run {run_id!r}: its process has not started or is gone")
 
-    def _signal(self, meta: dict[str, Any], sig: int) -> None:
-        identity = RunIdentity(str(meta.get("run_id")), str(self.home), meta.get("pid"), meta.get("pid_start_time"),
-                               meta.get("pgid"))
+    def _signal(self, meta: RunMeta, sig: int) -> None:
+        identity = RunIdentity(str(meta.run_id), str(self.home), meta.pid, meta.pid_start_time,
+                               meta.pgid)
         if not process_is(identity.pid, identity.pid_start_time):
             raise RunControlError(f"run {identity.run_id!r} has no live process")
         signal_run(identity, sig)
 
 
-SERVICE = "service"  # meta supervisor_kind of a training-service client's run
 SERVICE_RESUME = ("run {run_id!r} belongs to a client of the training service: resume it from the client "
                   "(ServiceClient.create_training_client_from_state_with_optimizer with its tinker:// path)")
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twinkle_trainer.protocol import RunPaths, RunStatus, record_event, update_meta
+from twinkle_trainer.protocol import RunMeta, RunPaths, RunStatus, record_event, update_meta
 
 LOG_TAIL = 64 * 1024
 LAUNCH_MARK = "===== twinkle launch"
@@ -86,26 +86,26 @@ def record_exit(paths: RunPaths, returncode: int | None, launch: int, error: str
     signame = signal_name(returncode)
     result: dict[str, Any] = {}
 
-    def finished(meta: dict[str, Any]) -> None:
-        if meta.get("exit_launch") == launch:
+    def finished(meta: RunMeta) -> None:
+        if meta.exit_launch == launch:
             raise _AlreadyRecorded
-        if int(meta.get("launches") or 0) != launch:
+        if meta.launches != launch:
             raise _Superseded  # a newer launch owns meta.json now: only the timeline hears of this one
-        status = final_status(RunStatus.parse(meta.get("status")), returncode)
-        meta["status"] = status.value
-        meta["exit_code"] = returncode
-        meta["exit_signal"] = signame
-        meta["exit_launch"] = launch
-        meta["end_time"] = time.time()
-        if status == RunStatus.FAILED and not meta.get("error"):
+        status = final_status(meta.status, returncode)
+        meta.status = status
+        meta.exit_code = returncode
+        meta.exit_signal = signame
+        meta.exit_launch = launch
+        meta.end_time = time.time()
+        if status == RunStatus.FAILED and not meta.error:
             if signame:
-                meta["error"] = f"killed by {signame}"
+                meta.error = f"killed by {signame}"
             elif returncode is None:
-                meta["error"] = error or "the process ended while unsupervised; its exit code is unknown"
+                meta.error = error or "the process ended while unsupervised; its exit code is unknown"
             else:
-                meta["error"] = error or f"exited with code {returncode}"
-        if status == RunStatus.KILLED and not meta.get("error"):
-            meta["error"] = "killed: no checkpoint was saved on the way out"
+                meta.error = error or f"exited with code {returncode}"
+        if status == RunStatus.KILLED and not meta.error:
+            meta.error = "killed: no checkpoint was saved on the way out"
         result["status"] = status.value
 
     try:

@@ -26,6 +26,7 @@ from typing import Any
 from twinkle_trainer.protocol import (
     HOME_ENV,
     RUN_ID_ENV,
+    RunMeta,
     RunPaths,
     RunStatus,
     process_is,
@@ -89,15 +90,19 @@ class Stop:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _publish(paths: RunPaths, launch: int, **fields: Any) -> bool:
-    """Write fields into meta.json if `launch` is still the newest launch; False if a newer one took over."""
+def _publish(paths: RunPaths, launch: int, supervisor: int | None = None, child: RunIdentity | None = None) -> bool:
+    """Record the supervisor (us) or the run's process in meta.json if `launch` is still the newest launch; False
+    if a newer one took over."""
 
-    def change(meta: dict[str, Any]) -> None:
-        if int(meta.get("launches") or 0) != launch:
+    def change(meta: RunMeta) -> None:
+        if meta.launches != launch:
             raise _Superseded
-        meta.update(fields)
-        if meta["status"] == RunStatus.STARTING.value and fields.get("pid"):
-            meta["status"] = RunStatus.RUNNING.value
+        if supervisor is not None:
+            meta.supervisor_pid, meta.supervisor_start_time = supervisor, process_start_time(supervisor)
+        if child is not None:
+            meta.pid, meta.pid_start_time, meta.pgid = child.pid, child.pid_start_time, child.pgid
+            if meta.status == RunStatus.STARTING:
+                meta.status = RunStatus.RUNNING
 
     try:
         update_meta(paths, change)
@@ -114,7 +119,7 @@ def supervise(paths: RunPaths, command: list[str], cwd: str | None, grace: float
     stop = Stop(paths, grace)
     stop.install()  # before our pid is published: a stop from now on is never lost
     me = os.getpid()
-    _publish(paths, launch, supervisor_pid=me, supervisor_start_time=process_start_time(me))
+    _publish(paths, launch, supervisor=me)
     env = dict(os.environ)
     env.pop(ROLE_ENV, None)
     env.update({SUPERVISED_ENV: "1", RUN_ID_ENV: paths.run_id, HOME_ENV: str(paths.root.parent),
@@ -135,7 +140,7 @@ def supervise(paths: RunPaths, command: list[str], cwd: str | None, grace: float
 
     identity = RunIdentity(paths.run_id, str(paths.root.parent), child.pid, process_start_time(child.pid), child.pid,
                            launch)
-    _publish(paths, launch, pid=child.pid, pid_start_time=identity.pid_start_time, pgid=child.pid)
+    _publish(paths, launch, child=identity)
     record_event(paths, "launch", pid=child.pid, launch=launch, command=command)
     stop.attach(identity)
     returncode = child.wait()
@@ -156,7 +161,7 @@ def adopt(paths: RunPaths, pid: int, start_time: int, grace: float, launch: int,
     stop = Stop(paths, grace)
     stop.install()
     me = os.getpid()
-    if not _publish(paths, launch, supervisor_pid=me, supervisor_start_time=process_start_time(me)):
+    if not _publish(paths, launch, supervisor=me):
         return 0
     record_event(paths, "adopt", pid=pid, launch=launch, supervisor=me)
     pgid = None
@@ -167,7 +172,7 @@ def adopt(paths: RunPaths, pid: int, start_time: int, grace: float, launch: int,
     identity = RunIdentity(paths.run_id, str(paths.root.parent), pid, start_time, pgid, launch)
     stop.attach(identity)
     try:
-        if RunStatus.parse(read_meta(paths).get("status")) == RunStatus.STOPPING:
+        if read_meta(paths).status == RunStatus.STOPPING:
             stop._on_term(signal.SIGTERM, None)  # the stop that found no supervisor alive
     except Exception:
         pass

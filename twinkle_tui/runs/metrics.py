@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from twinkle_trainer.protocol import MAX_STEP
+from twinkle_trainer.run_meta import MAX_STEP
 from twinkle_tui.runs.tail import FileTail
 
 RESERVED = ("step", "ts")

@@ -17,11 +17,11 @@ from typing import Any
 from twinkle_trainer.protocol import (
     InvalidRunId,
     MetaError,
+    RunMeta,
     RunPaths,
     RunStatus,
     as_int,
     as_time,
-    normalize_meta,
     process_is,
     process_start_time,
     read_meta,
@@ -137,7 +137,7 @@ class RunSummary:
     start_time: float | None
     end_time: float | None
     problem: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RunMeta = field(default_factory=RunMeta)
 
     @property
     def sort_key(self) -> float:
@@ -147,22 +147,22 @@ class RunSummary:
 STARTING_GRACE = 10.0  # seconds a launch may stay "starting" before a missing supervisor counts as dead
 
 
-def effective_status(meta: dict[str, Any], alive: Callable[[int | None, int | None], bool] = process_is,
+def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bool] = process_is,
                      now: float | None = None) -> RunStatus:
     """The status meta.json claims, corrected when an active run's processes are gone (machine restart, kill -9
     of the supervisor): such a run is reported failed, since nothing will ever finish it."""
-    status = RunStatus.parse(meta.get("status"))
+    status = meta.status
     if not status.is_active:
         return status
-    pid, supervisor = meta.get("pid"), meta.get("supervisor_pid")
-    if supervisor and alive(supervisor, meta.get("supervisor_start_time")):
+    pid, supervisor = meta.pid, meta.supervisor_pid
+    if supervisor and alive(supervisor, meta.supervisor_start_time):
         return status
-    if pid and alive(pid, meta.get("pid_start_time")):
+    if pid and alive(pid, meta.pid_start_time):
         return status
-    if pid and meta.get("pid_start_time") is None and process_start_time(pid) is not None:
+    if pid and meta.pid_start_time is None and process_start_time(pid) is not None:
         return status  # an old writer recorded no start time: the process may be ours, we cannot tell
     if not pid and not supervisor:
-        started = meta.get("start_time")
+        started = meta.start_time
         now = time.time() if now is None else now
         if status == RunStatus.STARTING and isinstance(started, int | float) and now - started < STARTING_GRACE:
             return status  # the supervisor is still starting
@@ -179,7 +179,7 @@ class RunView:
         self.metrics = MetricsTable(paths.metrics)
         self.log = LogTail(paths.log)
         self.events = EventLog(paths.events)
-        self.meta: dict[str, Any] = normalize_meta({}, paths.run_id)
+        self.meta = RunMeta(run_id=paths.run_id)
         self.meta_problem: str | None = None
         self._meta_key: tuple[int, int, int] | None = None
 
@@ -193,11 +193,11 @@ class RunView:
 
     @property
     def last_step(self) -> int:
-        return max(int(self.meta["progress"].get("last_step") or 0), self.metrics.last_step() or 0)
+        return max(self.meta.progress.last_step, self.metrics.last_step() or 0)
 
     @property
     def total_steps(self) -> int | None:
-        total = self.meta["progress"].get("total_steps")
+        total = self.meta.progress.total_steps
         return int(total) if isinstance(total, int | float) and total > 0 else None
 
     @property
@@ -229,7 +229,7 @@ class RunView:
             return False
         try:
             self.meta = read_meta(self.paths)
-            invalid = self.meta.get("_invalid")
+            invalid = self.meta.invalid
             self.meta_problem = f"meta.json: ignored bad values of {', '.join(invalid)}" if invalid else None
         except MetaError as exc:
             self.meta_problem = str(exc)  # keep the last good meta; a torn write by a foreign writer heals itself
@@ -255,11 +255,11 @@ class RunView:
         return RunSummary(
             run_id=self.run_id,
             status=self.status,
-            model_id=meta.get("model_id"),
+            model_id=meta.model_id,
             last_step=self.last_step,
             total_steps=self.total_steps,
-            start_time=meta.get("start_time") or self._dir_time(),
-            end_time=meta.get("end_time"),
+            start_time=meta.start_time or self._dir_time(),
+            end_time=meta.end_time,
             problem=self.problem,
             meta=meta,
         )

@@ -249,7 +249,7 @@ class TwinkleApp(App[int]):
     def sample_resources(self) -> None:
         gpus = self.gpu_probe()
         view = self.current_view()
-        pid = view.meta.get("pid") if view is not None and view.status.is_active else None
+        pid = view.meta.pid if view is not None and view.status.is_active else None
         try:
             usage = self.usage_probe(pid, gpus)
         except TypeError:
@@ -293,7 +293,7 @@ class TwinkleApp(App[int]):
     @on(ResourcesSampled)
     def _resources_sampled(self, message: ResourcesSampled) -> None:
         self.gpus, self.usage = message.gpus, message.usage
-        runs_by_pid = {s.meta["pid"]: s.run_id for s in self.summaries if s.status.is_active and s.meta.get("pid")}
+        runs_by_pid = {s.meta.pid: s.run_id for s in self.summaries if s.status.is_active and s.meta.pid}
         self.gpu_panel.show(self.gpus, self.usage, runs_by_pid)
 
     @on(MonitorReports)

@@ -132,4 +132,4 @@ class StoreReader:
 
 def _row(s: RunSummary) -> tuple[Any, ...]:
     """What the run list shows of a run: a change redraws the list."""
-    return s.run_id, s.status, s.last_step, s.total_steps, s.meta.get("display_name")
+    return s.run_id, s.status, s.last_step, s.total_steps, s.meta.display_name

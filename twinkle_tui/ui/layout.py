@@ -30,7 +30,7 @@ def waiting_text(view: RunView) -> str:
     last = next((line for line in reversed(view.log.lines) if line.strip()
                  and not line.startswith("===== twinkle launch")), "")
     text = "waiting for the first step…"
-    service = view.meta.get("service")
+    service = view.meta.service
     if isinstance(service, dict) and service.get("url"):  # a training service: it serves, it takes no steps
         sessions = service.get("sessions")
         text = (f"tinker training service at {escape(str(service['url']))}"

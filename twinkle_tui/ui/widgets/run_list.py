@@ -61,7 +61,7 @@ class RunList(DataTable[Text]):
     def _cell(self, r: RunSummary, now: float) -> Text:
         """Two lines: icon and name (or id); then model, step/total and duration (elapsed while it runs), dimmed."""
         width = self._width
-        name = r.meta.get("display_name") or r.run_id
+        name = r.meta.display_name or r.run_id
         name = name if len(name) <= width - 2 else name[: width - 3] + "…"
         step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
         model = (r.model_id or "?").split("/")[-1].removeprefix("builtin:")

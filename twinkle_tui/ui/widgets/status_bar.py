@@ -62,10 +62,10 @@ class RunStatusBar(Static):
             bar = progress_bar(progress.fraction, min(BAR_WIDTH, room)) + " " if room >= MIN_BAR else Text("")
             return before + bar + after
 
-        model = (view.meta.get("model_id") or "").removeprefix("builtin:")
-        launches = view.meta.get("launches") or 0
-        name = view.meta.get("display_name")
-        end = view.meta.get("end_time")
+        model = (view.meta.model_id or "").removeprefix("builtin:")
+        launches = view.meta.launches or 0
+        name = view.meta.display_name
+        end = view.meta.end_time
         when = f"elapsed {format_duration(progress.elapsed)}" if active else (
             f"ran {format_duration(progress.elapsed)}" + (f" · ended {format_age(now - end)} ago" if end else ""))
 
@@ -82,7 +82,7 @@ class RunStatusBar(Static):
             return text
 
         lines: list[Line] = [steps, head]
-        problems = [p for p in (notice, view.meta.get("error"), view.problem) if p]
+        problems = [p for p in (notice, view.meta.error, view.problem) if p]
         if view.metrics.skipped:
             problems.append(f"{view.metrics.skipped} malformed metric line(s) skipped")
         if problems:
