@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from twinkle_tui.charts import BlockSummary, EmaState, SmoothedSeries, decimate, ema_extend
-from twinkle_tui.ui.widgets.charts import default_metrics, step_ticks
+from twinkle_tui.commands.charts import default_metrics
+from twinkle_tui.ui.widgets.charts import step_ticks
 
 
 def series(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ def test_a_relaunch_that_cannot_start_rolls_back_and_says_why(ctl: ProcessContro
     with pytest.raises(RunControlError, match="its working directory .* no longer exists"):
         ctl.resume("gonedir")
     after = read_meta(paths)
-    assert after["status"] == "stopped" and after["launches"] == before["launches"]  # nothing left "starting"
+    assert after.status == "stopped" and after.launches == before.launches  # nothing left "starting"
 
 
 def test_a_supervisor_that_cannot_start_rolls_meta_back(ctl: ProcessController, tmp_path: Path) -> None:

@@ -98,17 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(ns.home, ns.verbose)
     llm = llm_settings(ns)
     if ns.run:
-        from twinkle_tui.headless import MonitorLoop, run_headless
-        from twinkle_tui.process.controller import ProcessController
+        from twinkle_tui.commands import Session
+        from twinkle_tui.headless import run_headless
+        from twinkle_tui.monitor.headless import HeadlessMonitor
 
         if ns.auto_fix and not ns.monitor:
             parser.error("--auto-fix goes with --monitor")
-        controller = ProcessController(ns.home, grace=ns.grace)
+        session = Session.open(ns.home, grace=ns.grace)
         watch = None
         if ns.monitor:
             reviewer = monitor_llm(llm, twinkle_home(ns.home))
-            watch = MonitorLoop(controller, ns.monitor_interval, reviewer, ns.auto_fix)
-        return run_headless(ns.run, script_args, ns.run_id, watch=watch, controller=controller)
+            watch = HeadlessMonitor(session, ns.monitor_interval, reviewer, ns.auto_fix)
+        return run_headless(ns.run, script_args, ns.run_id, watch=watch, controller=session.controller)
     if ns.ask is not None:
         import asyncio
 
@@ -165,40 +166,43 @@ def doctor_main(argv: list[str]) -> int:
     parser.add_argument("--home", default=None)
     add_llm_arguments(parser)
     ns = parser.parse_args(argv)
-    from twinkle_tui.monitor import run_rules, take_snapshot
-    from twinkle_tui.runs.store import NoSuchRun, RunStore
+    import asyncio
 
+    from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Session
+    from twinkle_tui.monitor import Notice, Report, ReviewFlow, run_rules, take_snapshot
+
+    session = Session.open(ns.home)
     try:
-        view = RunStore(ns.home).view(validate_run_id(ns.run_id))
-    except (InvalidRunId, NoSuchRun) as exc:
+        run_id = session.resolve_run(ns.run_id)
+    except CommandError as exc:
         print(f"twinkle-tui: {exc}", file=sys.stderr)
         return 2
-    view.refresh()
+    view = session.view(run_id)
     snapshot = take_snapshot(view)
     findings = sorted(run_rules(snapshot), key=lambda f: -f.level)
-    print(f"{ns.run_id}: {snapshot.status.value}, step {snapshot.last_step}"
+    print(f"{run_id}: {snapshot.status.value}, step {snapshot.last_step}"
           + (f"/{snapshot.total_steps}" if snapshot.total_steps else "")
           + (f", {snapshot.error}" if snapshot.error else ""))
-    for finding in findings:
-        print(finding.line())
-        for line in finding.evidence[:4]:
-            print(f"    evidence: {line}")
+
+    class PrintPort:
+        def say(self, notice: Notice) -> None:
+            print("\n".join(notice.plain()))
+
+    async def decline(confirmation: Confirmation) -> bool:
+        return False
+
+    flow = ReviewFlow(CommandRunner(session, decline), PrintPort(), "off",
+                      off_note="doctor only reports: a fix is applied by the dashboard or --run --monitor")
+    report = Report(snapshot, findings)
+    asyncio.run(flow.findings(report))
     if not findings:
         print("no findings")
     worst = max((f.level for f in findings), default=-1)
     reviewer = monitor_llm(llm_settings(ns), twinkle_home(ns.home))
     if reviewer is not None:
-        import asyncio
-
-        from twinkle_tui.monitor import review
-
-        result = asyncio.run(review(reviewer, snapshot, findings))
-        if result is not None:
-            print(f"review: {result.decision}: {result.summary}")
-            if result.diagnosis:
-                print(f"    {result.diagnosis}")
-            if result.decision != "LGTM":
-                worst = max(worst, 1)
+        outcome = asyncio.run(flow.review(report, reviewer))
+        if outcome.decision in ("WARNING", "FIX"):
+            worst = max(worst, 1)
     return 1 if worst >= 1 else 0
 
 

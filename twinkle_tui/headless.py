@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from twinkle_trainer.protocol import RunStatus
+from twinkle_tui.monitor.headless import HeadlessMonitor
 from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import NoSuchRun, RunStore, RunView, clean_log_line
@@ -55,7 +56,7 @@ class HeadlessRun:
     """Follows one run: prints every new log line and a progress line until the run ends."""
 
     def __init__(self, controller: ProcessController, out: TextIO = sys.stdout, poll: float = 0.2,
-                 watch: MonitorLoop | None = None) -> None:
+                 watch: HeadlessMonitor | None = None) -> None:
         self.controller = controller
         self.watch = watch
         self.store = RunStore(controller.home)
@@ -206,73 +207,9 @@ class HeadlessRun:
         return {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 0, RunStatus.KILLED: 128 + signal.SIGKILL}.get(status, 1)
 
 
-class MonitorLoop:
-    """--monitor: the monitor's rules every interval (and once more at the end), an LLM review of what they find
-    when an endpoint is configured and reachable, and with --auto-fix the fixes it proposes applied (the run is
-    relaunched and followed to its end)."""
-
-    def __init__(self, controller: ProcessController, interval: float, llm: Any = None, auto_fix: bool = False,
-                 clock: Any = time.monotonic) -> None:
-        from twinkle_tui.monitor import FixPipeline, TrainingMonitor
-
-        self.monitor = TrainingMonitor(controller.home, interval)
-        self.fixes = FixPipeline(controller, "auto" if auto_fix else "ask")
-        self.llm = llm
-        self.auto_fix = auto_fix
-        self.clock = clock
-        self._next = 0.0
-
-    def tick(self, run_id: str, say: Any, final: bool = False) -> bool:
-        """Check now if it is time (or final); True if a fix was applied and the run relaunched."""
-        now = self.clock()
-        if not final and now < self._next:
-            return False
-        self._next = now + self.monitor.interval
-        relaunched = False
-        for report in self.monitor.check([run_id]):
-            for finding in report.findings:
-                say(f"twinkle-tui: monitor: {finding.line()}")
-                for line in finding.evidence[:3]:
-                    say(f"twinkle-tui: monitor:   evidence: {line}")
-            if self.llm is not None and self.monitor.needs_review(report):
-                relaunched |= self._review(report, say)
-        return relaunched
-
-    def _review(self, report: Any, say: Any) -> bool:
-        import asyncio
-
-        from twinkle_tui.monitor import FixRefused, review
-
-        result = asyncio.run(review(self.llm, report.snapshot, report.findings))
-        if result is None:
-            return False
-        say(f"twinkle-tui: monitor review: {result.decision}: {result.summary}")
-        if result.decision != "FIX":
-            return False
-        try:
-            proposal = self.fixes.propose(report.snapshot, result.script or "", result.summary, report.findings)
-        except FixRefused as exc:
-            say(f"twinkle-tui: monitor: the proposed fix is not used: {exc}")
-            return False
-        say("twinkle-tui: monitor: proposed fix:\n" + proposal.diff.rstrip())
-        if not self.auto_fix:
-            say("twinkle-tui: monitor: not applied (run with --auto-fix to apply fixes)")
-            return False
-        if not proposal.automatic:
-            say("twinkle-tui: monitor: not applied automatically: only code errors and out-of-memory are")
-            return False
-        try:
-            launched = self.fixes.apply(proposal)
-        except (FixRefused, RunControlError) as exc:
-            say(f"twinkle-tui: monitor: the fix could not be applied: {exc}")
-            return False
-        say("twinkle-tui: monitor: fix applied; the run is relaunched from its last checkpoint")
-        return launched is not None
-
-
 def run_headless(
     spec: str, args: Sequence[str], run_id: str | None, home: str | None = None, grace: float = 30.0,
-    watch: MonitorLoop | None = None, controller: ProcessController | None = None,
+    watch: HeadlessMonitor | None = None, controller: ProcessController | None = None,
 ) -> int:
     if not os.path.isfile(spec):
         print(f"twinkle-tui: no such script or recipe: {spec}", file=sys.stderr)

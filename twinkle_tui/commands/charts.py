@@ -7,19 +7,48 @@ from typing import Any
 
 import numpy as np
 
-from twinkle_tui.commands.registry import CommandError, Reply, command, slash
+from twinkle_tui.commands.registry import command, slash
+from twinkle_tui.commands.results import CommandError, Reply
 from twinkle_tui.commands.session import Session
-from twinkle_tui.commands.view import MAX_CHARTS
+from twinkle_tui.commands.view import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.progress import format_value
 
 MIN_WINDOW = 2.0  # steps: a narrower window would draw one column
+PREFERRED = ("loss", "reward", "grad_norm", "learning rate", "lr", "learning_rate")
+
+
+def default_metrics(names: list[str]) -> list[str]:
+    """Up to four metrics: loss, reward, grad_norm, learning rate first (by name match), then the others."""
+    chosen: list[str] = []
+    for pref in PREFERRED:
+        for name in names:
+            leaf = name.lower().rsplit("/", 1)[-1]
+            if name not in chosen and (leaf == pref or (pref in ("loss", "reward") and leaf.endswith(pref))):
+                chosen.append(name)
+                break
+    for name in names:
+        if len(chosen) >= MAX_CHARTS:
+            break
+        if name not in chosen and name not in ("step time",):
+            chosen.append(name)
+    return chosen[:MAX_CHARTS]
+
+
+def shown_metrics(settings: ChartSettings, names: list[str]) -> list[str]:
+    """The metrics the charts show for a run that logs `names`: the user's choice where the run has them, else the
+    defaults (reading, never changing, the settings)."""
+    if settings.user_chose_metrics:
+        chosen = [m for m in settings.metrics if m in names]
+        if chosen:
+            return chosen
+    return default_metrics(names)
 
 
 def step_range(s: Session, run_id: str | None = None) -> tuple[float, float] | None:
     """First and last step of the metrics charted (or of any metric) of a run."""
     view = s.view(run_id or s.target({}))
     with s.store.lock:
-        wanted = [m for m in s.settings.metrics if m in view.metrics.series] or view.metrics.names()
+        wanted = shown_metrics(s.settings, view.metrics.names()) or view.metrics.names()
         ranges = [view.metrics.series[m].snapshot()[0] for m in wanted]
         ranges = [r for r in ranges if len(r)]
         if not ranges:
@@ -42,10 +71,16 @@ def clamp_zoom(lo: float, hi: float, full: tuple[float, float]) -> tuple[float, 
     return lo, hi
 
 
-@command("zoom_metrics", "Zoom every chart to a step range, or reset to all steps.", "view",
+@command("zoom_metrics", "Zoom every chart to a step range, zoom in or out by a factor, or reset to all steps.", "view",
          {"start": {"type": "number"}, "end": {"type": "number"},
+          "factor": {"type": "number", "exclusiveMinimum": 0, "maximum": 100,
+                     "description": "below 1 zooms in, above 1 zooms out (around center)"},
+          "center": {"type": "number", "description": "the step to zoom around (default: the window's middle)"},
           "reset": {"type": "boolean", "description": "show every step again"}})
 def zoom_metrics(s: Session, a: dict[str, Any]) -> Reply:
+    if a.get("factor") is not None:
+        zoom_by(s, float(a["factor"]), a.get("center"))
+        return Reply(_window_text(s), redraw={"charts"})
     if a.get("reset") or ("start" not in a and "end" not in a):
         s.settings.zoom = None
         return Reply("zoom reset: all steps", redraw={"charts"})
@@ -73,6 +108,17 @@ def zoom_by(s: Session, factor: float, center: float | None = None) -> None:
         s.settings.zoom = None
         return
     s.settings.zoom = clamp_zoom(center - half, center + half, full)
+
+
+def _window_text(s: Session) -> str:
+    return f"showing steps {s.settings.zoom[0]:g}–{s.settings.zoom[1]:g}" if s.settings.zoom else "showing all steps"
+
+
+@command("pan_metrics", "Move a zoomed chart window left (negative) or right by a fraction of its width.", "view",
+         {"fraction": {"type": "number", "minimum": -10, "maximum": 10}}, ("fraction",), agent=False)
+def pan_metrics(s: Session, a: dict[str, Any]) -> Reply:
+    pan(s, float(a["fraction"]))
+    return Reply(_window_text(s), redraw={"charts"})
 
 
 def pan(s: Session, fraction: float) -> None:

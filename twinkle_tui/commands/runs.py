@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import difflib
 import shlex
 from pathlib import Path
 from typing import Any
 
 from twinkle_trainer.protocol import RunKind, RunStatus, validate_run_id
-from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command, slash
+from twinkle_tui.commands.registry import command, optional_arg, required_arg, slash
+from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
-from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, Launched
+from twinkle_tui.process import scripts
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import RunSummary, RunView
 
@@ -169,17 +170,11 @@ def resume_training(s: Session, a: dict[str, Any]) -> Reply:
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
     launched = s.controller.resume(run_id)
-    _remember(s, launched)
+    s.services.remember(launched)
     if not plan.relaunch:
         return Reply(f"resumed `{run_id}`", redraw={"list", "status"})
     where = f"from the checkpoint of step {plan.from_step}" if plan.from_step is not None else "from step 0"
     return Reply(f"relaunched `{run_id}` {where}", redraw={"list", "status", "log"})
-
-
-def _remember(s: Session, launched: Launched | None) -> None:
-    """Keep a launch's supervisor handle, so the front end can reap it."""
-    if launched is not None:
-        s.services.setdefault("launched", []).append(launched)
 
 
 def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
@@ -250,17 +245,10 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
     args = [str(x) for x in a.get("args") or []] + _to_cli(a.get("overrides") or {})
     run_id = validate_run_id(a["run_id"]) if a.get("run_id") else None
     if a.get("script"):
-        folder = s.store.home / ".scripts"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = (a.get("path") or "agent_script.py").rsplit("/", 1)[-1]
-        if not name.endswith(".py"):
-            name += ".py"
-        path = folder / name
-        from twinkle_tui.process.controller import check_compiles
-
-        check_compiles(a["script"], name)
-        path.write_text(a["script"], encoding="utf-8")
-        return path, args, run_id
+        name = Path(a.get("path") or "agent_script.py").name
+        name = name if name.endswith(".py") else name + ".py"
+        scripts.check_compiles(a["script"], name)
+        return unused_path(s.store.home / ".scripts" / name), args, run_id
     if not a.get("path"):
         raise CommandError("start_training needs a recipe or script path, or the script's content")
     path = Path(a["path"]).expanduser()
@@ -282,10 +270,24 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
     return path, args, run_id
 
 
+def unused_path(path: Path) -> Path:
+    """path, or path-2, path-3 ... whichever does not exist yet: a written script never replaces another."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def _start_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     path, args, run_id = _start_plan(s, a)
     line = " ".join(shlex.quote(x) for x in [str(path), *args])
-    return Confirmation("Start a training run?", f"{line}" + (f"\nas run {run_id}" if run_id else ""), "Start")
+    detail = line + (f"\nas run {run_id}" if run_id else "")
+    if a.get("script"):
+        return Confirmation("Start a training run from this script?", f"It is written to {path} and run as "
+                            f"{line}" + (f" (run {run_id})" if run_id else "") + ". Read it before you start it:",
+                            "Start", code=a["script"])
+    return Confirmation("Start a training run?", detail, "Start")
 
 
 @command("start_training", "Start a training run from a recipe (.toml/.yaml for the embedded trainer, e.g. "
@@ -300,66 +302,14 @@ def _start_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
          destructive=True, confirm=_start_confirm)
 def start_training(s: Session, a: dict[str, Any]) -> Reply:
     path, args, run_id = _start_plan(s, a)
+    if a.get("script"):  # written only now, after the yes, and never over another file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "xb") as f:
+            f.write(scripts.encode_source(a["script"], path.name))
     launched = s.controller.launch(path, args, run_id)
-    _remember(s, launched)
+    s.services.remember(launched)
     return Reply(f"started `{launched.run_id}` from {path.name}", select=launched.run_id,
                  redraw={"list", "status", "charts", "log"})
-
-
-def script_diff(old: str, new: str, name: str = "train.py") -> str:
-    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a/{name}", f"b/{name}"))
-
-
-def _update_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
-    run_id = s.target(a)
-    paths = s.controller.existing(run_id)
-    if not paths.script.exists():
-        raise CommandError(f"run {run_id!r} has no script to update (it runs a recipe or a module)")
-    from twinkle_tui.process.controller import check_compiles
-
-    check_compiles(a["content"], "train.py")
-    diff = script_diff(paths.script.read_text(encoding="utf-8", errors="replace"), a["content"])
-    if not diff:
-        raise CommandError("the new script is the same as the current one")
-    return Confirmation(f"Update the script of {run_id}?", diff, "Update")
-
-
-@command("update_script", "Replace a run's script (train.py) with new content; the old version is archived as "
-         "train_v{N}.py. The change is shown to the user as a diff first. Resume the run to use it.", "control",
-         {"run_id": RUN_ID, "content": {"type": "string", "description": "the complete new script"},
-          "reason": {"type": "string", "description": "why, in one line"}},
-         ("content",), destructive=True, confirm=_update_confirm)
-def update_script(s: Session, a: dict[str, Any]) -> Reply:
-    run_id = s.target(a)
-    version = s.controller.update_script(run_id, a["content"], a.get("reason"))
-    return Reply(f"`{run_id}`: script updated to version {version} (the old one is train_v{version - 1}.py); "
-                 "resume the run to use it")
-
-
-def _undo_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
-    run_id = s.target(a)
-    paths = s.controller.existing(run_id)
-    current = int(s.view(run_id).meta.script_version or 0)
-    previous = paths.script_version(current - 1)
-    if current < 2 or not previous.is_file():
-        raise CommandError(f"run {run_id!r} has no earlier version of its script to go back to")
-    diff = script_diff(paths.script.read_text(encoding="utf-8", errors="replace"),
-                       previous.read_text(encoding="utf-8", errors="replace"))
-    return Confirmation(f"Undo the last change to {run_id}'s script?", diff or "(the versions are the same)", "Undo")
-
-
-@command("undo_fix", "Put the previous version of a run's script back (undo a fix); resume the run to use it.",
-         "control", {"run_id": RUN_ID}, destructive=True, confirm=_undo_confirm)
-def undo_fix(s: Session, a: dict[str, Any]) -> Reply:
-    from twinkle_tui.monitor.fixes import FixPipeline, FixRefused
-
-    run_id = s.target(a)
-    try:
-        version = FixPipeline(s.controller).undo(run_id)
-    except FixRefused as exc:
-        raise CommandError(str(exc)) from None
-    return Reply(f"`{run_id}`: the previous script is back (as version {version}); resume the run to use it",
-                 redraw={"status", "charts"})
 
 
 # ------------------------------------------------------------------ managing runs
@@ -414,24 +364,6 @@ def rename_run(s: Session, a: dict[str, Any]) -> Reply:
 
 
 # ------------------------------------------------------------------ chat commands
-def _one(name: str, key: str, usage: str) -> Any:
-    def parse(args: list[str]) -> dict[str, Any]:
-        if len(args) > 1:
-            raise CommandError(f"usage: {usage}")
-        return {key: args[0]} if args else {}
-
-    return parse
-
-
-def _required(key: str, usage: str) -> Any:
-    def parse(args: list[str]) -> dict[str, Any]:
-        if len(args) != 1:
-            raise CommandError(f"usage: {usage}")
-        return {key: args[0]}
-
-    return parse
-
-
 def _new_args(args: list[str]) -> dict[str, Any]:
     if not args:
         raise CommandError("usage: /new RECIPE_OR_SCRIPT [-- args]")
@@ -447,22 +379,20 @@ def _rename_args(args: list[str]) -> dict[str, Any]:
 
 slash("runs", "list_training_runs", "/runs", "list runs")
 slash("status", "get_training_status", "/status [RUN_ID]", "status of the selected (or named) run",
-      _one("status", "run_id", "/status [RUN_ID]"))
+      optional_arg("run_id", "/status [RUN_ID]"))
 slash("select", "select_run", "/select RUN_ID", "select a run (a unique prefix is enough; Tab completes)",
-      _required("run_id", "/select RUN_ID"))
+      required_arg("run_id", "/select RUN_ID"))
 slash("compare", "compare_runs", "/compare RUN_ID", "overlay another run on the charts (/compare none: off)",
-      _required("run_id", "/compare RUN_ID"))
-slash("pause", "pause_training", "/pause", "pause the selected run (SIGSTOP)", _one("pause", "run_id", "/pause"))
+      required_arg("run_id", "/compare RUN_ID"))
+slash("pause", "pause_training", "/pause", "pause the selected run (SIGSTOP)", optional_arg("run_id", "/pause"))
 slash("resume", "resume_training", "/resume", "resume: SIGCONT, or relaunch from the last checkpoint",
-      _one("resume", "run_id", "/resume"))
+      optional_arg("run_id", "/resume"))
 slash("stop", "stop_training", "/stop", "stop gracefully: checkpoint, then exit (asks first)",
-      _one("stop", "run_id", "/stop"))
-slash("kill", "kill_training", "/kill", "kill now, no checkpoint (asks first)", _one("kill", "run_id", "/kill"))
+      optional_arg("run_id", "/stop"))
+slash("kill", "kill_training", "/kill", "kill now, no checkpoint (asks first)", optional_arg("run_id", "/kill"))
 slash("new", "start_training", "/new PATH [-- args]", "start a run from a recipe or script (asks first)", _new_args)
 slash("delete", "delete_run", "/delete RUN_ID", "delete an ended run and its files (asks first)",
-      _required("run_id", "/delete RUN_ID"))
+      required_arg("run_id", "/delete RUN_ID"))
 slash("archive", "archive_run", "/archive RUN_ID", "move an ended run to .archive/ (asks first)",
-      _required("run_id", "/archive RUN_ID"))
+      required_arg("run_id", "/archive RUN_ID"))
 slash("rename", "rename_run", "/rename RUN_ID NAME", "give a run a display name", _rename_args)
-slash("undo", "undo_fix", "/undo [RUN_ID]", "put the previous version of the run's script back (asks first)",
-      _one("undo", "run_id", "/undo [RUN_ID]"))

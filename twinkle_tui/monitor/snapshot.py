@@ -14,6 +14,7 @@ import numpy as np
 
 from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.process.exits import last_exception_line, launch_output
+from twinkle_tui.process.scripts import ScriptError, read_script
 from twinkle_tui.runs.store import RunView
 
 LOG_TAIL_CHARS = 1500
@@ -122,8 +123,8 @@ def take_snapshot(view: RunView, now: float | None = None) -> RunSnapshot:
     script = None
     if view.paths.script.is_file():
         try:
-            script = view.paths.script.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            script = read_script(view.paths.script)  # as Python reads it: in the encoding its coding line declares
+        except ScriptError:
             script = None
     return RunSnapshot(
         run_id=view.run_id, status=view.status, claimed=meta.status,

@@ -36,6 +36,7 @@ from twinkle_trainer.protocol import (
     validate_run_id,
     write_json_atomic,
 )
+from twinkle_tui.process import scripts
 from twinkle_tui.process.exits import record_exit
 from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
 from twinkle_tui.runs.store import NoSuchRun, effective_status
@@ -122,7 +123,7 @@ class ProcessController:
         """Run a Python script as a new run. It runs as `python script.py` would; the run directory keeps the
         copy that runs (train.py) and the versions fixes make of it."""
         source_path = Path(script).expanduser().resolve()
-        check_compiles(read_script(source_path), str(source_path))
+        checked_source(source_path)
         run_id = validate_run_id(run_id) if run_id else new_run_id(source_path.name)
         paths = self._new_run(run_id)
         shutil.copyfile(source_path, paths.script)  # the bytes as they are: a coding line stays true
@@ -294,7 +295,7 @@ class ProcessController:
             return None
         meta = relaunch[0]
         if meta.script_path and paths.script.exists():
-            check_compiles(read_script(paths.script), str(paths.script))
+            checked_source(paths.script)
         record_event(paths, "resume", self.clock, relaunch=True,
                      from_checkpoint=meta.last_checkpoint.step if meta.last_checkpoint else None)
         return self._launch(paths, list(meta.command or ()), meta.cwd)
@@ -416,20 +417,42 @@ class ProcessController:
         return proc
 
     def update_script(self, run_id: str, source: str, reason: str | None = None) -> int:
-        """Archive train.py as train_v{N}.py and write the new source; refuses source that does not compile."""
+        """Archive train.py as train_v{N}.py and write the new source in the encoding it declares; refuses source
+        that does not compile or that its declared encoding cannot hold."""
         paths = self.existing(run_id)
-        check_compiles(source, str(paths.script))
+        try:
+            scripts.check_compiles(source, str(paths.script))
+            data = scripts.encode_source(source, "the new script")
+        except scripts.ScriptError as exc:
+            raise RunControlError(str(exc)) from None
+        return self._replace_script(run_id, paths, data, reason)
+
+    def restore_script(self, run_id: str) -> int:
+        """Put the previous version of the script back, byte for byte, as a new version (nothing is lost)."""
+        paths = self.existing(run_id)
+        current = self.meta(run_id).script_version
+        previous = paths.script_version(current - 1)
+        if current < 2 or not previous.is_file():
+            raise RunControlError(f"run {run_id!r} has no earlier version of its script to go back to")
+        try:
+            data = previous.read_bytes()
+        except OSError as exc:
+            raise RunControlError(f"cannot read {previous.name}: {exc.strerror or exc}") from None
+        return self._replace_script(run_id, paths, data, f"undo: back to version {current - 1}")
+
+    def _replace_script(self, run_id: str, paths: RunPaths, data: bytes, reason: str | None) -> int:
         current = self.meta(run_id).script_version
         try:
             if paths.script.exists():
                 current = max(current, 1)
                 shutil.copy2(paths.script, paths.script_version(current))
             tmp = paths.script.with_name(".train.py.tmp")
-            tmp.write_text(source, encoding="utf-8")
+            tmp.write_bytes(data)
             os.replace(tmp, paths.script)
         except OSError as exc:
             raise RunControlError(f"cannot write the script of {run_id!r}: {exc.strerror or exc}") from None
         new_version = current + 1
+
         def versioned(m: RunMeta) -> None:
             m.script_version = new_version
 
@@ -523,31 +546,15 @@ class _NoWrite(Exception):
     pass
 
 
-def read_script(path: Path) -> str:
-    """A script's text (UTF-8, or what its PEP 263 coding line declares), or a one-line error."""
-    import io
-    import tokenize
-
+def checked_source(path: Path) -> str:
+    """A script's text, refused with one line if it cannot be read or does not compile."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RunControlError(f"cannot read script {path}: {exc.strerror or exc}") from None
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-        return raw.decode(encoding)
-    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
-        raise RunControlError(f"{path.name} is not readable as Python source: {exc}") from None
-
-
-def check_compiles(source: str, filename: str) -> None:
-    """Refuse a script that does not compile, with the compiler's one-line reason."""
-    try:
-        compile(source, filename, "exec")
-    except (SyntaxError, ValueError) as exc:
-        if isinstance(exc, SyntaxError):
-            raise RunControlError(f"{Path(filename).name} does not compile: {exc.msg} (line {exc.lineno})") from None
-        raise RunControlError(f"{Path(filename).name} does not compile: {exc}") from None
+        source = scripts.read_script(path)
+        scripts.check_compiles(source, str(path))
+    except scripts.ScriptError as exc:
+        raise RunControlError(str(exc)) from None
+    return source
 
 
 __all__ = ["InvalidRunId", "Launched", "NoSuchRun", "ProcessController", "ResumePlan", "RunControlError",
-           "check_compiles", "read_script"]
+           "checked_source"]

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +25,24 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from twinkle_tui.agent import AgentLoop, Connection, LLMSettings
-from twinkle_tui.commands import CommandError, Confirmation, Reply, Resources, Session
-from twinkle_tui.commands.charts import pan, zoom_by
-from twinkle_tui.commands.runner import CommandRunner
+from twinkle_tui.agent import LLMSettings
+from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Reply, Resources, Session, execute
+from twinkle_tui.commands.charts import shown_metrics
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
 from twinkle_tui.monitor import DEFAULT_INTERVAL
-from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
 from twinkle_tui.ui.agent_chat import AgentChat
-from twinkle_tui.ui.commands import RunCommands
 from twinkle_tui.ui.feed import StoreReader
 from twinkle_tui.ui.layout import layout_classes, waiting_text
 from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.monitoring import DashboardMonitor
+from twinkle_tui.ui.palette import PaletteCommand, RunCommands
 from twinkle_tui.ui.scheduler import RedrawScheduler
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
-from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart, default_metrics
+from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart
 from twinkle_tui.ui.widgets.chat import ChatPanel
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
@@ -110,11 +109,10 @@ class TwinkleApp(App[int]):
         fix_mode: str = "ask",
     ) -> None:
         super().__init__()
-        store = RunStore(home)
         self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
-        self.session = Session(store, ProcessController(store.home, grace=grace), clock, self.recipe_dirs,
-                               resources=lambda: Resources(self.gpus, self.usage))
-        self.runner = CommandRunner(self.session, self.ask, self.apply, auto_yes)
+        self.session = Session.open(home, grace, clock, self.recipe_dirs,
+                                    resources=lambda: Resources(self.gpus, self.usage))
+        self.runner = CommandRunner(self.session, self.confirm, self.apply, auto_yes)
         self.clock = clock
         self.gpu_probe = gpu_probe or GpuProbe().snapshot
         self.usage_probe = usage_probe or UsageSampler().sample
@@ -130,32 +128,18 @@ class TwinkleApp(App[int]):
         self._drawn: tuple[Any, ...] | None = None
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
         self.reader = StoreReader(self.session, self.scheduler, self.post_message, lambda: self.summaries)
-        self.agent_chat = AgentChat(self, llm or LLMSettings(mode="none"))
-        self.monitoring = DashboardMonitor(self, monitor_interval, fix_mode, clock)
+        self.agent_chat = AgentChat(self, self.runner, lambda: self.chat, llm or LLMSettings(mode="none"),
+                                    lambda name, args: self.run_command(name, args, "chat"))
+        self.monitoring = DashboardMonitor(self, self.runner, lambda: self.chat, lambda: self.agent_chat.llm,
+                                           monitor_interval, fix_mode, clock)
 
     @property
     def store(self) -> RunStore:
         return self.session.store
 
     @property
-    def controller(self) -> ProcessController:
-        return self.session.controller
-
-    @property
     def selected(self) -> str | None:
         return self.session.selected
-
-    @property
-    def settings(self) -> Any:
-        return self.session.settings
-
-    @property
-    def agent(self) -> AgentLoop | None:
-        return self.agent_chat.agent
-
-    @property
-    def connection(self) -> Connection | None:
-        return self.agent_chat.connection
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -224,9 +208,7 @@ class TwinkleApp(App[int]):
         self.reader.stop.set()
         self.session.save_settings()
         self.agent_chat.close()
-        servers = self.session.services.get("servers")
-        if servers is not None:
-            servers.stop_all()
+        self.session.services.servers.stop_all()
 
     # ------------------------------------------------------------------ workers (I/O only; they post messages)
     @work(exclusive=True, group="watch", exit_on_error=False)
@@ -284,7 +266,8 @@ class TwinkleApp(App[int]):
             return
         if self.session.selected is not None and self.summaries and \
                 self.session.selected not in {s.run_id for s in self.summaries} and message.summaries is not None:
-            gone, self.session.selected = self.session.selected, None  # deleted or archived elsewhere
+            gone = self.session.selected  # deleted or archived elsewhere
+            self.session.clear_selection()
             self.say(f"run {gone} is gone", error=True)
             self.select(self.summaries[0].run_id)
             return
@@ -315,9 +298,10 @@ class TwinkleApp(App[int]):
         if message.lo is not None and message.hi is not None:
             self.run_view_command("zoom_metrics", {"start": message.lo, "end": message.hi})
         elif message.factor is not None:
-            zoom_by(self.session, message.factor, message.center)
-            self.scheduler.now("charts")
-            self.flush()
+            args: dict[str, Any] = {"factor": message.factor}
+            if message.center is not None:
+                args["center"] = message.center
+            self.run_view_command("zoom_metrics", args)
 
     @on(ChatPanel.Submitted)
     async def _chat_submitted(self, message: ChatPanel.Submitted) -> None:
@@ -342,7 +326,7 @@ class TwinkleApp(App[int]):
     def run_view_command(self, name: str, args: dict[str, Any] | None = None) -> None:
         """A view command from a key or the mouse: synchronous, errors as a notice."""
         try:
-            reply = self.session.execute(name, args)
+            reply = execute(self.session, name, args)
         except CommandError as exc:
             self.say(str(exc), error=True)
             return
@@ -358,7 +342,7 @@ class TwinkleApp(App[int]):
         self.scheduler.now(*(reply.redraw or {"charts"}))
         self.flush()
 
-    async def ask(self, confirmation: Confirmation) -> bool:
+    async def confirm(self, confirmation: Confirmation) -> bool:
         """Show a confirmation and wait for the answer."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
@@ -366,7 +350,8 @@ class TwinkleApp(App[int]):
             if not answer.done():
                 answer.set_result(bool(yes))
 
-        self.push_screen(ConfirmScreen(confirmation.title, confirmation.detail, confirmation.action), answered)
+        self.push_screen(ConfirmScreen(confirmation.title, confirmation.detail, confirmation.action,
+                                       confirmation.code), answered)
         return await answer
 
     async def tell(self, text: str, origin: str, error: bool = False) -> None:
@@ -426,16 +411,15 @@ class TwinkleApp(App[int]):
         if not names:
             grid.set_metrics([])
             return
-        if not s.user_chose_metrics or not set(s.metrics) & set(names):
-            s.metrics = default_metrics(names)
-        grid.set_metrics([m for m in s.metrics if m in names] or s.metrics)
+        shown = shown_metrics(s, names)
+        grid.set_metrics(shown)
         compare = self.compare_view()
         self.legend.display = compare is not None
         if compare is not None:
             self.legend.update(f"[cyan]━━[/] {escape(view.run_id)}   [orange1]━━[/] {escape(compare.run_id)}")
         key = (view.run_id, view.metrics.generation, len(view.events.events),
                compare.run_id if compare else None, compare.metrics.generation if compare else None,
-               tuple(s.metrics), s.zoom, s.smoothing, s.smoothing_weight, s.log_y, grid.size)
+               tuple(shown), s.zoom, s.smoothing, s.smoothing_weight, s.log_y, grid.size)
         if key == self._drawn:
             return
         self._drawn = key
@@ -521,20 +505,17 @@ class TwinkleApp(App[int]):
             if names:
                 self.run_view_command("select_metrics", {"names": names})
 
-        self.push_screen(MetricPicker(view.metrics.names(), self.session.settings.metrics), picked)
+        names = view.metrics.names()
+        self.push_screen(MetricPicker(names, shown_metrics(self.session.settings, names)), picked)
 
     def set_metrics(self, names: list[str]) -> None:
         self.run_view_command("select_metrics", {"names": names})
 
-    def action_zoom(self, factor: float, center: float | None = None) -> None:
-        zoom_by(self.session, factor, center)
-        self.scheduler.now("charts")
-        self.flush()
+    def action_zoom(self, factor: float) -> None:
+        self.run_view_command("zoom_metrics", {"factor": factor})
 
     def action_pan(self, fraction: float) -> None:
-        pan(self.session, fraction)
-        self.scheduler.now("charts")
-        self.flush()
+        self.run_view_command("pan_metrics", {"fraction": fraction})
 
     def action_reset_zoom(self) -> None:
         self.run_view_command("zoom_metrics", {"reset": True})
@@ -562,9 +543,40 @@ class TwinkleApp(App[int]):
     def set_compare(self, run_id: str | None) -> None:
         self.action_command("compare_runs", {"run_id": run_id or "none"})
 
+    def palette_commands(self) -> list[PaletteCommand]:
+        """What the command palette offers: the keys' actions, then switching to and comparing with each run."""
+        cmd = PaletteCommand
+        out = [
+            cmd("Pause the selected run", partial(self.action_command, "pause_training"),
+                "SIGSTOP: memory and GPU state are kept"),
+            cmd("Resume the selected run", partial(self.action_command, "resume_training"),
+                "SIGCONT, or relaunch from the last checkpoint"),
+            cmd("Stop the selected run", partial(self.action_command, "stop_training"), "checkpoint and exit (asks first)"),
+            cmd("Kill the selected run", partial(self.action_command, "kill_training"),
+                "SIGKILL now, no checkpoint (asks first)"),
+            cmd("Delete the selected run", partial(self.action_command, "delete_run"),
+                "an ended run and its files (asks first)"),
+            cmd("Archive the selected run", partial(self.action_command, "archive_run"),
+                "move an ended run to .archive/ (asks first)"),
+            cmd("Start a new run", self.action_new_run, "a recipe from examples/ or a script path"),
+            cmd("Choose metrics", self.action_pick_metrics, "up to four charts"),
+            cmd("Reset zoom", self.action_reset_zoom, "show every step"),
+            cmd("Toggle smoothing", self.action_toggle_smoothing, "debiased EMA over the raw series"),
+            cmd("Toggle log-y", self.action_toggle_log_y, "logarithmic y axis"),
+            cmd("Help", self.action_help, "keys and chat commands"),
+        ]
+        for summary in self.summaries:
+            if summary.run_id != self.session.selected:
+                out.append(cmd(f"Switch to run {summary.run_id}", partial(self.select, summary.run_id),
+                               f"{summary.status.value}, step {summary.last_step}"))
+                out.append(cmd(f"Compare with run {summary.run_id}", partial(self.set_compare, summary.run_id),
+                               "overlay its metrics on the charts"))
+        if self.session.settings.compare:
+            out.append(cmd("Stop comparing", partial(self.set_compare, None), f"remove {self.session.settings.compare}"))
+        return out
+
     # ------------------------------------------------------------------ housekeeping
     def _periodic(self) -> None:
-        launched = self.session.services.get("launched", [])
-        self.session.services["launched"] = [ln for ln in launched if ln.supervisor.poll() is None]  # reap
+        self.session.services.reap()
         self.refresh_runs(full_list=True)
         self.scheduler.data("status", "list")  # elapsed time and ages move on without any file changing

@@ -20,27 +20,9 @@ from twinkle_tui.runs.store import RunView
 
 log = logging.getLogger(__name__)
 
-PREFERRED = ("loss", "reward", "grad_norm", "learning rate", "lr", "learning_rate")
 Y_AXIS_WIDTH = 9  # cells plotext uses for y tick labels and the frame, roughly
 MAX_MARKERS = 40
 EVENT_COLORS = {"launch": "blue", "warning": "orange", "fix": "magenta", "undo": "magenta", "error": "red"}
-
-
-def default_metrics(names: list[str]) -> list[str]:
-    """Up to four metrics: loss, reward, grad_norm, learning rate first (by name match), then the others."""
-    chosen: list[str] = []
-    for pref in PREFERRED:
-        for name in names:
-            leaf = name.lower().rsplit("/", 1)[-1]
-            if name not in chosen and (leaf == pref or (pref in ("loss", "reward") and leaf.endswith(pref))):
-                chosen.append(name)
-                break
-    for name in names:
-        if len(chosen) >= MAX_CHARTS:
-            break
-        if name not in chosen and name not in ("step time",):
-            chosen.append(name)
-    return chosen[:MAX_CHARTS]
 
 
 def event_markers(view: RunView, lo: float, hi: float) -> list[tuple[float, str, str]]:

@@ -14,15 +14,22 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from twinkle_trainer.samplers import vllm_lora_rank
-from twinkle_tui.agent.embedded import free_port
+from twinkle_tui.process.controller import ProcessController, RunControlError
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class ServerError(Exception):
@@ -59,7 +66,7 @@ def gpu_count() -> int:
 
 
 class ServerManager:
-    def __init__(self, home: Path, controller: Any, python: str = sys.executable) -> None:
+    def __init__(self, home: Path, controller: ProcessController, python: str = sys.executable) -> None:
         self.home = home
         self.controller = controller  # the training service is a run: launched and stopped like one
         self.python = python
@@ -102,8 +109,6 @@ class ServerManager:
         """The training service as a supervised run on a free loopback port (or the one asked for)."""
         from twinkle_trainer.protocol import RunKind, new_run_id
         from twinkle_trainer.service.__main__ import missing_packages
-        from twinkle_tui.process.controller import RunControlError
-
         if name in self.servers and self.servers[name].alive:
             raise ServerError(f"a server named {name!r} is already running at {self.servers[name].url}")
         if problem := missing_packages():
@@ -126,8 +131,6 @@ class ServerManager:
             known = ", ".join(self.servers) or "none"
             raise ServerError(f"no server named {name!r} (running: {known})")
         if server.kind == "training" and server.run_id:
-            from twinkle_tui.process.controller import RunControlError
-
             try:  # a graceful stop: its clients' runs are recorded as stopped
                 self.controller.stop(server.run_id)
             except RunControlError:
