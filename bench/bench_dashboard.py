@@ -55,7 +55,7 @@ def write_run(home: Path, run_id: str, steps: int, metrics_file: Path | None = N
 def bench_chart() -> None:
     from textual.app import App
 
-    from twinkle_tui.commands.view import ChartSettings
+    from twinkle_tui.commands.chart_settings import ChartSettings
     from twinkle_tui.runs.store import RunStore
     from twinkle_tui.ui.widgets.charts import MetricChart
 

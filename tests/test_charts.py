@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from twinkle_tui.charts import BlockSummary, EmaState, SmoothedSeries, decimate, ema_extend
-from twinkle_tui.commands.charts import default_metrics
+from twinkle_tui.commands.chart_commands import default_metrics
+from twinkle_tui.runs.chart_data import BlockSummary, EmaState, SmoothedSeries, decimate, ema_extend
 from twinkle_tui.ui.widgets.charts import step_ticks
 
 

@@ -18,7 +18,7 @@ from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import TOY, settle
+from conftest import TOY, process_alive, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -98,7 +98,7 @@ async def test_zoom_reset_and_metric_selection_change_what_is_drawn(home: Path) 
         await pilot.press("m")
         await settle(pilot, lambda: isinstance(app.screen, MetricPicker), what="picker")
         await pilot.press("escape")
-        app.set_metrics(["lr2"])
+        app.run_view_command("select_metrics", {"names": ["lr2"]})
         await settle(pilot, lambda: [c.metric for c in charts(app)] == ["lr2"], what="one chart")
         await pilot.press("slash")
         await pilot.press(*"/zoom 100 300", "enter")
@@ -186,7 +186,7 @@ async def test_quitting_the_app_leaves_training_running(home: Path) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot, lambda: app.current_view() is not None and app.current_view().last_step > 2, what="steps")
         await pilot.press("q")
-    assert launched.supervisor.poll() is None and ctl.is_alive("outlive")
+    assert launched.supervisor.poll() is None and process_alive(ctl, "outlive")
     ctl.kill("outlive")
     launched.supervisor.wait(timeout=30)
 

@@ -22,7 +22,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import run_duration
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import settle
+from conftest import quiescent, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -47,7 +47,7 @@ async def test_chart_titles_never_cut_a_number(home: Path, size: tuple[int, int]
         f.write(json.dumps({"step": 51, "ts": T0 + 60, "loss": 9.954e-4, "learning rate": 2.7314e-4}) + "\n")
     app = app_for(home)
     async with app.run_test(size=size) as pilot:
-        await settle(pilot, lambda: len(app.query_one(ChartGrid).charts()) == 2 and app.quiescent, what="charts")
+        await settle(pilot, lambda: len(app.query_one(ChartGrid).charts()) == 2 and quiescent(app), what="charts")
         for chart in app.query_one(ChartGrid).charts():
             title = chart.title_text
             match = TITLE.match(title)
@@ -78,12 +78,12 @@ async def test_a_resized_layout_equals_a_fresh_start_at_that_size(home: Path) ->
     for size in ((100, 30), (60, 20), (130, 40)):
         fresh_app = app_for(home)
         async with fresh_app.run_test(size=size) as pilot:
-            await settle(pilot, lambda a=fresh_app: a.quiescent and a.query_one(ChartGrid).charts(), what="drawn")
+            await settle(pilot, lambda a=fresh_app: quiescent(a) and a.query_one(ChartGrid).charts(), what="drawn")
             await pilot.pause(0.2)
             fresh[size] = layout(fresh_app)
     app = app_for(home)
     async with app.run_test(size=(160, 48)) as pilot:
-        await settle(pilot, lambda: app.quiescent and app.query_one(ChartGrid).charts(), what="drawn")
+        await settle(pilot, lambda: quiescent(app) and app.query_one(ChartGrid).charts(), what="drawn")
         for size in ((100, 30), (60, 20), (130, 40)):
             await pilot.resize_terminal(*size)
             await pilot.pause(0.3)

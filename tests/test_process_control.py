@@ -13,7 +13,7 @@ from twinkle_trainer.protocol import InvalidRunId, RunPaths, process_is, read_me
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
 
-from conftest import TOY, wait_for, write_sigterm_ignoring_script
+from conftest import TOY, process_alive, wait_for, write_sigterm_ignoring_script
 
 
 def steps_logged(paths: RunPaths) -> list[int]:
@@ -146,7 +146,7 @@ def test_a_new_controller_reattaches_to_a_live_run(home: Path) -> None:
     wait_for(lambda: len(steps_logged(paths)) > 3, what="steps")
     del first
     second = ProcessController(home, grace=10)
-    assert second.is_alive("live") and second.status("live").value == "running"
+    assert process_alive(second, "live") and second.status("live").value == "running"
     second.stop("live")
     launched.supervisor.wait(timeout=60)
     assert status(paths) == "stopped"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from twinkle_trainer.dataset import DataError, DataOrder, collate, tokenize_sft
 
 if TYPE_CHECKING:
-    from twinkle_trainer.train import Trainer
+    from twinkle_trainer.loop import Trainer
 
 LOG_EVERY = 5  # a line in the run's log every few steps, so the log panel shows progress too
 

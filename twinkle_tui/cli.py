@@ -8,10 +8,15 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twinkle_trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
 from twinkle_tui import __version__
+
+if TYPE_CHECKING:
+    from twinkle_tui.agent.endpoint import LLMSettings
+    from twinkle_tui.runs.store import RunSummary
 
 
 def add_llm_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +32,7 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
                    help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
 
 
-def llm_settings(ns: argparse.Namespace) -> Any:
+def llm_settings(ns: argparse.Namespace) -> LLMSettings:
     from twinkle_tui.agent.endpoint import LLMSettings
 
     return LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
@@ -133,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.return_code or 0
 
 
-def monitor_llm(llm: Any, home: Any) -> Any:
+def monitor_llm(llm: LLMSettings, home: Path) -> LLMSettings | None:
     """The LLM the monitor reviews with outside the dashboard: the configured endpoint if it answers; the embedded
     one only when asked for (--llm embedded), since it competes with training for the CPU; None otherwise."""
     import asyncio
@@ -206,7 +211,7 @@ def doctor_main(argv: list[str]) -> int:
     return 1 if worst >= 1 else 0
 
 
-def live_runs_message(summaries: Sequence[Any]) -> str | None:
+def live_runs_message(summaries: Sequence[RunSummary]) -> str | None:
     live = [s.run_id for s in summaries if s.status.is_active]
     if not live:
         return None

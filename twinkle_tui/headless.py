@@ -12,14 +12,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from types import FrameType
+from typing import TextIO
 
 from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.monitor.headless import HeadlessMonitor
 from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
-from twinkle_tui.runs.store import NoSuchRun, RunStore, RunView, clean_log_line
-from twinkle_tui.runs.tail import FileTail
+from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore
+from twinkle_tui.runs.tail import FileTail, clean_log_line
 
 PROGRESS_METRICS = ("loss", "reward", "train/loss", "train/reward")
 LAUNCH_MARK = "===== twinkle launch"
@@ -38,7 +39,7 @@ def progress_line(progress: RunProgress, metrics: dict[str, float], active: bool
     return " · ".join(parts)
 
 
-def last_metrics(view: RunView) -> dict[str, float]:
+def last_metrics(view: RunCache) -> dict[str, float]:
     """The newest values of the metrics a progress line shows."""
     out = {}
     for name in PROGRESS_METRICS:
@@ -103,7 +104,7 @@ class HeadlessRun:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def _active(self, view: RunView) -> bool:
+    def _active(self, view: RunCache) -> bool:
         view.refresh_meta()
         if view.status.is_active:
             return True
@@ -117,7 +118,7 @@ class HeadlessRun:
             return view.status.is_active
         return False
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
             self._say("twinkle-tui: stopping gracefully (checkpoint, then exit); Ctrl-C again to kill")
@@ -129,7 +130,7 @@ class HeadlessRun:
             except (RunControlError, NoSuchRun) as exc:
                 self._say(f"twinkle-tui: {exc}")
 
-    def _follow(self, view: RunView, log: FileTail) -> None:
+    def _follow(self, view: RunCache, log: FileTail) -> None:
         if self._stop_pending:
             try:
                 self.controller.stop(self.run_id)
@@ -145,7 +146,7 @@ class HeadlessRun:
         if lines or changed:
             self._progress(view)
 
-    def _progress(self, view: RunView) -> None:
+    def _progress(self, view: RunCache) -> None:
         progress = RunProgress.of(view)
         line = progress_line(progress, last_metrics(view))
         if self.tty:
@@ -189,7 +190,7 @@ class HeadlessRun:
             pass
         return EXIT_SIGPIPE
 
-    def _finish(self, view: RunView) -> int:
+    def _finish(self, view: RunCache) -> int:
         view.refresh()
         meta = view.meta
         status = view.status

@@ -13,7 +13,7 @@ from twinkle_tui.commands.session import Session
 from twinkle_tui.process import scripts
 from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
-from twinkle_tui.runs.store import RunSummary, RunView
+from twinkle_tui.runs.store import RunCache, RunSummary
 
 RUN_ID = {"type": "string", "description": "run id or a unique prefix of it (default: the selected run)"}
 MAX_LISTED = 30
@@ -54,7 +54,7 @@ def list_training_runs(s: Session, a: dict[str, Any]) -> Reply:
     return Reply("\n".join(lines), data=[r.run_id for r in runs[:limit]])
 
 
-def status_text(view: RunView, now: float, selected: bool = False) -> str:
+def status_text(view: RunCache, now: float, selected: bool = False) -> str:
     p = RunProgress.of(view, now)
     meta = view.meta
     head = f"**{view.run_id}** · {view.status.value} · step {p.step}" + (f"/{p.total}" if p.total else "")
@@ -186,7 +186,7 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     return Confirmation(f"Stop run {run_id}?", _what_stop_does(view), "Stop")
 
 
-def _what_stop_does(view: RunView) -> str:
+def _what_stop_does(view: RunCache) -> str:
     kind = view.meta.kind
     if kind == RunKind.SERVICE_CLIENT:
         return ("It is a client of the training service: the client process gets the stop signal and the service "

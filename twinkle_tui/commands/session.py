@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from twinkle_trainer.protocol import InvalidRunId, validate_run_id
+from twinkle_tui.commands.chart_settings import ChartSettings, ChartSettingsStore
 from twinkle_tui.commands.results import CommandError, Reply
 from twinkle_tui.commands.services import Services
-from twinkle_tui.commands.view import ChartSettings, ViewStore
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.process.servers import ServerManager
-from twinkle_tui.runs.store import RunStore, RunSummary, RunView
+from twinkle_tui.runs.store import RunCache, RunStore, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Session:
         self.controller = controller
         self.clock = clock
         self.recipe_dirs = recipe_dirs or []
-        self.views = ViewStore(store.home)
+        self.views = ChartSettingsStore(store.home)
         self.selected: str | None = None
         self.settings = ChartSettings()
         self._resources = resources
@@ -140,7 +140,7 @@ class Session:
         with self.store.lock:
             return self.store.list_runs()
 
-    def view(self, run_id: str, fresh: bool = True) -> RunView:
+    def view(self, run_id: str, fresh: bool = True) -> RunCache:
         """The run's view, with what is new read first (a bounded read: a huge file streams in over several)."""
         with self.store.lock:
             view = self.store.view(run_id)

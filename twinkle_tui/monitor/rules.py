@@ -166,7 +166,7 @@ def _trailing_mean(v: np.ndarray, window: int) -> np.ndarray:
     i = np.arange(len(v))
     lo = np.maximum(0, i - window)
     with np.errstate(all="ignore"):
-        return (c[i] - c[lo]) / (i - lo)
+        return np.asarray((c[i] - c[lo]) / (i - lo))
 
 
 def _last_streak(hit: np.ndarray, length: int) -> tuple[int, int] | None:
@@ -286,7 +286,7 @@ def _moving(v: np.ndarray, n: int) -> np.ndarray:
     if len(v) < n:
         return np.empty(0)
     c = np.cumsum(np.insert(v, 0, 0.0))
-    return (c[n:] - c[:-n]) / n
+    return np.asarray((c[n:] - c[:-n]) / n)
 
 
 @rule

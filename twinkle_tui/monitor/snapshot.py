@@ -15,7 +15,7 @@ import numpy as np
 from twinkle_trainer.protocol import RunStatus
 from twinkle_tui.process.exits import last_exception_line, launch_output
 from twinkle_tui.process.scripts import ScriptError, read_script
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunCache
 
 LOG_TAIL_CHARS = 1500
 RECENT_POINTS = 400  # per metric, what the rules and the review see
@@ -29,7 +29,7 @@ class MetricData:
 
     @property
     def finite(self) -> np.ndarray:
-        return np.isfinite(self.values)
+        return np.asarray(np.isfinite(self.values))
 
 
 @dataclass
@@ -99,7 +99,7 @@ class RunSnapshot:
         return "\n".join(lines)
 
 
-def take_snapshot(view: RunView, now: float | None = None) -> RunSnapshot:
+def take_snapshot(view: RunCache, now: float | None = None) -> RunSnapshot:
     """A snapshot of a run from its view (refresh the view first)."""
     now = time.time() if now is None else now
     meta = view.meta

@@ -37,6 +37,7 @@ from twinkle_trainer.protocol import (
     write_json_atomic,
 )
 from twinkle_tui.process import scripts
+from twinkle_tui.process.adopt import find_leader, start_adopter
 from twinkle_tui.process.exits import record_exit
 from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
 from twinkle_tui.runs.store import NoSuchRun, effective_status
@@ -233,10 +234,6 @@ class ProcessController:
     def status(self, run_id: str) -> RunStatus:
         return effective_status(self.meta(run_id))
 
-    def is_alive(self, run_id: str) -> bool:
-        meta = self.meta(run_id)
-        return process_is(meta.pid, meta.pid_start_time)
-
     def pause(self, run_id: str) -> None:
         """Freeze the run's processes (SIGSTOP): memory and GPU state stay, no step progresses."""
         paths = self.existing(run_id)
@@ -365,7 +362,8 @@ class ProcessController:
         if pid and start is None and process_start_time(pid) is not None:
             return None  # an old writer recorded no start time: that pid may or may not be the run; leave it be
         if not process_is(pid, start):
-            found = self._find_leader(run_id, launch)  # a supervisor that died before it recorded its child
+            found = find_leader(RunIdentity(run_id, str(self.home), None, None, launch=launch))  # a supervisor
+            # that died before it recorded its child
             if found is not None:
                 pid, start = found
 
@@ -374,47 +372,11 @@ class ProcessController:
 
                 self._locked(paths, record)
         if pid is not None and start is not None and process_is(pid, start):
-            self._start_adopter(paths, pid, start, launch)
+            start_adopter(self.python, paths, self.grace, pid, start, launch)
             return "adopted"
         record_exit(paths, None, launch, error="the run's supervisor and process are gone; how it ended was not recorded",
                     note="recovered: nothing of the run was left")
         return "recorded as ended"
-
-    def _find_leader(self, run_id: str, launch: int) -> tuple[int, int] | None:
-        """The oldest live process whose environment names this launch of the run (its leader), if any."""
-        from twinkle_tui.process.tree import tagged_processes
-
-        procs = tagged_processes(RunIdentity(run_id, str(self.home), None, None, launch=launch))
-        best: tuple[float, int] | None = None
-        for proc in procs:
-            try:
-                created = proc.create_time()
-            except Exception:
-                continue
-            if best is None or created < best[0]:
-                best = (created, proc.pid)
-        if best is None:
-            return None
-        start = process_start_time(best[1])
-        return (best[1], start) if start is not None else None
-
-    def _start_adopter(self, paths: RunPaths, pid: int, start: int, launch: int) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        env[ROLE_ENV] = "supervisor"
-        env.pop("TWINKLE_RUN_ID", None)
-        cmd = [self.python, "-P", "-m", "twinkle_tui.process.supervisor", "--home", str(self.home), "--run-id",
-               paths.run_id, "--grace", str(self.grace), "--launch", str(launch), "--adopt", str(pid),
-               "--adopt-start", str(start)]
-        with open(paths.root / "supervisor.log", "ab") as errors:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=errors, start_new_session=True)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:  # until it has published itself
-            with contextlib.suppress(MetaError):
-                if read_meta(paths).supervisor_pid == proc.pid:
-                    break
-            time.sleep(0.02)
-        return proc
 
     def update_script(self, run_id: str, source: str, reason: str | None = None) -> int:
         """Archive train.py as train_v{N}.py and write the new source in the encoding it declares; refuses source
@@ -441,24 +403,12 @@ class ProcessController:
         return self._replace_script(run_id, paths, data, f"undo: back to version {current - 1}")
 
     def _replace_script(self, run_id: str, paths: RunPaths, data: bytes, reason: str | None) -> int:
-        current = self.meta(run_id).script_version
         try:
-            if paths.script.exists():
-                current = max(current, 1)
-                shutil.copy2(paths.script, paths.script_version(current))
-            tmp = paths.script.with_name(".train.py.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, paths.script)
-        except OSError as exc:
-            raise RunControlError(f"cannot write the script of {run_id!r}: {exc.strerror or exc}") from None
-        new_version = current + 1
-
-        def versioned(m: RunMeta) -> None:
-            m.script_version = new_version
-
-        self._locked(paths, versioned)
-        record_event(paths, "script", self.clock, version=new_version, reason=reason)
-        return new_version
+            version = scripts.write_version(paths, data)
+        except (scripts.ScriptError, MetaError) as exc:
+            raise RunControlError(f"cannot write the script of {run_id!r}: {exc}") from None
+        record_event(paths, "script", self.clock, version=version, reason=reason)
+        return version
 
     # ---------------------------------------------------------------- managing runs
     def _require_ended(self, run_id: str, action: str) -> RunPaths:
@@ -549,11 +499,9 @@ class _NoWrite(Exception):
 def checked_source(path: Path) -> str:
     """A script's text, refused with one line if it cannot be read or does not compile."""
     try:
-        source = scripts.read_script(path)
-        scripts.check_compiles(source, str(path))
+        return scripts.read_checked(path)
     except scripts.ScriptError as exc:
         raise RunControlError(str(exc)) from None
-    return source
 
 
 __all__ = ["InvalidRunId", "Launched", "NoSuchRun", "ProcessController", "ResumePlan", "RunControlError",

@@ -8,9 +8,12 @@ import ast
 import difflib
 import io
 import os
+import shutil
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
+
+from twinkle_trainer.protocol import RunMeta, RunPaths, read_meta, update_meta
 
 
 class ScriptError(Exception):
@@ -67,6 +70,34 @@ def write_script(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ScriptError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_checked(path: Path) -> str:
+    """A script's text, or ScriptError if it cannot be read or does not compile."""
+    source = read_script(path)
+    check_compiles(source, str(path))
+    return source
+
+
+def write_version(paths: RunPaths, data: bytes) -> int:
+    """Archive the run's train.py as train_v{N}.py (byte for byte) and write `data` as version N+1, recorded in
+    meta.json; returns the new version."""
+    current = read_meta(paths).script_version
+    try:
+        if paths.script.exists():
+            current = max(current, 1)
+            shutil.copy2(paths.script, paths.script_version(current))
+        tmp = paths.script.with_name(".train.py.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, paths.script)
+    except OSError as exc:
+        raise ScriptError(exc.strerror or str(exc)) from None
+
+    def versioned(meta: RunMeta) -> None:
+        meta.script_version = current + 1
+
+    update_meta(paths, versioned)
+    return current + 1
 
 
 def check_compiles(source: str, filename: str) -> None:
@@ -182,5 +213,5 @@ def same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-__all__ = ["FixRisk", "ScriptError", "check_compiles", "cut_diff", "decode_source", "encode_source",
+__all__ = ["FixRisk", "ScriptError", "check_compiles", "cut_diff", "read_checked", "write_version", "decode_source", "encode_source",
            "fix_risks", "read_script", "same_bytes", "script_diff", "source_encoding", "write_script"]

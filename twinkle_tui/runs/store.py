@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -29,32 +28,12 @@ from twinkle_trainer.protocol import (
     validate_run_id,
 )
 from twinkle_tui.runs.metrics import MetricsTable
-from twinkle_tui.runs.tail import FileTail
+from twinkle_tui.runs.tail import FileTail, clean_log_line
 
 log = logging.getLogger(__name__)
 
-# Escape sequences (CSI, OSC, DCS/PM/APC strings, and two- or three-byte ones such as ESC c that resets a terminal
-# or ESC ( 0 that switches its character set), then every control character left but tab.
-ANSI_RE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
-    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings
-    r"|\x1b[ -/]*[0-~]"  # ESC c, ESC ( 0, ESC 7 ...
-    r"|\x1b"  # a lone ESC
-)
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 LOG_TAIL_BYTES = 512 * 1024
 LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
-
-
-def clean_log_line(raw: bytes) -> str:
-    """Decode a log line, keep what a terminal would finally show after carriage returns, and drop every escape
-    sequence and control character: the log panel shows text, never terminal commands."""
-    text = raw.decode("utf-8", "replace").rstrip("\r")
-    if "\r" in text:
-        text = text.rsplit("\r", 1)[-1]
-    text = ANSI_RE.sub("", text).replace("\t", "    ")
-    return CONTROL_RE.sub("", text)
 
 
 class LogTail:
@@ -171,7 +150,7 @@ def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bo
     return RunStatus.FAILED
 
 
-class RunView:
+class RunCache:
     """One run's files, read incrementally: meta, metrics, log tail and events."""
 
     def __init__(self, paths: RunPaths) -> None:
@@ -287,7 +266,7 @@ class RunStore:
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = twinkle_home(home)
-        self._views: dict[str, RunView] = {}
+        self._views: dict[str, RunCache] = {}
         self.lock = threading.RLock()
 
     def run_ids(self) -> list[str]:
@@ -304,7 +283,7 @@ class RunStore:
                     continue  # not ours: a stray folder under $TWINKLE_HOME
         return ids
 
-    def view(self, run_id: str) -> RunView:
+    def view(self, run_id: str) -> RunCache:
         """The view of one run; a bad run id raises InvalidRunId, a missing run NoSuchRun."""
         validate_run_id(run_id)
         view = self._views.get(run_id)
@@ -312,7 +291,7 @@ class RunStore:
             paths = RunPaths(self.home / run_id)
             if paths.root.is_symlink() or not paths.root.is_dir():
                 raise NoSuchRun(f"no run {run_id!r} under {self.home}")
-            view = self._views[run_id] = RunView(paths)
+            view = self._views[run_id] = RunCache(paths)
             view.refresh_meta()
         return view
 

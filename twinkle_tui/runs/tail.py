@@ -9,6 +9,7 @@ never opened for reading.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,28 @@ from typing import BinaryIO
 BLOCK_SIZE = 4 * 1024 * 1024
 MAX_LINE = 1024 * 1024  # longer lines are skipped (a crash can leave gigabytes of NUL bytes without a newline)
 FINGERPRINT = 64  # bytes just before the offset, re-checked on every read to notice a rewrite of the file
+
+
+# Escape sequences (CSI, OSC, DCS/PM/APC strings, and two- or three-byte ones such as ESC c that resets a terminal
+# or ESC ( 0 that switches its character set), then every control character left but tab.
+ANSI_RE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
+    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings
+    r"|\x1b[ -/]*[0-~]"  # ESC c, ESC ( 0, ESC 7 ...
+    r"|\x1b"  # a lone ESC
+)
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_log_line(raw: bytes) -> str:
+    """Decode a log line, keep what a terminal would finally show after carriage returns, and drop every escape
+    sequence and control character: the log panel shows text, never terminal commands."""
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    if "\r" in text:
+        text = text.rsplit("\r", 1)[-1]
+    text = ANSI_RE.sub("", text).replace("\t", "    ")
+    return CONTROL_RE.sub("", text)
 
 
 class FileTail:
@@ -179,8 +202,6 @@ class FileTail:
 def read_last_lines(path: Path, count: int, chunk: int = 64 * 1024, max_bytes: int = 8 * 1024 * 1024) -> list[str]:
     """The last `count` lines of a text file (decoded, cleaned of terminal control sequences), reading backwards
     from the end: at most max_bytes, whatever the file's size."""
-    from twinkle_tui.runs.store import clean_log_line
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,17 @@ from textual.worker import Worker, WorkerState
 
 from twinkle_tui.agent import LLMSettings
 from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Reply, Resources, Session, execute
-from twinkle_tui.commands.charts import shown_metrics
+from twinkle_tui.commands.chart_commands import shown_metrics
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
 from twinkle_tui.monitor import DEFAULT_INTERVAL
-from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
+from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore, RunSummary
 from twinkle_tui.ui.agent_chat import AgentChat
 from twinkle_tui.ui.feed import StoreReader
+from twinkle_tui.ui.keys import KEYS
 from twinkle_tui.ui.layout import layout_classes, waiting_text
 from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.monitoring import DashboardMonitor
-from twinkle_tui.ui.palette import PaletteCommand, RunCommands
+from twinkle_tui.ui.palette import RunCommands
 from twinkle_tui.ui.scheduler import RedrawScheduler
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
@@ -66,30 +66,7 @@ class TwinkleApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "twinkle-tui"
     COMMANDS = App.COMMANDS | {RunCommands}
-    BINDINGS = [
-        Binding("p", "command('pause_training')", "Pause", id="pause"),
-        Binding("r", "command('resume_training')", "Resume", id="resume"),
-        Binding("s", "command('stop_training')", "Stop", id="stop"),
-        Binding("k", "command('kill_training')", "Kill", id="kill", show=False),
-        Binding("n", "new_run", "New run", id="new_run"),
-        Binding("slash", "focus_chat", "Chat", id="focus_chat", key_display="/"),
-        Binding("m", "pick_metrics", "Metrics", id="pick_metrics"),
-        Binding("z", "zoom(0.5)", "Zoom in", id="zoom_in"),
-        Binding("x", "zoom(2.0)", "Zoom out", id="zoom_out"),
-        Binding("left_square_bracket", "pan(-0.25)", "Pan left", id="pan_left", show=False, key_display="["),
-        Binding("right_square_bracket", "pan(0.25)", "Pan right", id="pan_right", show=False, key_display="]"),
-        Binding("0", "reset_zoom", "Reset zoom", id="reset_zoom"),
-        Binding("e", "toggle_smoothing", "Smooth", id="toggle_smoothing"),
-        Binding("l", "toggle_log_y", "Log-y", id="toggle_log_y"),
-        Binding("d", "command('delete_run')", "Delete run", id="delete_run", show=False),
-        Binding("a", "command('archive_run')", "Archive run", id="archive_run", show=False),
-        Binding("u", "command('undo_fix')", "Undo fix", id="undo_fix", show=False),
-        Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
-        Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
-        Binding("question_mark", "help", "Help", id="help", key_display="?"),
-        Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
-        Binding("q", "quit", "Quit", id="quit"),
-    ]
+    BINDINGS = KEYS
 
     def __init__(
         self,
@@ -398,7 +375,7 @@ class TwinkleApp(App[int]):
             return None
         return text
 
-    def _draw_charts(self, view: RunView | None) -> None:
+    def _draw_charts(self, view: RunCache | None) -> None:
         grid = self.chart_grid
         s = self.session.settings
         if view is None:
@@ -425,20 +402,15 @@ class TwinkleApp(App[int]):
         self._drawn = key
         grid.draw(view, s, compare)
 
-    def _show_waiting(self, view: RunView | None) -> None:
+    def _show_waiting(self, view: RunCache | None) -> None:
         """Before the first metric line, say what the run is doing instead of showing empty charts."""
         self.waiting.display = view is not None
         self.chart_grid.display = view is None
         if view is not None:
             self.waiting.update(waiting_text(view))
 
-    @property
-    def quiescent(self) -> bool:
-        """Nothing is being read and nothing waits to be drawn (tests wait for this instead of sleeping)."""
-        return not self.reader.running and self.scheduler.idle
-
     # ------------------------------------------------------------------ selection
-    def current_view(self) -> RunView | None:
+    def current_view(self) -> RunCache | None:
         if self.session.selected is None:
             return None
         try:
@@ -446,7 +418,7 @@ class TwinkleApp(App[int]):
         except (NoSuchRun, ValueError):
             return None
 
-    def compare_view(self) -> RunView | None:
+    def compare_view(self) -> RunCache | None:
         if not self.session.settings.compare:
             return None
         try:
@@ -508,9 +480,6 @@ class TwinkleApp(App[int]):
         names = view.metrics.names()
         self.push_screen(MetricPicker(names, shown_metrics(self.session.settings, names)), picked)
 
-    def set_metrics(self, names: list[str]) -> None:
-        self.run_view_command("select_metrics", {"names": names})
-
     def action_zoom(self, factor: float) -> None:
         self.run_view_command("zoom_metrics", {"factor": factor})
 
@@ -542,38 +511,6 @@ class TwinkleApp(App[int]):
 
     def set_compare(self, run_id: str | None) -> None:
         self.action_command("compare_runs", {"run_id": run_id or "none"})
-
-    def palette_commands(self) -> list[PaletteCommand]:
-        """What the command palette offers: the keys' actions, then switching to and comparing with each run."""
-        cmd = PaletteCommand
-        out = [
-            cmd("Pause the selected run", partial(self.action_command, "pause_training"),
-                "SIGSTOP: memory and GPU state are kept"),
-            cmd("Resume the selected run", partial(self.action_command, "resume_training"),
-                "SIGCONT, or relaunch from the last checkpoint"),
-            cmd("Stop the selected run", partial(self.action_command, "stop_training"), "checkpoint and exit (asks first)"),
-            cmd("Kill the selected run", partial(self.action_command, "kill_training"),
-                "SIGKILL now, no checkpoint (asks first)"),
-            cmd("Delete the selected run", partial(self.action_command, "delete_run"),
-                "an ended run and its files (asks first)"),
-            cmd("Archive the selected run", partial(self.action_command, "archive_run"),
-                "move an ended run to .archive/ (asks first)"),
-            cmd("Start a new run", self.action_new_run, "a recipe from examples/ or a script path"),
-            cmd("Choose metrics", self.action_pick_metrics, "up to four charts"),
-            cmd("Reset zoom", self.action_reset_zoom, "show every step"),
-            cmd("Toggle smoothing", self.action_toggle_smoothing, "debiased EMA over the raw series"),
-            cmd("Toggle log-y", self.action_toggle_log_y, "logarithmic y axis"),
-            cmd("Help", self.action_help, "keys and chat commands"),
-        ]
-        for summary in self.summaries:
-            if summary.run_id != self.session.selected:
-                out.append(cmd(f"Switch to run {summary.run_id}", partial(self.select, summary.run_id),
-                               f"{summary.status.value}, step {summary.last_step}"))
-                out.append(cmd(f"Compare with run {summary.run_id}", partial(self.set_compare, summary.run_id),
-                               "overlay its metrics on the charts"))
-        if self.session.settings.compare:
-            out.append(cmd("Stop comparing", partial(self.set_compare, None), f"remove {self.session.settings.compare}"))
-        return out
 
     # ------------------------------------------------------------------ housekeeping
     def _periodic(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunCache
 
 
 def layout_classes(width: int, height: int, panels: bool | None = None) -> dict[str, bool]:
@@ -23,7 +23,7 @@ def layout_classes(width: int, height: int, panels: bool | None = None) -> dict[
 
 
 
-def waiting_text(view: RunView) -> str:
+def waiting_text(view: RunCache) -> str:
     """Before the first metric line: what the run is doing (its latest log line), or what it is (a service)."""
     if not view.status.is_active:
         return f"this run logged no metrics ({view.status.value})"

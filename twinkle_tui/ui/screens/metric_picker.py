@@ -64,7 +64,7 @@ class MetricPicker(ModalScreen[list[str] | None]):
         event.stop()
         self.action_apply()
 
-    def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled) -> None:
+    def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled[str]) -> None:
         name = event.selection.value
         if name in self.selected:
             self.selected.remove(name)

@@ -13,10 +13,10 @@ from textual.containers import Grid
 from textual.message import Message
 from textual_plotext import PlotextPlot
 
-from twinkle_tui.charts import BlockSummary, Decimated, SmoothedSeries, decimate
-from twinkle_tui.commands.view import MAX_CHARTS, ChartSettings
+from twinkle_tui.commands.chart_settings import MAX_CHARTS, ChartSettings
+from twinkle_tui.runs.chart_data import BlockSummary, Decimated, SmoothedSeries, decimate
 from twinkle_tui.runs.progress import format_value
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunCache
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ MAX_MARKERS = 40
 EVENT_COLORS = {"launch": "blue", "warning": "orange", "fix": "magenta", "undo": "magenta", "error": "red"}
 
 
-def event_markers(view: RunView, lo: float, hi: float) -> list[tuple[float, str, str]]:
+def event_markers(view: RunCache, lo: float, hi: float) -> list[tuple[float, str, str]]:
     """(step, kind, color) of relaunches, checkpoints and monitor events inside [lo, hi]."""
     ts_steps, ts_values = view.metrics.ts.snapshot()
     out: list[tuple[float, str, str]] = []
@@ -161,7 +161,7 @@ class MetricChart(PlotextPlot):
         self._smoothed: dict[str, SmoothedSeries] = {}
         self._drag_from: float | None = None
         self.title_text = ""
-        self._last: tuple[RunView, ChartSettings, RunView | None] | None = None
+        self._last: tuple[RunCache, ChartSettings, RunCache | None] | None = None
         self._built: tuple[tuple[int, int, str], RenderResult] | None = None
         self._summaries: dict[str, BlockSummary] = {}
 
@@ -198,7 +198,7 @@ class MetricChart(PlotextPlot):
         if self._last is not None and self.metric:  # titles, ticks and buckets depend on the width
             self.draw(*self._last)
 
-    def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+    def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         self._last = (view, settings, compare)
         self._built = None
         plt = self.plt
@@ -347,6 +347,6 @@ class ChartGrid(Grid):
     def charts(self) -> list[MetricChart]:
         return [c for c in self.query(MetricChart) if c.metric]
 
-    def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+    def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         for chart in self.charts():
             chart.draw(view, settings, compare)

@@ -9,7 +9,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate
-from twinkle_tui.runs.store import RunView, format_age
+from twinkle_tui.runs.store import RunCache, format_age
 from twinkle_tui.ui.widgets.run_list import STATUS_ICONS
 
 BAR_WIDTH = 20
@@ -37,7 +37,7 @@ class RunStatusBar(Static):
     def on_resize(self) -> None:
         self.post_message(self.Resized())
 
-    def show(self, view: RunView | None, now: float, notice: str | None = None) -> None:
+    def show(self, view: RunCache | None, now: float, notice: str | None = None) -> None:
         if view is None:
             empty: list[Line] = [Text("no run selected · press n to start one", style="dim")]
             if notice:

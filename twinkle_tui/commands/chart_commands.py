@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from twinkle_tui.commands.chart_settings import MAX_CHARTS, ChartSettings
 from twinkle_tui.commands.registry import command, slash
 from twinkle_tui.commands.results import CommandError, Reply
 from twinkle_tui.commands.session import Session
-from twinkle_tui.commands.view import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.progress import format_value
 
 MIN_WINDOW = 2.0  # steps: a narrower window would draw one column

@@ -57,7 +57,7 @@ class ChartSettings:
         return out
 
 
-class ViewStore:
+class ChartSettingsStore:
     """Per-run chart settings under $TWINKLE_HOME/.views/ (outside the run directories, so the file watcher does
     not mistake them for a run's own changes)."""
 
