@@ -170,9 +170,11 @@ def test_delete_and_archive_refuse_live_runs(session: Session, home: Path) -> No
         launched.supervisor.wait(timeout=30)
 
 
-def test_resume_without_a_checkpoint_asks_before_starting_over(session: Session, home: Path) -> None:
+def test_a_relaunch_always_asks_first_and_says_from_where(session: Session, home: Path) -> None:
     make_run(home, "nock", steps=5, status="killed", extra_meta={"command": ["python", "x.py"]})
     _, confirm = prepare(session, "resume_training", {"run_id": "nock"})
     assert confirm is not None and "from step 0" in confirm.title
     make_run(home, "withck", steps=5, status="stopped", checkpoints=(5,), extra_meta={"command": ["python", "x.py"]})
-    assert prepare(session, "resume_training", {"run_id": "withck"})[1] is None
+    _, confirm = prepare(session, "resume_training", {"run_id": "withck"})  # the user stopped it: ask first
+    assert confirm is not None and confirm.title == "Relaunch withck from step 5?"
+    assert "You stopped it at step 5" in confirm.detail

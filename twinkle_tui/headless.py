@@ -82,7 +82,7 @@ class HeadlessRun:
             return 2
         self.run_id = launched.run_id
         view = self.store.view(launched.run_id)
-        log = FileTail(view.paths.log)  # every line of this launch, from the first byte
+        log = FileTail(view.paths.log, keep_head=True)  # every line of this launch, from the first byte
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             self._say(f"twinkle-tui: run {launched.run_id} · log {view.paths.log}")
@@ -92,7 +92,7 @@ class HeadlessRun:
                 if self.watch is not None:
                     self.watch.tick(self.run_id, self._say)
                 if not self._active(view):
-                    self._follow(view, log)
+                    self._follow(view, log, final=True)
                     # A last look at how it ended; an applied fix relaunches it, and we follow the new launch.
                     if self.watch is not None and self.watch.tick(self.run_id, self._say, final=True):
                         continue
@@ -130,14 +130,16 @@ class HeadlessRun:
             except (RunControlError, NoSuchRun) as exc:
                 self._say(f"twinkle-tui: {exc}")
 
-    def _follow(self, view: RunCache, log: FileTail) -> None:
+    def _follow(self, view: RunCache, log: FileTail, final: bool = False) -> None:
+        """Print what the run wrote since the last look; `final` (the run has ended) includes a last line that
+        never got its newline."""
         if self._stop_pending:
             try:
                 self.controller.stop(self.run_id)
                 self._stop_pending = False
             except RunControlError:
                 pass  # not started yet: try again on the next poll
-        lines = log.read_lines() if log.has_new_data() else []
+        lines = log.read_final_lines() if final else log.read_lines() if log.has_new_data() else []
         changed = view.refresh()
         if lines:
             self._clear_status()

@@ -150,18 +150,26 @@ def pause_training(s: Session, a: dict[str, Any]) -> Reply:
 
 
 def _resume_confirm(s: Session, a: dict[str, Any]) -> Confirmation | None:
+    """A paused run continues without a question; a run that ended is relaunched only after a yes: it spends
+    compute, and for a stopped run it reverses what the user decided."""
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
-    meta = s.view(run_id).meta
-    if plan.relaunch and plan.from_step is None and meta.kind == RunKind.SERVICE:
+    if not plan.relaunch:
+        return None
+    view = s.view(run_id)
+    meta, status = view.meta, view.status
+    if meta.kind == RunKind.SERVICE:
         url = (meta.service or {}).get("url") or "its address"
         return Confirmation(f"Start the training service {run_id} again?", f"It listens at {url} again; its "
                             "clients start new sessions.", "Start")
-    if plan.relaunch and plan.from_step is None:
-        return Confirmation(f"Restart {run_id} from step 0?",
-                            "It has no checkpoint to resume from, so a relaunch starts over from the beginning.",
-                            "Restart")
-    return None
+    ended = {RunStatus.STOPPED: "You stopped it", RunStatus.KILLED: "It was killed",
+             RunStatus.FAILED: "It failed"}.get(status, f"It is {status.value}")
+    if plan.from_step is None:
+        return Confirmation(f"Restart {run_id} from step 0?", f"{ended}, and it has no checkpoint to resume from, "
+                            "so a relaunch starts over from the beginning.", "Restart")
+    return Confirmation(f"Relaunch {run_id} from step {plan.from_step}?", f"{ended} at step {view.last_step}. A "
+                        f"relaunch continues from its checkpoint of step {plan.from_step} and trains again.",
+                        "Relaunch")
 
 
 @command("resume_training", "Resume a run: continue a paused one (SIGCONT), or relaunch a stopped, failed or "

@@ -40,7 +40,7 @@ class LogTail:
     """The last `max_lines` lines of output.log, updated by byte offset (for the dashboard's log panel)."""
 
     def __init__(self, path: Path, max_lines: int = 5000) -> None:
-        self.tail = FileTail(path)
+        self.tail = FileTail(path, keep_head=True)  # a huge line shows its start and says it was cut
         self.lines: deque[str] = deque(maxlen=max_lines)
         self.total_lines = 0
         self._started = False
