@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TextIO
 
-from twinkle_trainer.protocol import RunStatus
+from twinkle_trainer.protocol import RunKind, RunStatus
 from twinkle_tui.monitor.headless import HeadlessMonitor
 from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
@@ -37,6 +37,24 @@ def progress_line(progress: RunProgress, metrics: dict[str, float], active: bool
     if progress.eta is not None and active:
         parts.append(f"ETA {format_duration(progress.eta)}")
     return " · ".join(parts)
+
+
+def status_line(view: RunCache, now: float) -> str:
+    """The progress line of a run: its steps and metrics; while it stops, what it is finishing and how long it has
+    left before it is killed; for the training service, what it serves."""
+    meta = view.meta
+    if view.status == RunStatus.STOPPING and meta.stop_deadline is not None:
+        left = max(0.0, meta.stop_deadline - now)
+        return (f"stopping: finishing step {view.last_step + 1}, about {format_duration(left)} left before it is "
+                "killed (--grace sets the least it gets)")
+    if meta.kind == RunKind.SERVICE and meta.service:
+        service = meta.service
+        parts = [f"serving at {service.get('url', '?')}", f"{service.get('sessions', 0)} open session(s)"]
+        for key, label in (("clients", "client(s)"), ("requests_per_minute", "requests/min")):
+            if isinstance(service.get(key), int | float):
+                parts.append(f"{service[key]:g} {label}")
+        return " · ".join(parts)
+    return progress_line(RunProgress.of(view, now), last_metrics(view), active=view.status.is_active)
 
 
 def last_metrics(view: RunCache) -> dict[str, float]:
@@ -121,7 +139,8 @@ class HeadlessRun:
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
-            self._say("twinkle-tui: stopping gracefully (checkpoint, then exit); Ctrl-C again to kill")
+            self._say("twinkle-tui: stopping gracefully: the run finishes its step, saves a checkpoint and exits "
+                      "(Ctrl-C again to kill it now)")
             self._stop_pending = True
         else:
             self._say("twinkle-tui: killing the run")
@@ -145,16 +164,16 @@ class HeadlessRun:
             self._clear_status()
             self._write("".join(clean_log_line(line) + "\n" for line in lines
                                 if not line.startswith(LAUNCH_MARK.encode())))
-        if lines or changed:
+        if lines or changed or view.status == RunStatus.STOPPING:  # a stop counts down
             self._progress(view)
 
     def _progress(self, view: RunCache) -> None:
-        progress = RunProgress.of(view)
-        line = progress_line(progress, last_metrics(view))
+        line = status_line(view, time.time())
         if self.tty:
             self._status_shown = line
             self._write("\r\x1b[2K" + line)
-        elif line != self._status_shown and time.monotonic() - self._last_progress_print >= 5.0 and progress.step:
+        elif line != self._status_shown and time.monotonic() - self._last_progress_print >= 5.0 and \
+                (view.last_step or view.status == RunStatus.STOPPING or view.meta.kind == RunKind.SERVICE):
             self._status_shown = line
             self._last_progress_print = time.monotonic()
             self._write(line + "\n")

@@ -12,6 +12,7 @@ from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
 from twinkle_tui.process import scripts
 from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES
+from twinkle_tui.process.supervisor import stop_grace
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import RunCache, RunSummary
 
@@ -27,12 +28,11 @@ def run_label(summary: RunSummary) -> str:
 def run_line(summary: RunSummary, now: float) -> str:
     step = f"{summary.last_step}/{summary.total_steps}" if summary.total_steps else f"step {summary.last_step}"
     model = (summary.model_id or "?").split("/")[-1].removeprefix("builtin:")
-    if summary.status.is_active:
-        when = f"running for {format_duration(now - summary.start_time)}" if summary.start_time else ""
-    elif summary.start_time and summary.end_time:
-        when = f"took {format_duration(summary.end_time - summary.start_time)}"
-    else:
+    ran = summary.meta.running_seconds(now)  # pauses and the gaps between launches are not running time
+    if ran is None:
         when = ""
+    else:
+        when = f"running for {format_duration(ran)}" if summary.status.is_active else f"ran {format_duration(ran)}"
     return " · ".join(p for p in (run_label(summary), f"**{summary.status.value}**", step, model, when) if p)
 
 
@@ -191,10 +191,10 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     if view.status not in (RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED):
         hint = "; it can be killed (k)" if view.status == RunStatus.STOPPING else ""
         raise CommandError(f"cannot stop run {run_id!r}: it is {view.status.value}{hint}")
-    return Confirmation(f"Stop run {run_id}?", _what_stop_does(view), "Stop")
+    return Confirmation(f"Stop run {run_id}?", _what_stop_does(s, view), "Stop")
 
 
-def _what_stop_does(view: RunCache) -> str:
+def _what_stop_does(s: Session, view: RunCache) -> str:
     kind = view.meta.kind
     if kind == RunKind.SERVICE_CLIENT:
         return ("It is a client of the training service: the client process gets the stop signal and the service "
@@ -202,8 +202,14 @@ def _what_stop_does(view: RunCache) -> str:
     if kind == RunKind.SERVICE:
         return ("The training service closes its sessions (their runs end as stopped) and exits; start it again with "
                 "twinkle-tui serve or the agent's start_server.")
-    return (f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
-            "Resume it later with r (a relaunch from that checkpoint).")
+    grace = stop_grace(view.meta, s.controller.grace)
+    step = view.meta.progress.step_seconds
+    why = (f" (3 of its {format_duration(step)} steps and its last save; --grace {s.controller.grace:g}s is the least)"
+           if grace > s.controller.grace and step else f" (--grace {s.controller.grace:g}s)")
+    done = f"the last one logged is step {view.last_step}" if view.last_step else "none is logged yet"
+    return (f"It finishes the step it is on ({done}), saves a checkpoint and exits; it has up to "
+            f"{format_duration(grace)} for that{why}, then it is killed. Resume it later with r (a relaunch from "
+            "that checkpoint).")
 
 
 @command("stop_training", "Stop a run gracefully: it finishes the current step, saves a checkpoint and exits "

@@ -200,6 +200,8 @@ class ProcessController:
             meta.command = command
             meta.cwd = str(workdir)
             meta.start_time = meta.start_time or now
+            meta.end_launch_time(now)  # an earlier launch's running time is kept; the gap until now is not counted
+            meta.launch_time = now
             meta.end_time = meta.exit_code = meta.exit_signal = meta.error = None
             meta.pid = meta.pid_start_time = meta.pgid = meta.supervisor_pid = meta.supervisor_start_time = None
             meta.launches += 1
@@ -243,6 +245,7 @@ class ProcessController:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING}, "pause")
             self._signal(meta, signal.SIGSTOP)  # under the lock: no other dashboard's resume can come between
             meta.status = RunStatus.PAUSED
+            meta.paused_at = self.clock()
             record_event(paths, "pause", self.clock, step=meta.progress.last_step)
 
         self._locked(paths, change)
@@ -273,6 +276,7 @@ class ProcessController:
                 self._check(meta, {RunStatus.PAUSED}, "resume")
                 self._signal(meta, signal.SIGCONT)
                 meta.status = RunStatus.RUNNING
+                meta.pause_ended(self.clock())
                 record_event(paths, "resume", self.clock, step=meta.progress.last_step)
                 return
             if status not in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
@@ -307,6 +311,7 @@ class ProcessController:
         def change(meta: RunMeta) -> None:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED}, "stop")
             meta.status = RunStatus.STOPPING
+            meta.pause_ended(self.clock())  # a paused run wakes up to stop
             record_event(paths, "stop", self.clock, step=meta.progress.last_step)
             if meta.kind == RunKind.SERVICE_CLIENT:
                 # The training service watches this run for its client; it serves others too and must not be
@@ -334,6 +339,7 @@ class ProcessController:
         def change(meta: RunMeta) -> None:
             self._check(meta, CONTROLLABLE, "kill")
             meta.status = RunStatus.KILLED
+            meta.pause_ended(self.clock())
             record_event(paths, "kill", self.clock, step=meta.progress.last_step)
             self._signal(meta, signal.SIGCONT)
             self._signal(meta, signal.SIGKILL)

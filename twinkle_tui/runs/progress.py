@@ -45,10 +45,7 @@ class RunProgress:
                 rate = ds / dt
         active = view.status.is_active
         eta = (total - step) / rate if rate and total and total > step and active else None
-        start = view.meta.start_time
-        end = view.meta.end_time if not active else None
-        elapsed = ((end or now) - start) if isinstance(start, int | float) else None
-        return cls(step, total, rate, eta, elapsed)
+        return cls(step, total, rate, eta, view.meta.running_seconds(now))  # pauses and gaps between launches not counted
 
 
 def not_running(events: list[RunEvent], now: float) -> list[tuple[float, float]]:

@@ -24,11 +24,9 @@ STATUS_ICONS = {
 
 
 def run_duration(r: RunSummary, now: float) -> str:
-    """How long the run ran (ended) or has been running (live): what a user reads here, never its age."""
-    if not r.start_time:
-        return "--"
-    end = now if r.status.is_active or not r.end_time else r.end_time
-    return format_duration(max(0.0, end - r.start_time))
+    """How long the run has trained (paused time and the gaps between launches not counted): what a user reads
+    here, never its age."""
+    return format_duration(r.meta.running_seconds(now))
 
 
 def status_icon(status: RunStatus) -> Text:
