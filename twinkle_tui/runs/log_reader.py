@@ -498,6 +498,7 @@ class LogReading:
     count: int = 0  # how many times it was raised (ranks that print without a prefix count too)
     others: list[TracebackReport] = field(default_factory=list)  # other distinct errors (launchers included)
     fatal_line: str | None = None  # without a traceback: the first line that says what went wrong
+    fatal_lines: list[str] = field(default_factory=list)  # every distinct fatal line, causes first
     signal: str | None = None  # the process's own signal, or a child's from its launcher's lines
     signal_line: str | None = None  # the line that showed it ("Killed", "exits with return code = -9")
     exit_code: int | None = None
@@ -634,8 +635,9 @@ def read_failure(raw_lines: Sequence[str], exit_code: int | None = None, exit_si
                 reading.others.append(r)
     reading.interrupted = (reading.signal == "SIGINT" or exit_code == 130
                            or (reading.root is not None and reading.root.interrupted))
-    if reading.root is None:
-        reading.fatal_line = _first_fatal(lines)
+    reading.fatal_lines = _fatal_lines(lines)
+    if reading.root is None and reading.fatal_lines:
+        reading.fatal_line = reading.fatal_lines[0]
     signal_from_log, signal_line = _signal_in_log(lines)
     if reading.signal is None and signal_from_log:
         reading.signal = signal_from_log
@@ -667,20 +669,24 @@ def _sorted_sources(sources: Iterable[str]) -> list[str]:
     return sorted(unique, key=key)
 
 
-def _first_fatal(lines: list[LogLine]) -> str | None:
-    """The first line that says something fatal, not a launcher's report of it (deduplicated by shape)."""
-    fallback = None
+def _fatal_lines(lines: list[LogLine], limit: int = 10) -> list[str]:
+    """Distinct lines that say something fatal (not a launcher's report of a child's exit, not a bare signal
+    marker), causes first, consequences of another process's death after them."""
+    causes: list[str] = []
+    consequences: list[str] = []
+    seen: set[str] = set()
     for line in lines:
         text = line.text.strip()
-        if not text or not _FATAL_LINES.search(text) or _SIGNAL_MARKER.match(text):
+        if not text or not _FATAL_LINES.search(text) or _SIGNAL_MARKER.match(text) or _LAUNCHER_LINES.search(text):
             continue
-        if _LAUNCHER_LINES.search(text):
-            continue  # a launcher's report of a child's exit: the signal or the exit code says it better
-        if _SECONDARY.search(text):
-            fallback = fallback or text
+        shape = _NUMBERS.sub("#", text)
+        if shape in seen:
             continue
-        return text
-    return fallback
+        seen.add(shape)
+        (consequences if _SECONDARY.search(text) else causes).append(text[:ERROR_LINE_MAX])
+        if len(causes) >= limit:
+            break
+    return (causes + consequences)[:limit]
 
 
 def _signal_in_log(lines: list[LogLine]) -> tuple[str | None, str | None]:
