@@ -80,16 +80,14 @@ class ConsoleMetrics:
         return out if any("loss" in k for k in out) else {}
 
     def _step(self, line: str, progress: list[tuple[str, str]]) -> int:
+        """The step a metrics line belongs to: a step/iter field on it (kept as is), else its progress bar's
+        counter or the last one seen, else the next number; a counter that did not move (an epoch bar) gives
+        the next number too."""
         m = _STEP.search(line)
         if m:
             step = int(m.group(1))
-        elif progress:
-            step = int(progress[-1][0])
-        elif self._progress is not None and self._progress > self._last_step:
-            step = self._progress
         else:
-            step = self._last_step + 1
-        if step <= self._last_step and not m and not progress:
-            step = self._last_step + 1
+            counter = int(progress[-1][0]) if progress else self._progress
+            step = counter if counter is not None and counter > self._last_step else self._last_step + 1
         self._last_step = max(self._last_step, step)
         return step

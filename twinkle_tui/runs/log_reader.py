@@ -66,7 +66,8 @@ _MORE_PREFIX = re.compile(r"^(?:\[[^\[\]]{1,80}\]|\([^()]{1,40}pid[^()]{0,40}\))
 # newline).
 _GLUE = re.compile(r"(?:Traceback \(most recent call last\)|(?:Original )?Traceback \(most recent call last\)"
                    r"|\[rank\d+\]:|\[E ProcessGroupNCCL|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|ERROR:torch\.distributed"
-                   r"|terminate called after throwing|\{'(?:loss|train_runtime|eval_loss)'|\[E\d{3,4} \d\d:)")
+                   r"|terminate called after throwing|\{'(?:loss|train_runtime|eval_loss)'|\[E\d{3,4} \d\d:"
+                   r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ )")
 
 _HEADER = re.compile(r"^(?:Original )?Traceback \(most recent call last\):?\s*$")
 _RICH_TOP = re.compile(r"^[╭+]─*[-─ ]*Traceback \(most recent call last\)[-─ ]*[╮+]\s*$")
@@ -104,7 +105,8 @@ _FATAL_LINES = re.compile(
     r"Assertion `[^`]+` failed|Unexpected bus error|is killed by signal|killed due to (?:the node running low on "
     r"memory|memory pressure)|Segmentation fault|Fatal Python error|Aborted \(core dumped\)|Bus error|"
     r"Illegal instruction|^Killed\s*$|exits with return code = -?\d+|failed \(exitcode: -?\d+\)|"
-    r"received by PID|died with <Signals|^(?:\S+: )?error: |^Error: ", re.IGNORECASE)
+    r"received by PID|died with <Signals|^(?:\S+: )?error: |^Error: |^(?:[a-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): ",
+    re.IGNORECASE)
 _SIGNAL_LINES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^Killed\s*$"), "SIGKILL"),
     (re.compile(r"Segmentation fault|Fatal Python error: Segmentation fault"), "SIGSEGV"),
@@ -120,6 +122,7 @@ _SIGNAL_MARKER = re.compile(r"^(?:Killed|Aborted|Segmentation fault|Bus error|Il
 _PROGRESS = re.compile(r"\d+%\|[^|]*\||\d+/\d+ \[\d+:\d+|it/s\]|s/it\]")
 _LAUNCHER_LINES = re.compile(r"failed \(exitcode|exits with return code|received by PID|returned non-zero exit "
                              r"status|died with <Signals", re.IGNORECASE)
+_GENERIC = re.compile(r"^(?:An? )?error (?:occurred|happened)|^$", re.IGNORECASE)
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
@@ -187,7 +190,7 @@ def read_lines(raw_lines: Iterable[str]) -> list[LogLine]:
         while m is not None:
             head = text[: m.start()]
             if not head.strip() or not (_PROGRESS.search(head) or "%" in head
-                                         or head.rstrip().endswith(("]", "|", ":"))):
+                                         or head.rstrip().endswith(("]", "|", ":", "^C"))):
                 break
             out.append(LogLine(line.source, head, line.prefixed))
             text = text[m.start() :]
@@ -303,6 +306,21 @@ class TracebackReport:
     chain: list[RaisedError]
     lines: list[str]  # its text, prefix-stripped
     ignored: bool = False  # printed by Python while shutting down ("Exception ignored in ..."): never the cause
+    end: int = -1  # index in the log of its last line
+    links: list[str] = field(default_factory=list)  # between chain[i] and chain[i + 1]: "during" or "cause"
+
+    @property
+    def cause(self) -> RaisedError:
+        """The exception of the chain that says why: the original one when others were raised while handling it,
+        the wrapping one when it was raised from another (it adds context), unless it only says "an error
+        occurred"."""
+        i = len(self.chain) - 1
+        while i > 0 and i - 1 < len(self.links):
+            if self.links[i - 1] == "during" or _GENERIC.search(self.chain[i].message):
+                i -= 1
+                continue
+            break
+        return self.chain[i]
 
     @property
     def final(self) -> RaisedError:
@@ -376,6 +394,7 @@ def parse_stream(lines: list[tuple[int, LogLine]]) -> list[TracebackReport]:
         else:
             i = _read_traceback(lines, i, report)
         if report.chain:
+            report.end = lines[min(i, n) - 1][0]
             reports.append(report)
     return reports
 
@@ -427,6 +446,7 @@ def _read_traceback(lines: list[tuple[int, LogLine]], i: int, report: TracebackR
             j += 1
         if j < n and _CHAIN.match(lines[j][1].text.strip()):
             report.lines.append(lines[j][1].text.strip())
+            report.links.append("during" if lines[j][1].text.strip().startswith("During") else "cause")
             i = j + 1
             while i < n and not lines[i][1].text.strip():
                 i += 1
@@ -516,16 +536,18 @@ class LogReading:
         return self.sources[0] if self.sources else None
 
     def error_line(self) -> str | None:
-        """The root cause in one line: the exception line (with the line after it when the message only
+        """The root cause in one line: the exception that says why (with the line after it when its message only
         introduces it), a fatal line, or the signal; never a box border or a hint."""
-        exc = self.exception
+        exc = self.root.cause if self.root is not None else None
         if self.own_signal == "SIGKILL":
             exc = None  # nothing prints its own SIGKILL: a traceback in the log is another story
+        if exc is not None and _SECONDARY.search(exc.line) and self.fatal_causes:
+            return self.fatal_causes[0][:ERROR_LINE_MAX]  # "exited unexpectedly" is an effect; say the cause
         if exc is not None:
             line = exc.line
             explaining = exc.explaining_lines(1)
-            if explaining and (not exc.message or exc.message.endswith(":") or exc.kind == "c++" and not exc.message):
-                line = f"{line} {explaining[0]}" if line.endswith(":") else f"{line}: {explaining[0]}"
+            if explaining and (exc.message.endswith(":") or exc.kind == "c++" and not exc.message):
+                line = f"{line} {explaining[0]}"
             return line[:ERROR_LINE_MAX]
         if self.fatal_line:
             return self.fatal_line[:ERROR_LINE_MAX]
@@ -536,6 +558,10 @@ class LogReading:
             return self.launcher_lines[-1][:ERROR_LINE_MAX]
         return None
 
+    @property
+    def fatal_causes(self) -> list[str]:
+        return [line for line in self.fatal_lines if not _SECONDARY.search(line)]
+
     def classify_text(self) -> str:
         """The text a failure's kind is read from: every exception of the root chain with the lines after it, or
         the fatal line."""
@@ -543,7 +569,7 @@ class LogReading:
         if self.root is not None:
             for exc in self.root.chain:
                 parts.append(exc.line)
-                parts.extend(exc.continuation[:12])
+                parts.extend(exc.explaining_lines(12))
         elif self.fatal_line:
             parts.append(self.fatal_line)
         return "\n".join(parts)
@@ -552,7 +578,7 @@ class LogReading:
         """Short lines that show the cause: the root error (and who raised it), what explains it, the frame it was
         raised in, the launcher's view as context."""
         out: list[str] = []
-        exc = self.exception
+        exc = self.root.cause if self.root is not None else None
         if exc is not None:
             who = self.describe_sources()
             out.append((f"{who}: " if who else "") + (self.error_line() or exc.line))
@@ -583,7 +609,8 @@ class LogReading:
         if self.root is not None:
             who = self.describe_sources()
             parts.append(f"root cause ({who}):" if who else "root cause:")
-            body = [line for line in self.root.lines if line.strip() and not _HINTS.match(line.strip())]
+            body = [line for line in self.root.lines
+                    if line.strip() and not _HINTS.match(line.strip()) and not line.lstrip().startswith("frame #")]
             # keep the header and the end: the last frames and the exception are what explain it
             if len(body) > 40:
                 body = body[:1] + ["  ..."] + body[-39:]
@@ -608,7 +635,7 @@ class LogReading:
 
 def read_failure(raw_lines: Sequence[str], exit_code: int | None = None, exit_signal: str | None = None) -> LogReading:
     """Why the launch whose output this is failed (or was stopped)."""
-    lines = unwrap_rich(read_lines(raw_lines))
+    lines = _adopt_headers(unwrap_rich(read_lines(raw_lines)))
     streams: dict[str, list[tuple[int, LogLine]]] = {}
     for pos, line in enumerate(lines):
         streams.setdefault(line.source, []).append((pos, line))
@@ -617,7 +644,9 @@ def read_failure(raw_lines: Sequence[str], exit_code: int | None = None, exit_si
     reading = LogReading(exit_code=exit_code)
     reading.signal = reading.own_signal = exit_signal or signal_of(exit_code)
     reading.launcher_lines = _launcher_summary(lines)
-    reading.last_lines = _last_meaningful(lines)
+    launcher_spans = [(r.position, r.end) for r in reports if r.launcher]
+    reading.last_lines = _last_meaningful([line for pos, line in enumerate(lines)
+                                           if not any(a <= pos <= b for a, b in launcher_spans)])
     root = choose_root(reports, several_processes=bool(reading.launcher_lines) or len(streams) > 1)
     if root is not None:
         signature = root.signature()
@@ -638,12 +667,24 @@ def read_failure(raw_lines: Sequence[str], exit_code: int | None = None, exit_si
     reading.fatal_lines = _fatal_lines(lines)
     if reading.root is None and reading.fatal_lines:
         reading.fatal_line = reading.fatal_lines[0]
-    signal_from_log, signal_line = _signal_in_log(lines)
+    signal_from_log, signal_line, signal_rank = _signal_in_log(lines)
     if reading.signal is None and signal_from_log:
         reading.signal = signal_from_log
     if signal_line and signal_from_log == reading.signal:
         reading.signal_line = signal_line
+        if not reading.sources and signal_rank and reading.root is None:
+            reading.sources = [signal_rank]
     return reading
+
+
+def _adopt_headers(lines: list[LogLine]) -> list[LogLine]:
+    """A traceback header printed without a prefix right before a rank's prefixed frames belongs to that rank."""
+    out = list(lines)
+    for i in range(len(out) - 1):
+        line, nxt = out[i], out[i + 1]
+        if not line.source and nxt.source and _HEADER.match(line.text.strip()):
+            out[i] = LogLine(nxt.source, line.text, line.prefixed)
+    return out
 
 
 def choose_root(reports: list[TracebackReport], several_processes: bool) -> TracebackReport | None:
@@ -689,11 +730,22 @@ def _fatal_lines(lines: list[LogLine], limit: int = 10) -> list[str]:
     return (causes + consequences)[:limit]
 
 
-def _signal_in_log(lines: list[LogLine]) -> tuple[str | None, str | None]:
-    """A signal that killed the run or one of its workers, as a line of the log says it (the last such line)."""
-    found: tuple[str | None, str | None] = (None, None)
+_SIGNAL_PHRASES = re.compile(r"exits with return code = -?\d+|failed \(exitcode: -?\d+\).*?\(pid: \d+\)|"
+                             r"Signal \d+ \(SIG\w+\) received by PID \d+|died with <Signals\.SIG\w+: \d+>|"
+                             r"exitcode\s*:\s*-?\d+(?: \(pid: \d+\))?")
+_RANK_IN_LINE = re.compile(r"local_rank[=:]\s*(\d+)|--local_rank=(\d+)|\brank\s*:\s*(\d+)")
+
+
+def _signal_in_log(lines: list[LogLine]) -> tuple[str | None, str | None, str | None]:
+    """A signal that killed the run or one of its workers, as the log says it (the last such line): the signal,
+    the phrase that shows it, and the rank it names."""
+    found: tuple[str | None, str | None, str | None] = (None, None, None)
+    rank = None
     for line in lines:
         text = line.text.strip()
+        r = _RANK_IN_LINE.search(text)
+        if r and ("exit" in text or "rank" in text.split(":")[0]):
+            rank = next(g for g in r.groups() if g is not None)
         for pattern, how in _SIGNAL_LINES:
             m = pattern.search(text)
             if not m:
@@ -707,7 +759,8 @@ def _signal_in_log(lines: list[LogLine]) -> tuple[str | None, str | None]:
             else:
                 name = how
             if name:
-                found = (name, text[:200])
+                phrase = _SIGNAL_PHRASES.search(text)
+                found = (name, (phrase.group(0) if phrase else text)[:200], f"rank {rank}" if rank else None)
             break
     return found
 
