@@ -16,7 +16,7 @@ from twinkle_tui.process.controller import Launched, ProcessController, RunContr
 
 MODES = ("off", "ask", "auto")
 MAX_ATTEMPTS = 3
-NEVER_AUTOMATIC = ("nan", "loss-spike", "grad-explosion", "kl-explosion", "reward-collapse")
+NEVER_AUTOMATIC = ("nan", "loss-spike", "divergence", "grad-explosion", "kl-explosion", "reward-collapse")
 
 
 class FixRefused(Exception):
