@@ -198,7 +198,7 @@ def diagnose(reading: LogReading) -> Diagnosis:
     if reading.signal:
         kind, meaning, fix = SIGNAL_KINDS.get(reading.signal, (f"killed by {reading.signal}", "", ""))
         return Diagnosis(kind, fix or "the lines before it are the evidence", meaning=meaning)
-    if reading.root is not None:
+    if reading.root is not None or reading.fatal_line:
         return Diagnosis(OTHER, "read the exception and the frame it was raised in")
     return Diagnosis(EXIT_CODE, "it printed no traceback: the last lines it printed are the evidence")
 

@@ -369,6 +369,7 @@ def _continues(text: str) -> bool:
                 or t.startswith(("[twinkle]", "wandb:", "=====")) and not t.startswith("======"))
 
 
+_FILE_FRAME = re.compile(r'^File "[^"]+", line \d+')
 _CARETS = re.compile(r"^[\^~\s]+$")
 _IGNORED_BEFORE = re.compile(r"^(?:Exception ignored in|Error in atexit\._run_exitfuncs|Error in sys\.excepthook)")
 
@@ -382,7 +383,8 @@ def parse_stream(lines: list[tuple[int, LogLine]]) -> list[TracebackReport]:
         pos, first = lines[i]
         head = first.text.strip()
         cpp, fatal = _CPP_ABORT.match(head), _FAULTHANDLER.match(head)
-        if not (_HEADER.match(head) or cpp or fatal):
+        headless = _FILE_FRAME.match(head) is not None  # its header scrolled away (or was not pasted)
+        if not (_HEADER.match(head) or cpp or fatal or headless):
             i += 1
             continue
         ignored = i > 0 and bool(_IGNORED_BEFORE.match(lines[i - 1][1].text.strip()))
@@ -392,19 +394,22 @@ def parse_stream(lines: list[tuple[int, LogLine]]) -> list[TracebackReport]:
         elif fatal:
             i = _read_faulthandler(lines, i, fatal.group("msg"), report)
         else:
-            i = _read_traceback(lines, i, report)
+            i = _read_traceback(lines, i, report, headless)
         if report.chain:
             report.end = lines[min(i, n) - 1][0]
             reports.append(report)
     return reports
 
 
-def _read_traceback(lines: list[tuple[int, LogLine]], i: int, report: TracebackReport) -> int:
-    """A Python traceback with its chain, from its header at i; returns the index after it."""
+def _read_traceback(lines: list[tuple[int, LogLine]], i: int, report: TracebackReport, headless: bool = False) -> int:
+    """A Python traceback with its chain, from its header at i (or its first frame, when the header is not in
+    the log); returns the index after it."""
     n = len(lines)
-    while i < n and _HEADER.match(lines[i][1].text.strip()):
-        report.lines.append(lines[i][1].text.strip())
-        i += 1
+    while i < n and (headless or _HEADER.match(lines[i][1].text.strip())):
+        if not headless:
+            report.lines.append(lines[i][1].text.strip())
+            i += 1
+        headless = False
         frames: list[str] = []
         after_file = False
         skipped = 0
