@@ -22,7 +22,7 @@ from twinkle_tui.monitor.rules import Finding
 from twinkle_tui.process.scripts import ScriptError, cut_diff, encode_source, fix_risks, script_diff
 
 FIX_MODES = ("off", "ask", "auto")
-NEVER_AUTOMATIC = ("nan", "loss-spike", "grad-explosion", "kl-explosion", "reward-collapse")
+NEVER_AUTOMATIC = ("nan", "loss-spike", "grad-explosion", "kl-explosion", "reward-collapse", "divergence")
 EVIDENCE_LINES = 4
 DIFF_LINES = 60
 PROPOSAL_FILE = "fix_proposal.py"  # the newest proposed script, beside train.py: the whole of what a diff cuts

@@ -204,7 +204,7 @@ def supervise(paths: RunPaths, command: list[str], cwd: str | None, grace: float
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    error = failure_reason(paths.log) if returncode != 0 else None
+    error = failure_reason(paths.log, returncode) if returncode != 0 else None
     record_exit(paths, returncode, launch, error=error)
     return returncode
 
