@@ -178,3 +178,26 @@ def test_a_relaunch_always_asks_first_and_says_from_where(session: Session, home
     _, confirm = prepare(session, "resume_training", {"run_id": "withck"})  # the user stopped it: ask first
     assert confirm is not None and confirm.title == "Relaunch withck from step 5?"
     assert "You stopped it at step 5" in confirm.detail
+
+
+def test_compare_sets_values_at_the_same_step_side_by_side_and_shows_the_config_that_differs(
+        session: Session, home: Path) -> None:
+    recipe = ["python", "-P", "-u", "-m", "twinkle_tui.process.bootstrap", "--module", "twinkle_trainer", "--",
+              "examples/sft_smollm2.toml"]
+    make_run(home, "sft-smollm2-0431-a3cd", steps=30, extra_meta={
+        "config": {"optimizer": {"learning_rate": 1e-3}, "training": {"max_steps": 30}},
+        "command": [*recipe, "--lr", "1e-3"]})
+    make_run(home, "sft-smollm2-0502-ffff", steps=20, start=T0 + 100, extra_meta={
+        "config": {"optimizer": {"learning_rate": 5e-4}, "training": {"max_steps": 30}},
+        "command": [*recipe, "--lr", "5e-4"]})
+    execute(session, "select_run", {"run_id": "sft-smollm2-0431"})
+    text = execute(session, "compare_runs", {"run_id": "0502"}).text
+    assert "`0431-a3cd` lr=1e-3" in text and "`0502-ffff` lr=5e-4" in text  # short names that tell them apart
+    assert "| loss @ step 20 |" in text and "| loss, final |" in text and "@ 30 |" in text  # same step, then finals
+    assert "| optimizer.learning_rate | 0.001 | 0.0005 |" in text and "max_steps" not in text
+    from twinkle_tui.commands.compare import overrides
+    from twinkle_tui.ui.layout import compare_legend
+
+    assert overrides(session.view("sft-smollm2-0502-ffff").meta) == ["lr=5e-4"]
+    legend = compare_legend(session.view("sft-smollm2-0431-a3cd"), session.view("sft-smollm2-0502-ffff"))
+    assert "0431-a3cd lr=1e-3" in legend and "optimizer.learning_rate 0.001 [dim]vs[/] 0.0005" in legend

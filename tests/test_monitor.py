@@ -380,3 +380,16 @@ async def test_the_dashboard_shows_findings_and_asks_before_a_fix(home: Path, tm
     assert paths.script.read_text() == FIXED
     kinds = [json.loads(line)["kind"] for line in paths.events.read_text().splitlines()]
     assert "error" in kinds and "fix" in kinds  # the finding and the fix are chart markers
+
+
+def test_a_grpo_loss_near_zero_is_explained_once_where_it_first_appears(ctl: ProcessController, tmp_path: Path,
+                                                                        home: Path) -> None:
+    body = "for s in range(1, 31):\n    rt.log_metrics(step=s, loss=4.967e-08 * (-1) ** s, reward=0.1 + s / 100)\n"
+    run(ctl, script(tmp_path, "grpo", body, 30), "grpo")
+    found = by_rule(findings_of(home, "grpo"))
+    explained = found["rl-loss-near-zero"]
+    assert explained.severity == "info" and explained.step == 1 and "normal for GRPO" in explained.summary
+    assert any("judge learning by the reward" in e for e in explained.evidence)
+    body = "for s in range(1, 31):\n    rt.log_metrics(step=s, loss=2.0 / s)\n"  # an SFT loss: nothing to explain
+    run(ctl, script(tmp_path, "sft", body, 30), "sft")
+    assert "rl-loss-near-zero" not in by_rule(findings_of(home, "sft"))

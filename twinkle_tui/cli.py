@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="twinkle-tui",
         description="Dashboard for local LLM fine-tuning runs. `twinkle-tui --run train.py [-- args]` runs headless.",
+        epilog="other commands:\n"
+               "  twinkle-tui doctor RUN_ID     the monitor's findings for one run (a unique prefix is enough);\n"
+               "                                exit 1 on a warning or worse (twinkle-tui doctor --help)\n"
+               "  twinkle-tui serve [--port P]  the tinker-compatible training service (twinkle-tui serve --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", metavar="SCRIPT", help="run SCRIPT as a managed run without the dashboard")
     p.add_argument("--start", metavar="RECIPE",

@@ -7,6 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from twinkle_trainer.protocol import RunKind, RunStatus, validate_run_id
+from twinkle_tui.commands.compare import (
+    MAX_DIFFS,
+    config_diff,
+    format_config_value,
+    last_common_step,
+    overrides,
+    short_names,
+    value_at,
+)
 from twinkle_tui.commands.registry import command, optional_arg, required_arg, slash
 from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
@@ -106,20 +115,42 @@ def select_run(s: Session, a: dict[str, Any]) -> Reply:
     return Reply(f"selected `{s.selected}`", redraw={"list", "status", "charts", "log"})
 
 
-def _compare_table(s: Session, a_id: str, b_id: str) -> str:
+def compare_text(s: Session, a_id: str, b_id: str) -> str:
+    """Two runs side by side: their metrics at the last step both logged and at each one's final step, and the
+    configuration keys whose values differ. Runs are named by the shortest form that tells them apart."""
     a, b = s.view(a_id), s.view(b_id)
+    short = short_names([a_id, b_id])
+    na, nb = (f"`{short[i]}`" + (" " + " ".join(overrides(v.meta)[:2]) if overrides(v.meta) else "")
+              for i, v in ((a_id, a), (b_id, b)))
+    out = []
     with s.store.lock:
         names = [n for n in a.metrics.names() if n in b.metrics.series][:8]
-        if not names:
-            return "the two runs log no metric in common"
-        rows = ["| metric | " + a_id + " | " + b_id + " |", "|---|---|---|"]
-        for name in names:
-            cells = []
-            for view in (a, b):
-                last = view.metrics.series[name].last()
-                cells.append(f"{format_value(last[1])} @ {last[0]}" if last else "–")
-            rows.append(f"| {name} | {cells[0]} | {cells[1]} |")
-        return "\n".join(rows)
+        if names:
+            rows = [f"| metric | {na} | {nb} |", "|---|---|---|"]
+            for name in names:
+                sa, sb = a.metrics.series[name], b.metrics.series[name]
+                step = last_common_step(sa, sb)
+                if step is not None:
+                    va, vb = value_at(sa, step), value_at(sb, step)
+                    rows.append(f"| {name} @ step {step} | {_cell(va)} | {_cell(vb)} |")
+                la, lb = sa.last(), sb.last()
+                if la and lb and not (la[0] == lb[0] == step):
+                    rows.append(f"| {name}, final | {_cell(la[1])} @ {la[0]} | {_cell(lb[1])} @ {lb[0]} |")
+            out.append("\n".join(rows))
+        else:
+            out.append("the two runs log no metric in common")
+    diff = config_diff(a.meta, b.meta)
+    if diff:
+        shown = [f"| {key} | {format_config_value(va)} | {format_config_value(vb)} |" for key, va, vb in diff[:MAX_DIFFS]]
+        more = f"\n\n… and {len(diff) - MAX_DIFFS} more" if len(diff) > MAX_DIFFS else ""
+        out.append(f"| config that differs | {na} | {nb} |\n|---|---|---|\n" + "\n".join(shown) + more)
+    else:
+        out.append("their configurations do not differ")
+    return "\n\n".join(out)
+
+
+def _cell(value: float | None) -> str:
+    return format_value(value) if value is not None else "–"
 
 
 @command("compare_runs", "Overlay another run on the charts of the selected run and compare their latest metric "
@@ -136,7 +167,7 @@ def compare_runs(s: Session, a: dict[str, Any]) -> Reply:
         raise CommandError(f"`{other}` is the selected run; compare it with another one")
     s.settings.compare = other
     s.save_settings()
-    return Reply(f"comparing `{base}` (cyan) with `{other}` (orange)\n\n" + _compare_table(s, base, other),
+    return Reply(f"comparing `{base}` (cyan) with `{other}` (orange)\n\n" + compare_text(s, base, other),
                  redraw={"charts"})
 
 

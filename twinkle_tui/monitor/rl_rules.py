@@ -169,3 +169,26 @@ def truncation(s: RunSnapshot) -> list[Finding]:
     return [Finding("truncation", "warning", f"{v[-20:].mean():.0%} of completions were cut at max_tokens for 20 "
                     "steps: raise max_tokens (rewards judge unfinished answers)",
                     (f"steps {int(steps[-20])}-{int(steps[-1])}: {v[-20:].mean():.2f}",), int(steps[-20]))]
+
+
+RL_LOSS_EXPLAINED_WITHIN = 50  # steps: the explanation comes where a near-zero loss first appears, once
+
+
+@rule
+def rl_loss_near_zero(s: RunSnapshot) -> list[Finding]:
+    """Explain, once and early, a policy loss that reads 0 (4.967e-08 puzzles a newcomer): GRPO's advantages average
+    0 in every group, so its loss hovers around 0 by construction; learning shows in the reward."""
+    if not is_rl(s):
+        return []
+    m = s.find("loss", "train/loss")
+    found = series(s, "loss", "train/loss", at_least=3)
+    if m is None or found is None or m.total > RL_LOSS_EXPLAINED_WITHIN:
+        return []
+    steps, v = found
+    if float(np.median(np.abs(v))) >= 1e-2:
+        return []
+    return [Finding("rl-loss-near-zero", "info",
+                    f"the policy loss is near 0 ({v[-1]:.3g} at step {int(steps[-1])}): normal for GRPO, not a bug",
+                    ("GRPO's advantages are centred in every group of completions, so the policy loss averages about "
+                     "0 by construction", "judge learning by the reward (and kl, entropy), not by this loss"),
+                    int(steps[0]))]

@@ -47,7 +47,7 @@ ADOPT_POLL = 0.2
 
 STEPS_OF_GRACE = 3  # a stopping run gets at least this many of its median step times to reach a boundary
 SAVE_MARGIN = 1.5  # and its last checkpoint's save time, with room
-GRACE_SLACK = 10.0  # seconds for exiting after the save
+GRACE_SLACK = 5.0  # seconds for exiting after the save (a torch process takes a few to tear down)
 WARN_BEFORE = 10.0  # seconds before the kill the run is told it will not make it
 
 

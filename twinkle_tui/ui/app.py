@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -32,8 +32,8 @@ from twinkle_tui.monitor import DEFAULT_INTERVAL
 from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore, RunSummary
 from twinkle_tui.ui.agent_chat import AgentChat
 from twinkle_tui.ui.feed import StoreReader
-from twinkle_tui.ui.keys import KEYS
-from twinkle_tui.ui.layout import layout_classes, waiting_text
+from twinkle_tui.ui.keys import KEYMAP_FILE, KEYS, load_keymap
+from twinkle_tui.ui.layout import compare_legend, layout_classes, waiting_text
 from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.monitoring import DashboardMonitor
 from twinkle_tui.ui.palette import RunCommands
@@ -104,6 +104,8 @@ class TwinkleApp(App[int]):
         self._start = start
         self._drawn: tuple[Any, ...] | None = None
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
+        self._override_width = 0  # the width the user made that choice at
+        self._keymap: dict[str, str] = {}  # the user's remapped keys (keymap.toml), by binding id
         self.reader = StoreReader(self.session, self.scheduler, self.post_message, lambda: self.summaries)
         self.agent_chat = AgentChat(self, self.runner, lambda: self.chat, llm or LLMSettings(mode="none"),
                                     lambda name, args: self.run_command(name, args, "chat"))
@@ -147,6 +149,12 @@ class TwinkleApp(App[int]):
         self.waiting = self.query_one("#waiting", Static)
         self.legend = self.query_one("#legend", Static)
         self.apply_layout(self.size.width, self.size.height)
+        keymap, problem = load_keymap(self.store.home)
+        self._keymap = keymap
+        if keymap:
+            self.set_keymap(keymap)
+        if problem:
+            self.say(problem, error=True)
         self.run_list.focus()
         if self._requested_run:
             try:
@@ -171,6 +179,8 @@ class TwinkleApp(App[int]):
         self.run_worker(self.agent_chat.restore(), group="chat", exit_on_error=False)
 
     def on_resize(self, event: events.Resize) -> None:
+        if event.size.width != self._override_width:
+            self.panels_override = None  # b or / chose for the old width; the new width decides as a fresh start
         self.apply_layout(event.size.width, event.size.height)
 
     def apply_layout(self, width: int, height: int) -> None:
@@ -341,6 +351,7 @@ class TwinkleApp(App[int]):
     def say(self, text: str, error: bool = False) -> None:
         """A short notice (a toast); errors also stay in the status bar for a while."""
         first = text.splitlines()[0] if text else ""
+        first = re.sub(r"`([^`]*)`", r"\1", first).replace("**", "")  # a toast shows text, not Markdown
         self.notify(first, severity="error" if error else "information", timeout=8 if error else 4)
         if error:
             self.notice = (first, time.monotonic())
@@ -393,7 +404,7 @@ class TwinkleApp(App[int]):
         compare = self.compare_view()
         self.legend.display = compare is not None
         if compare is not None:
-            self.legend.update(f"[cyan]━━[/] {escape(view.run_id)}   [orange1]━━[/] {escape(compare.run_id)}")
+            self.legend.update(compare_legend(view, compare))
         key = (view.run_id, view.metrics.generation, len(view.events.events),
                compare.run_id if compare else None, compare.metrics.generation if compare else None,
                tuple(shown), s.zoom, s.smoothing, s.smoothing_weight, s.log_y, grid.size)
@@ -460,7 +471,7 @@ class TwinkleApp(App[int]):
 
     def action_focus_chat(self) -> None:
         if self.has_class("panels-hidden") or self.has_class("chat-folded"):
-            self.panels_override = True
+            self.panels_override, self._override_width = True, self.size.width
             self.apply_layout(self.size.width, self.size.height)
         self.chat.query_one("#chat-input", Input).focus()
 
@@ -496,12 +507,14 @@ class TwinkleApp(App[int]):
         self.run_view_command("set_chart_options", {"toggle": "log_y"})
 
     def action_help(self) -> None:
-        keys = [(b.key_display or b.key, b.description, b.id or "") for b in self.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(keys))
+        remapped = self._keymap
+        keys = [(remapped.get(b.id or "", b.key_display or b.key), b.description, b.id or "")
+                for b in self.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(keys, str(self.store.home / KEYMAP_FILE)))
 
     def action_toggle_panels(self) -> None:
         shown = not (self.has_class("panels-hidden") or self.has_class("chat-folded"))
-        self.panels_override = not shown
+        self.panels_override, self._override_width = not shown, self.size.width
         self.apply_layout(self.size.width, self.size.height)
 
     def action_copy_run_id(self) -> None:

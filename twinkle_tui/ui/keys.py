@@ -1,7 +1,11 @@
-"""The dashboard's keys. Every binding has an id (listed on the help screen), so a key can be remapped by id through
-Textual's keymap (App.set_keymap: `{"pause": "P"}` makes shift-p pause)."""
+"""The dashboard's keys. Every binding has an id (listed on the help screen); $TWINKLE_HOME/keymap.toml remaps keys
+by id (`pause = "P"` makes shift-p pause), applied through Textual's keymap."""
 
 from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
 
 from textual.binding import Binding, BindingType
 
@@ -29,3 +33,35 @@ KEYS: list[BindingType] = [
     Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
     Binding("q", "quit", "Quit", id="quit"),
 ]
+
+KEYMAP_FILE = "keymap.toml"
+
+
+def binding_ids() -> list[str]:
+    return [b.id for b in KEYS if isinstance(b, Binding) and b.id]
+
+
+def load_keymap(home: Path) -> tuple[dict[str, str], str | None]:
+    """The user's keys from $TWINKLE_HOME/keymap.toml (`pause = "P"`, one binding id a line, or under a [keys]
+    table), and one line naming what was wrong with it (None when nothing was). A bad entry is skipped, never
+    fatal: the other keys still apply."""
+    path = home / KEYMAP_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return {}, f"{KEYMAP_FILE} is not read: {str(exc).splitlines()[0]}"
+    table = data.get("keys", data) if isinstance(data.get("keys"), dict) else data
+    known = binding_ids()
+    keymap: dict[str, str] = {}
+    problems: list[str] = []
+    for binding_id, key in table.items():
+        if binding_id not in known:
+            close = difflib.get_close_matches(binding_id, known, n=1)
+            problems.append(f"unknown binding id {binding_id!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+        elif not isinstance(key, str) or not key.strip():
+            problems.append(f"{binding_id} needs a key as a string, e.g. {binding_id} = \"P\"")
+        else:
+            keymap[binding_id] = key.strip()
+    return keymap, f"{KEYMAP_FILE}: " + "; ".join(problems) if problems else None

@@ -130,6 +130,30 @@ def value_ticks(lo: float, hi: float, count: int) -> tuple[list[float], list[str
     return ticks, [repr(t) for t in ticks]
 
 
+def log_ticks(lo: float, hi: float, count: int) -> tuple[list[float], list[str]]:
+    """Y ticks of a log axis at the values a log axis shows (1, 2, 5 x 10^k, or powers of ten when the range is
+    wide), inside [lo, hi], labelled as written (0.5, 1, 2, 1e-05): never 4.28, 3.80, 3.38."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 or hi <= lo:
+        return value_ticks(lo, hi, count)
+    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    wanted = max(2, count)
+    best: list[float] = []
+    for mantissas in ((1,), (1, 3), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10))):
+        ticks = [float(f"{m}e{k}") for k in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        if len(ticks) > wanted + 1:
+            break
+        best = ticks
+        if len(ticks) >= wanted:
+            break
+    if not best:  # decades only, thinned to the count (a range of many decades)
+        decades = [float(f"1e{k}") for k in range(first, last + 1) if lo <= 10.0 ** k <= hi]
+        best = decades[:: max(1, -(-len(decades) // wanted))]
+    if len(best) < 2:  # less than a decade and no round value inside: a linear scale's round values
+        return value_ticks(lo, hi, count)
+    return best, [f"{t:g}" for t in best]
+
+
 def spread_ticks(ticks: list[float], labels: list[str], lo: float, hi: float,
                  rows: int) -> tuple[list[float], list[str]]:
     """At most one tick per row of the plot: which of two labels sharing a row plotext prints is not defined
@@ -260,11 +284,17 @@ class MetricChart(PlotextPlot):
         label_width = len(f"{int(hi):,}") + 3
         ticks = step_ticks(lo, hi, max(2, self.columns // label_width))
         plt.xticks([float(t) for t in ticks], [f"{t:,}" for t in ticks])
+        rows = max(1, self.size.height - 4)  # the title, the frame and the step labels take four
+        count = max(1, min(6, (rows + 1) // 2))
         if settings.log_y:
             plt.yscale("log")
+            yticks, labels = log_ticks(ymin, ymax, count)
+            if yticks and min(yticks) > 0:  # one label a row, judged where a log axis puts them
+                kept = spread_ticks([math.log10(t) for t in yticks], labels, math.log10(below), math.log10(above),
+                                    rows)
+                plt.yticks([10.0 ** t for t in kept[0]], kept[1])
         else:
-            rows = max(1, self.size.height - 4)  # the title, the frame and the step labels take four
-            plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, max(1, min(6, (rows + 1) // 2))), below, above, rows))
+            plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, count), below, above, rows))
         self.title_text = self._title(steps, values, d, finite, settings)
         plt.title(self.title_text)
         self.refresh()
@@ -279,18 +309,23 @@ class MetricChart(PlotextPlot):
                settings: ChartSettings) -> str:
         width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
         last = float(values[-1]) if len(values) else None
-        title = fit_name_and_value(self.metric, last, width)
-        parts = []
-        if d.first_bad_step is not None:  # more important than min/max: it survives a narrow chart
-            parts.append(f"NaN/Inf@{d.first_bad_step}")
+        marks = []  # how to read the chart: they keep their place, and the value gives up digits for them first
+        if d.first_bad_step is not None:
+            marks.append(f"NaN/Inf@{d.first_bad_step}")
         if d.first_unplottable_step is not None:
             i = int(np.searchsorted(steps, d.first_unplottable_step))
             value = float(values[min(i, len(values) - 1)])
-            parts.append(f"{'≤0' if value <= 0 else 'off-scale'}@{d.first_unplottable_step}")
+            marks.append(f"{'≤0' if value <= 0 else 'off-scale'}@{d.first_unplottable_step}")
         flags = [f for f, on in (("smooth", settings.smoothing), ("log", settings.log_y),
                                  ("zoom", settings.zoom is not None)) if on]
         if flags:
-            parts.append("[" + " ".join(flags) + "]")
+            marks.append("[" + " ".join(flags) + "]")
+        reserved = sum(len(m) + 2 for m in marks)
+        title = fit_name_and_value(self.metric, last, width - reserved) if len(self.metric) + reserved <= width \
+            else self.metric
+        if last is not None and title == self.metric:  # no room for the value beside the marks: the value stays
+            title = fit_name_and_value(self.metric, last, width)  # (the name never cut for them), marks follow
+        parts = list(marks)
         if len(finite):  # every column keeps its min and max, so these are the window's
             parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
         for part in parts:

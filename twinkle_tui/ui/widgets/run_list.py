@@ -8,6 +8,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
 from twinkle_trainer.protocol import RunStatus
+from twinkle_tui.commands.compare import overrides
 from twinkle_tui.runs.progress import format_duration
 from twinkle_tui.runs.store import RunSummary
 
@@ -26,7 +27,10 @@ STATUS_ICONS = {
 def run_duration(r: RunSummary, now: float) -> str:
     """How long the run has trained (paused time and the gaps between launches not counted): what a user reads
     here, never its age."""
-    return format_duration(r.meta.running_seconds(now))
+    ran = r.meta.running_seconds(now)
+    if ran is None and r.start_time:  # a summary from meta.json's times alone
+        ran = (now if r.status.is_active or not r.end_time else r.end_time) - r.start_time
+    return format_duration(ran)
 
 
 def status_icon(status: RunStatus) -> Text:
@@ -64,10 +68,13 @@ class RunList(DataTable[Text]):
         step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
         model = (r.model_id or "?").split("/")[-1].removeprefix("builtin:")
         took = run_duration(r, now)
+        changed = " ".join(overrides(r.meta))  # what this launch overrode tells runs of one recipe apart
         # Too long: the model is shortened, then dropped, then the duration; the step count is never cut.
         short = width - 2 - len(f" · {step} · {took}") - 1
-        details = next((d for d in (f"{model} · {step} · {took}", short >= 4 and f"{model[:short]}… · {step} · {took}",
-                                    f"{step} · {took}") if d and len(d) <= width - 2), step)
+        candidates = [f"{changed} · {step} · {took}"] if changed else []
+        candidates += [f"{model} · {step} · {took}", f"{model[:short]}… · {step} · {took}" if short >= 4 else "",
+                       f"{step} · {took}"]
+        details = next((d for d in candidates if d and len(d) <= width - 2), step)
         text = status_icon(r.status) + Text(" " + name + "\n") + Text("  " + details, style="dim")
         text.no_wrap, text.overflow = True, "ellipsis"
         return text
