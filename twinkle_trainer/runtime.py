@@ -249,6 +249,7 @@ class TrainingRuntime:
                 f.write(line + "\n")
 
     def set_total_steps(self, total_steps: int) -> None:
+        """The run's length when it is known only after start (the dashboard's progress bar and ETA use it)."""
         self._total_steps = int(total_steps)
         def change(meta: RunMeta) -> None:
             meta.progress.total_steps = self._total_steps
@@ -292,6 +293,7 @@ class TrainingRuntime:
         return self._stop_requested
 
     def request_stop(self) -> None:
+        """Ask for a graceful stop from the script itself: the next step_boundary() checkpoints and stops."""
         self._stop_requested = True
 
     def register_graceful_shutdown(
