@@ -132,6 +132,10 @@ def test_new_run_picker(snap_compare, runs_home: Path) -> None:
     async def run_before(pilot) -> None:
         await _settle(pilot)
         await pilot.press("n")
+        await pilot.pause(0.1)
+        from textual.widgets import Input
+
+        pilot.app.screen.query_one(Input).cursor_blink = False  # the path field has the focus: no blink timing
         await pilot.pause(0.3)
 
     app = make_app(runs_home)

@@ -20,7 +20,7 @@ from twinkle_tui.commands.registry import command, optional_arg, required_arg, s
 from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
 from twinkle_tui.process import scripts
-from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, launchable
 from twinkle_tui.process.supervisor import stop_grace
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
 from twinkle_tui.runs.store import RunCache, RunSummary
@@ -302,12 +302,7 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
             if (folder / path).exists():
                 path = folder / path
                 break
-    suffix = path.suffix.lower()
-    if suffix not in SCRIPT_SUFFIXES + CONFIG_SUFFIXES:
-        raise CommandError(f"{path.name} is not a training script (.py) or a recipe (.toml, .yaml)")
-    if not path.is_file():
-        raise CommandError(f"no such script or recipe: {a['path']}")
-    if suffix in CONFIG_SUFFIXES:
+    if launchable(path, a["path"]) in CONFIG_SUFFIXES:
         from twinkle_trainer.config import CLI
         from twinkle_trainer.preflight import preflight
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from twinkle_trainer.protocol import (
@@ -39,34 +38,21 @@ from twinkle_trainer.protocol import (
 from twinkle_tui.process import scripts
 from twinkle_tui.process.adopt import find_leader, start_adopter
 from twinkle_tui.process.exits import record_exit
+from twinkle_tui.process.launching import (
+    CONFIG_SUFFIXES,
+    SCRIPT_SUFFIXES,
+    Launched,
+    ResumePlan,
+    RunControlError,
+    checked_source,
+    launchable,
+)
 from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
 from twinkle_tui.runs.store import NoSuchRun, effective_status
 
 log = logging.getLogger(__name__)
 
-SCRIPT_SUFFIXES = (".py",)
-CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 CONTROLLABLE = {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED, RunStatus.STOPPING}
-
-
-class RunControlError(Exception):
-    """An action that cannot be done on a run; the message is one line a user can act on."""
-
-
-@dataclass(frozen=True)
-class Launched:
-    """A launch that has started: the run and its supervisor process."""
-
-    run_id: str
-    supervisor: subprocess.Popen[bytes]
-
-
-@dataclass(frozen=True)
-class ResumePlan:
-    """What `resume` would do: continue a paused process, or relaunch (from a checkpoint step, or from scratch)."""
-
-    relaunch: bool
-    from_step: int | None
 
 
 class ProcessController:
@@ -104,12 +90,7 @@ class ProcessController:
                cwd: str | os.PathLike[str] | None = None) -> Launched:
         """Start a run from a path: a .py script as itself, a .toml/.yaml recipe through the embedded trainer."""
         path = Path(spec).expanduser()
-        suffix = path.suffix.lower()
-        if suffix not in SCRIPT_SUFFIXES + CONFIG_SUFFIXES:
-            raise RunControlError(f"{path.name} is not a training script (.py) or a recipe (.toml, .yaml)")
-        if not path.is_file():
-            raise RunControlError(f"no such script or recipe: {spec}")
-        if suffix in SCRIPT_SUFFIXES:
+        if launchable(path, str(spec)) in SCRIPT_SUFFIXES:
             return self.launch_script(path, args, run_id, cwd)
         return self.launch_config(path, args, run_id, cwd)
 
@@ -502,13 +483,5 @@ class _NoWrite(Exception):
     pass
 
 
-def checked_source(path: Path) -> str:
-    """A script's text, refused with one line if it cannot be read or does not compile."""
-    try:
-        return scripts.read_checked(path)
-    except scripts.ScriptError as exc:
-        raise RunControlError(str(exc)) from None
-
-
-__all__ = ["InvalidRunId", "Launched", "NoSuchRun", "ProcessController", "ResumePlan", "RunControlError",
-           "checked_source"]
+__all__ = ["CONFIG_SUFFIXES", "SCRIPT_SUFFIXES", "InvalidRunId", "Launched", "NoSuchRun", "ProcessController",
+           "ResumePlan", "RunControlError", "checked_source", "launchable"]

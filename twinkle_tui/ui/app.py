@@ -33,7 +33,7 @@ from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore, RunSummary
 from twinkle_tui.ui.agent_chat import AgentChat
 from twinkle_tui.ui.feed import StoreReader
 from twinkle_tui.ui.keys import KEYMAP_FILE, KEYS, load_keymap
-from twinkle_tui.ui.layout import compare_legend, layout_classes, waiting_text
+from twinkle_tui.ui.layout import layout_classes
 from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.monitoring import DashboardMonitor
 from twinkle_tui.ui.palette import RunCommands
@@ -42,7 +42,8 @@ from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
-from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart
+from twinkle_tui.ui.widgets.chart_area import ChartArea
+from twinkle_tui.ui.widgets.charts import MetricChart
 from twinkle_tui.ui.widgets.chat import ChatPanel
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
@@ -102,7 +103,6 @@ class TwinkleApp(App[int]):
         self.notice: tuple[str, float] | None = None
         self._requested_run = run_id
         self._start = start
-        self._drawn: tuple[Any, ...] | None = None
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
         self._override_width = 0  # the width the user made that choice at
         self._keymap: dict[str, str] = {}  # the user's remapped keys (keymap.toml), by binding id
@@ -130,9 +130,7 @@ class TwinkleApp(App[int]):
                 yield GpuPanel(id="gpu")
             with Vertical(id="center"):
                 yield RunStatusBar(id="status")
-                yield Static("", id="waiting")
-                yield Static("", id="legend")
-                yield ChartGrid(id="charts")
+                yield ChartArea(id="chart-area")
                 yield Static("log", classes="panel-title")
                 yield RunLog(id="log")
             yield ChatPanel(self.session.complete_run, id="chat")
@@ -142,12 +140,12 @@ class TwinkleApp(App[int]):
         # Kept once: while a modal is open, App.query_one would search the modal, not the dashboard.
         self.run_list = self.query_one(RunList)
         self.status_bar = self.query_one(RunStatusBar)
-        self.chart_grid = self.query_one(ChartGrid)
+        self.chart_area = self.query_one(ChartArea)
+        self.chart_grid = self.chart_area.grid
         self.run_log = self.query_one(RunLog)
         self.gpu_panel = self.query_one(GpuPanel)
         self.chat = self.query_one(ChatPanel)
-        self.waiting = self.query_one("#waiting", Static)
-        self.legend = self.query_one("#legend", Static)
+        self.waiting = self.chart_area.waiting
         self.apply_layout(self.size.width, self.size.height)
         keymap, problem = load_keymap(self.store.home)
         self._keymap = keymap
@@ -188,7 +186,8 @@ class TwinkleApp(App[int]):
         keep most of the width. Only the new size decides: a resize ends as a fresh start at that size would."""
         for name, wanted in layout_classes(width, height, self.panels_override).items():
             self.set_class(wanted, name)
-        self._drawn = None
+        if getattr(self, "chart_area", None) is not None:  # a resize can come before on_mount
+            self.chart_area.forget()
         self.scheduler.now("charts", "list", "status", "log")
 
     def on_unmount(self) -> None:
@@ -372,10 +371,10 @@ class TwinkleApp(App[int]):
                 self.status_bar.show(view, now, self._notice_text())
             if "log" in parts:
                 self.run_log.show(view)
-                if self.waiting.display and "charts" not in parts and view and not view.metrics.names():
-                    self._show_waiting(view)  # its latest log line says what the run is doing
+                if self.chart_area.waiting_shown and "charts" not in parts and view and not view.metrics.names():
+                    self.chart_area.show_waiting(view)  # its latest log line says what the run is doing
             if "charts" in parts:
-                self._draw_charts(view)
+                self.chart_area.show(view, self.session.settings, self.compare_view())
 
     def _notice_text(self) -> str | None:
         if self.notice is None:
@@ -385,40 +384,6 @@ class TwinkleApp(App[int]):
             self.notice = None
             return None
         return text
-
-    def _draw_charts(self, view: RunCache | None) -> None:
-        grid = self.chart_grid
-        s = self.session.settings
-        if view is None:
-            grid.set_metrics([])
-            self._show_waiting(None)
-            self.legend.display = False
-            return
-        names = view.metrics.names()
-        self._show_waiting(view if not names else None)
-        if not names:
-            grid.set_metrics([])
-            return
-        shown = shown_metrics(s, names)
-        grid.set_metrics(shown)
-        compare = self.compare_view()
-        self.legend.display = compare is not None
-        if compare is not None:
-            self.legend.update(compare_legend(view, compare))
-        key = (view.run_id, view.metrics.generation, len(view.events.events),
-               compare.run_id if compare else None, compare.metrics.generation if compare else None,
-               tuple(shown), s.zoom, s.smoothing, s.smoothing_weight, s.log_y, grid.size)
-        if key == self._drawn:
-            return
-        self._drawn = key
-        grid.draw(view, s, compare)
-
-    def _show_waiting(self, view: RunCache | None) -> None:
-        """Before the first metric line, say what the run is doing instead of showing empty charts."""
-        self.waiting.display = view is not None
-        self.chart_grid.display = view is None
-        if view is not None:
-            self.waiting.update(waiting_text(view))
 
     # ------------------------------------------------------------------ selection
     def current_view(self) -> RunCache | None:
@@ -449,7 +414,7 @@ class TwinkleApp(App[int]):
         return {r for r in (self.session.selected, self.session.settings.compare) if r is not None}
 
     def _selection_changed(self) -> None:
-        self._drawn = None
+        self.chart_area.forget()
         self.refresh_runs(run_ids=self._on_screen())
         self.sample_resources()
         self.scheduler.now()
