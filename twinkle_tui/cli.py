@@ -79,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor_main(argv[1:])
     if argv[:1] == ["serve"]:
         return serve_main(argv[1:])
+    if argv[:1] == ["research"]:
+        from twinkle_tui.research.cli import research_main
+
+        return research_main(argv[1:])
     script_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")

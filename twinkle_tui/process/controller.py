@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,28 +117,34 @@ class ProcessController:
         run_id: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
+        env: Mapping[str, str] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Launched:
         """Run a Python script as a new run. It runs as `python script.py` would; the run directory keeps the
-        copy that runs (train.py) and the versions fixes make of it."""
+        copy that runs (train.py) and the versions fixes make of it. `env` is added to the run's environment;
+        `meta` fields are written into its meta.json at creation (e.g. the research experiment it is)."""
         source_path = Path(script).expanduser().resolve()
         check_compiles(read_script(source_path), str(source_path))
         run_id = validate_run_id(run_id) if run_id else new_run_id(source_path.name)
         paths = self._new_run(run_id)
         shutil.copyfile(source_path, paths.script)  # the bytes as they are: a coding line stays true
+        extra = meta
 
         def init(meta: dict[str, Any]) -> None:
             meta["script_path"] = str(source_path)
             meta["script_version"] = 1
             meta["model_id"] = model_id
+            meta.update(extra or {})
 
-        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True)
+        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True, env=env)
 
     def launch_config(self, config: str | os.PathLike[str], args: Sequence[str] = (), run_id: str | None = None,
-                      cwd: str | os.PathLike[str] | None = None) -> Launched:
+                      cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                      meta: Mapping[str, Any] | None = None) -> Launched:
         """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m trainer CONFIG args...`."""
         path = Path(config).expanduser().resolve()
         run_id = validate_run_id(run_id) if run_id else new_run_id(path.name)
-        return self.launch_module("trainer", [str(path), *args], run_id, cwd)
+        return self.launch_module("trainer", [str(path), *args], run_id, cwd, env=env, meta=meta)
 
     def launch_module(
         self,
@@ -147,16 +153,20 @@ class ProcessController:
         run_id: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
+        env: Mapping[str, str] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Launched:
         """Run `python -m module args...` as a new run (the embedded trainer: module='trainer')."""
         run_id = validate_run_id(run_id) if run_id else new_run_id(module.split(".")[0])
         paths = self._new_run(run_id)
         command = [self.python, "-u", "-m", "twinkle_tui.process.bootstrap", "--module", module, "--", *args]
+        extra = meta
 
         def init(meta: dict[str, Any]) -> None:
             meta["model_id"] = model_id
+            meta.update(extra or {})
 
-        return self._launch(paths, command, cwd, init, new=True)
+        return self._launch(paths, command, cwd, init, new=True, env=env)
 
     def _script_command(self, paths: RunPaths, original: str, args: Sequence[str]) -> list[str]:
         return [self.python, "-u", "-m", "twinkle_tui.process.bootstrap", "--script", str(paths.script),
@@ -173,7 +183,8 @@ class ProcessController:
         return paths
 
     def _launch(self, paths: RunPaths, command: list[str], cwd: str | os.PathLike[str] | None,
-                init: Callable[[dict[str, Any]], None] | None = None, new: bool = False) -> Launched:
+                init: Callable[[dict[str, Any]], None] | None = None, new: bool = False,
+                env: Mapping[str, str] | None = None) -> Launched:
         """Mark the run starting and start its supervisor. If the supervisor cannot start, meta.json is rolled
         back (a new run's directory is removed) and the failure is recorded, so nothing is left 'starting'."""
         workdir = Path(cwd or os.getcwd())
@@ -200,7 +211,7 @@ class ProcessController:
             meta["launches"] = int(meta.get("launches") or 0) + 1
 
         meta = update_meta(paths, starting)
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env[ROLE_ENV] = "supervisor"
         env.pop("TWINKLE_RUN_ID", None)  # only the run's own processes carry it (tree.py finds them by it)
         supervisor_cmd = [

@@ -1,0 +1,191 @@
+"""Running one experiment as an ordinary run: launched through the ProcessController (so it is in the run list,
+watched by the monitor, pausable like any run), followed until it ends, stopped (then killed by its supervisor
+after the grace period) when its time is up or the loop asks, with its peak memory sampled on the way.
+
+`execute` is the same code for a local lane (a thread of the loop) and for a Ray task on another node.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.protocol import MetaError, RunStatus, read_meta
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, Launched, ProcessController, RunControlError
+from twinkle_tui.research.program import file_hash
+from twinkle_tui.runs.store import NoSuchRun, effective_status
+
+META_FIELD = "research"  # the one meta.json field that marks a run as a research experiment
+
+
+def experiment_meta(name: str, experiment: str) -> dict[str, Any]:
+    """What a research experiment's run carries in meta.json (one place, so it can become a typed run kind)."""
+    return {META_FIELD: {"name": name, "experiment": experiment}}
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a node needs to run one experiment (plain data: it travels to Ray workers)."""
+
+    home: str
+    run_id: str
+    checkout: str
+    target: str
+    args: list[str]
+    budget: float
+    grace: float
+    research: dict[str, Any]
+    harness: dict[str, str]  # relative path -> sha256 it must keep
+    env: dict[str, str] = field(default_factory=dict)
+    poll: float = 0.25
+
+    @property
+    def stop_file(self) -> Path:
+        """Written by the loop to stop the run early (pruned, or the user stopped the research)."""
+        return Path(self.checkout).parent / f".{Path(self.checkout).name}.stop"
+
+
+@dataclass
+class Outcome:
+    """How the run of an experiment ended."""
+
+    run_id: str
+    status: str  # the run's final status (completed, failed, stopped, killed), or "not-run"
+    started: float
+    ended: float
+    timed_out: bool = False
+    stopped: str | None = None  # why the loop stopped it early
+    error: str | None = None
+    steps: int = 0
+    peak_rss: int = 0
+    peak_gpu: int = 0
+    harness_changed: list[str] = field(default_factory=list)
+    node: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def peak_memory_gb(self) -> float:
+        return max(self.peak_rss, self.peak_gpu) / 2**30
+
+
+def changed_harness(job: Job) -> list[str]:
+    return sorted(p for p, digest in job.harness.items() if file_hash(Path(job.checkout) / p) != digest)
+
+
+def read_stop_file(job: Job) -> str | None:
+    try:
+        return job.stop_file.read_text().strip() or "stopped by the loop"
+    except OSError:
+        return None
+
+
+def execute(job: Job, on_poll: Callable[[], str | None] | None = None, clock: Callable[[], float] = time.time,
+            sleep: Callable[[float], None] = time.sleep) -> Outcome:
+    """Launch the experiment's run (or follow it if it already exists: a resumed loop) and wait for its end.
+
+    `on_poll` is asked on every poll whether the loop wants the run stopped (a reason, or None); the stop file is
+    read too. The harness is hashed before the launch and after the end."""
+    controller = ProcessController(job.home, grace=job.grace)
+    paths = controller.paths(job.run_id)
+    node = socket.gethostname()
+    launched: Launched | None = None
+    if not paths.meta.exists():
+        changed = changed_harness(job)
+        if changed:
+            now = clock()
+            return Outcome(job.run_id, "not-run", now, now, harness_changed=changed, node=node,
+                           error=f"the harness differs before the run: {', '.join(changed)}")
+        try:
+            launched = launch(controller, job)
+        except (RunControlError, OSError, ValueError) as exc:
+            now = clock()
+            return Outcome(job.run_id, "not-run", now, now, error=str(exc).splitlines()[0], node=node)
+    from twinkle_tui.gpu import UsageSampler
+
+    sampler = UsageSampler()
+    started = _start_time(paths, clock())
+    outcome = Outcome(job.run_id, "starting", started, started, node=node)
+    stopping = False
+    while True:
+        try:
+            meta = read_meta(paths)
+        except MetaError:
+            meta = {}
+        if launched is not None:
+            launched.supervisor.poll()  # reaped as soon as it ends
+        status = effective_status(meta) if meta else RunStatus.STARTING
+        if meta and not status.is_active:
+            break
+        _sample(sampler, meta, outcome)
+        reason = None
+        if clock() - started > job.budget:
+            outcome.timed_out, reason = True, f"over its budget of {job.budget:g} s"
+        if reason is None:
+            reason = read_stop_file(job) or (on_poll() if on_poll else None)
+        if reason and not stopping:
+            outcome.stopped = None if outcome.timed_out else reason
+            stopping = _stop(controller, job.run_id)
+        sleep(job.poll)
+    if launched is not None:
+        try:
+            launched.supervisor.wait(timeout=job.grace + 30)
+        except Exception:  # a supervisor that outlives its run still records it; nothing to wait for here
+            pass
+    outcome.status = status.value
+    outcome.ended = float(meta.get("end_time") or clock())
+    outcome.steps = int((meta.get("progress") or {}).get("last_step") or 0)
+    outcome.error = meta.get("error")
+    outcome.harness_changed = changed_harness(job)
+    return outcome
+
+
+def launch(controller: ProcessController, job: Job) -> Launched:
+    target = Path(job.checkout) / job.target
+    env = {**job.env, "TWINKLE_RESEARCH_BUDGET": f"{job.budget:g}"}
+    meta = {**job.research}
+    if target.suffix.lower() in CONFIG_SUFFIXES:
+        return controller.launch_config(target, job.args, job.run_id, cwd=job.checkout, env=env, meta=meta)
+    return controller.launch_script(target, job.args, job.run_id, cwd=job.checkout, env=env, meta=meta)
+
+
+def _start_time(paths: Any, default: float) -> float:
+    try:
+        return float(read_meta(paths).get("start_time") or default)
+    except MetaError:
+        return default
+
+
+def _stop(controller: ProcessController, run_id: str) -> bool:
+    """Ask the run to stop (SIGTERM; its supervisor kills it after the grace period). False if it could not be
+    asked yet (still starting): the next poll tries again."""
+    try:
+        controller.stop(run_id)
+        return True
+    except (RunControlError, NoSuchRun):
+        return False
+
+
+def _sample(sampler: Any, meta: dict[str, Any], outcome: Outcome) -> None:
+    pid = meta.get("pid")
+    if not pid:
+        return
+    usage = sampler.sample(pid)
+    if usage is not None:
+        outcome.peak_rss = max(outcome.peak_rss, int(usage.rss))
+        outcome.peak_gpu = max(outcome.peak_gpu, int(getattr(usage, "gpu_memory", 0) or 0))
+
+
+def lane_env(lane: int, lanes: int, gpus: int, cpus: int | None = None) -> dict[str, str]:
+    """One GPU per lane when there are GPUs (CUDA_VISIBLE_DEVICES); otherwise the CPU cores shared out, so K
+    experiments at once do not each start a thread per core and fight over them."""
+    if gpus > 0:
+        return {"CUDA_VISIBLE_DEVICES": str(lane % gpus)}
+    threads = str(max(1, (cpus or os.cpu_count() or 1) // max(1, lanes)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
