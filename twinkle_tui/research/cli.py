@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -93,6 +94,8 @@ def run_research(ns: argparse.Namespace, out: TextIO) -> int:
         if closer is not None:
             closer.close()
         os.close(loop_lock)
+        if not ns.resume:  # nothing ran: a new research that cannot start leaves nothing behind
+            shutil.rmtree(research.root, ignore_errors=True)
         return fail(str(exc))
     say = Printer(out)
     say(f"research {research.name}: {settings.proposer} proposer · {settings.experiments} experiments · "
@@ -162,13 +165,16 @@ class Interrupts:
 
 
 def read_answers(research: Any, stream: TextIO, say: Any) -> None:
-    """--review in a terminal: y or n answers the oldest proposal waiting for review."""
+    """--review in a terminal: y or n answers the oldest proposal waiting for review (the next one, if none
+    waits yet)."""
+    import time
+
     for line in stream:
-        pending = research.pending_reviews()
-        if not pending:
-            say(f"{PROG}: no proposal is waiting for review")
-            continue
         answer = line.strip().lower()
+        if not answer:
+            continue
+        while not (pending := research.pending_reviews()):
+            time.sleep(0.1)
         if answer not in ("y", "yes", "n", "no"):
             say(f"{PROG}: answer y or n for {pending[0]['id']}")
             continue

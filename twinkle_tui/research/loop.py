@@ -250,7 +250,8 @@ class ResearchLoop:
         self.research.request_review(eid, {"id": eid, "description": proposal.description, "diff": diff,
                                            "params": proposal.params, "asked": self.clock()})
         self._write_state(review=eid)
-        self.say(f"{eid}: waiting for review: {proposal.description}")
+        self.say(f"{eid}: waiting for review: {proposal.description}\n{diff.rstrip() or proposal.params}\n"
+                 f"approve {eid}? (y/n here, or y/n in the dashboard's research view)")
         try:
             while True:
                 answer = self.research.decision(eid)
