@@ -15,6 +15,7 @@ from twinkle_tui.commands.registry import (
 )
 from twinkle_tui.commands.session import Resources, Session
 from twinkle_tui.commands.view import ChartSettings
+from twinkle_tui.research import commands as _research  # noqa: F401, I001  (registers start_research and /research)
 
 __all__ = ["REGISTRY", "SLASH", "ChartSettings", "Command", "CommandError", "Confirmation", "Reply", "Resources",
            "Session", "parse_slash"]

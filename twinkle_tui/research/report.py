@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainer.protocol import InvalidRunId, validate_run_id
 from twinkle_tui.research.records import Experiment, ResearchDir, list_researches
-from twinkle_tui.research.summary import Summary, format_metric, summarize
+from twinkle_tui.research.summary import Summary, best_so_far, format_metric, summarize
 
 
 class ReportError(Exception):
@@ -77,15 +77,14 @@ def write_png(path: Path, runs: list[Experiment], summary: Summary, metric: str,
                    label="discarded", zorder=2)
         kept = [e for e in finite if e.status == "keep"]
         if kept:
-            xs, ys = [kept[0].number], [float(kept[0].metric or 0)]
-            for e in kept[1:]:
-                xs += [e.number, e.number]
-                ys += [ys[-1], float(e.metric or 0)]
-            xs.append(max(e.number for e in runs))
-            ys.append(ys[-1])
-            ax.plot(xs, ys, color="#2a9d3a", linewidth=1.6, label="best so far", zorder=3)
+            line = best_so_far([(float(e.number), value[id(e)]) for e in kept], summary.maximize,
+                               float(max(e.number for e in runs)))
+            ax.plot([p[0] for p in line], [p[1] for p in line], color="#2a9d3a", linewidth=1.6,
+                    label="best so far", zorder=3)
             ax.scatter([e.number for e in kept], [value[id(e)] for e in kept], c="#2a9d3a", s=36, label="kept", zorder=4)
-            for e in kept[1:]:
+            for e in kept:
+                if e.baseline:
+                    continue
                 ax.annotate(_short(e.description, 40), (e.number, float(e.metric or 0)), textcoords="offset points",
                             xytext=(4, 6), fontsize=7, color="#1d6b28", rotation=20)
         failed = [e for e in runs if e.status in ("crash", "timeout")]

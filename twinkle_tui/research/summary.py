@@ -110,3 +110,18 @@ def format_metric(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "—"
     return f"{value:.6g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+
+
+def best_so_far(points: Sequence[tuple[float, float]], maximize: bool, end: float | None = None) -> list[tuple[float, float]]:
+    """The best-so-far step line through kept experiments in experiment order (lanes finish out of order, so a
+    kept experiment may come before an earlier number's): flat to `end`."""
+    line: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if line:
+            best = max(line[-1][1], y) if maximize else min(line[-1][1], y)
+            line += [(x, line[-1][1]), (x, best)]
+        else:
+            line.append((x, y))
+    if line and end is not None and end > line[-1][0]:
+        line.append((end, line[-1][1]))
+    return line

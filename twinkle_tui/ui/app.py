@@ -87,6 +87,7 @@ class TwinkleApp(App[int]):
         Binding("u", "command('undo_fix')", "Undo fix", id="undo_fix", show=False),
         Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
         Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
+        Binding("R", "open_research", "Research", id="open_research", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
         Binding("q", "quit", "Quit", id="quit"),
@@ -131,6 +132,7 @@ class TwinkleApp(App[int]):
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
         self.reader = StoreReader(self.session, self.scheduler, self.post_message, lambda: self.summaries)
         self.agent_chat = AgentChat(self, llm or LLMSettings(mode="none"))
+        self.session.services["llm_settings"] = llm  # start_research hands it to the loop it starts
         self.monitoring = DashboardMonitor(self, monitor_interval, fix_mode, clock)
 
     @property
@@ -349,6 +351,8 @@ class TwinkleApp(App[int]):
         self.apply(reply)
 
     def apply(self, reply: Reply) -> None:
+        if isinstance(reply.data, dict) and reply.data.get("open_research"):
+            self.action_open_research(str(reply.data["open_research"]))
         before = self.session.selected
         self.session.apply(reply)
         if self.session.selected != before:
@@ -558,6 +562,19 @@ class TwinkleApp(App[int]):
         if self.session.selected:
             self.copy_to_clipboard(self.session.selected)
             self.say(f"copied {self.session.selected}")
+
+    def action_open_research(self, name: str | None = None) -> None:
+        """The research view (twinkle_tui.ui.screens.research) of `name`, or of the newest research."""
+        from twinkle_tui.research.records import ResearchDir
+        from twinkle_tui.research.watch import newest_research
+        from twinkle_tui.ui.screens.research import ResearchScreen
+
+        research = ResearchDir.of(name, self.store.home) if name else newest_research(self.store.home)
+        if research is None:
+            self.say("no research yet: /research PROGRAM.md starts one", error=True)
+            return
+        if not isinstance(self.screen, ResearchScreen) or self.screen.research.root != research.root:
+            self.push_screen(ResearchScreen(research, self.store))
 
     def set_compare(self, run_id: str | None) -> None:
         self.action_command("compare_runs", {"run_id": run_id or "none"})
