@@ -64,6 +64,7 @@ def test_experiments_run_as_ray_tasks_on_both_nodes(home: Path, tmp_path: Path, 
     for r in recs:  # ordinary runs in the shared $TWINKLE_HOME, marked as the research's experiments
         meta = read_meta(RunPaths(home / r["run_id"]))
         assert meta["status"] == "completed" and meta["research"]["experiment"] == r["id"]
+        assert meta["research"]["node"].startswith(r["node"])  # where a resumed loop would follow it
     assert os.path.isdir(home / "research" / "toy" / "workspace" / ".git")
 
 

@@ -4,7 +4,8 @@
 Each task runs `lanes.execute` on whichever node Ray picks: the run is launched there through that node's process
 controller, under the same $TWINKLE_HOME, which must be storage every node mounts at the same path (the run
 directory, the experiment's checkout and its stop file live there). The loop reads the metric from the run's files
-as it does for a local run; to stop a task's run early it writes the stop file the task watches.
+as it does for a local run; to stop a task's run early it writes the stop file the task watches. A resumed loop
+follows an experiment that was running with a new task pinned to the node its run's meta.json names.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from twinkle_tui.research.lanes import Job, Outcome, execute
+from twinkle_tui.research.lanes import META_FIELD, Job, Outcome, execute
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,27 @@ class ClusterError(Exception):
 
 
 def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task: run one experiment on this node and report how it ended."""
+    """The Ray task: run one experiment on this node and report how it ended. The run's meta.json names the node,
+    so a resumed loop can follow the run where it runs."""
     import ray
 
-    outcome = execute(Job(**job))
-    outcome.node = ray.get_runtime_context().get_node_id()[:12]
+    node = ray.get_runtime_context().get_node_id()
+    marks = {key: {**value, "node": node} for key, value in job["research"].items()}
+    outcome = execute(Job(**{**job, "research": marks}))
+    outcome.node = node[:12]
     return outcome.to_json()
+
+
+def node_of(job: Job) -> str | None:
+    """The Ray node an experiment's run was launched on (None if it has not been launched)."""
+    from trainer.protocol import MetaError, RunPaths, read_meta
+
+    try:
+        meta = read_meta(RunPaths(Path(job.home) / job.run_id))
+    except MetaError:
+        return None
+    mark = meta.get(META_FIELD)
+    return str(mark["node"]) if isinstance(mark, dict) and mark.get("node") else None
 
 
 def ray_address(cluster: str) -> str:
@@ -62,7 +79,13 @@ class RayRunner:
         self.task = ray.remote(num_cpus=1, max_retries=0)(run_on_node)
 
     def run(self, job: Job, watch: Callable[[], str | None]) -> Outcome:
-        ref = self.task.remote(asdict(job))
+        node = node_of(job)
+        options: dict[str, Any] = {}
+        if node is not None:  # a resumed loop: follow the run on the node that runs it
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        ref = self.task.options(**options).remote(asdict(job))
         while True:
             ready, _ = self.ray.wait([ref], timeout=self.poll)
             if ready:

@@ -59,11 +59,12 @@ class Snapshot:
     def budget_left(self) -> str:
         left = max(0, self.experiments - self.done)
         durations = [e.duration for e in self.summary.runs if e.duration]
+        what = f"{left} experiment{'' if left == 1 else 's'} left"
         if not left or not durations:
-            return f"{left} experiments left"
+            return what
         lanes = int((self.state.get("settings") or {}).get("lanes") or 1)
         seconds = sum(durations) / len(durations) * left / max(1, lanes)
-        return f"{left} experiments left (~{_duration(seconds)})"
+        return f"{what} (~{_duration(seconds)})"
 
     def header(self) -> str:
         s = self.summary
