@@ -162,3 +162,63 @@ def test_bad_programs_and_unusable_llms_are_one_line(home: Path, tmp_path: Path)
     assert proc.returncode == 3 and "3 proposals in a row were refused" in proc.stdout
     proc = run_research(program, "--experiments", "3")
     assert proc.returncode == 2 and "already exists" in proc.stderr and "--resume" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_baseline_without_metric_pauses_and_a_fixed_program_resumes(home: Path, tmp_path: Path) -> None:
+    program = write_program(tmp_path / "prog", extra="knobs:\n  x: uniform(0, 6)\n")
+    train = program.parent / "train.py"
+    good = train.read_text()
+    train.write_text(good.replace("evaluate(rt, step, args.x + X)", "pass"))  # the harness is never called
+    proc = run_research(program, "--proposer", "optuna", "--experiments", "3")
+    assert proc.returncode == 3 and "the baseline gave no score: the run ended without logging score" in proc.stdout
+    train.write_text(good)
+    proc = run_research(program, "--resume")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recs = records(home)
+    assert [(r["id"], r["status"]) for r in recs][:2] == [("e001", "crash"), ("e002", "keep")]
+    assert recs[1]["baseline"] and recs[1]["metric"] == pytest.approx(9.25)
+    assert "baseline: the program as changed before --resume" in git(home, "log", "--format=%s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_experiment_gracefully_and_resume_goes_on(home: Path, tmp_path: Path) -> None:
+    program = write_program(tmp_path / "prog", extra="knobs:\n  x: uniform(0, 6)\n",
+                            args='["--steps", "40", "--sleep", "0.2"]')
+    loop = subprocess.Popen(research_cmd(program, "--proposer", "optuna", "--experiments", "2"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        metrics = home / "toy-e001" / "metrics.jsonl"
+        wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, timeout=120, what="e001 training")
+        loop.send_signal(signal.SIGINT)
+        out, _ = loop.communicate(timeout=120)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+    assert loop.returncode == 130, out
+    assert [(r["id"], r["status"]) for r in records(home)] == [("e001", "stopped")]
+    assert read_meta(RunPaths(home / "toy-e001"))["status"] == "stopped"  # a graceful stop, not a kill
+    assert state(home)["status"] == "stopped" and not state(home)["inflight"]
+    proc = run_research(program, "--resume", "--experiments", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r["id"] for r in records(home)] == ["e001", "e002", "e003"]  # e001 is not run again
+    assert records(home)[1]["baseline"]
+
+
+def test_a_stop_from_the_dashboard_does_not_wait_for_a_slow_llm(home: Path, tmp_path: Path) -> None:
+    from twinkle_tui.research.records import ResearchDir
+
+    program = write_program(tmp_path / "prog")
+    with FakeLLM([text("thinking for a long time", delay=300)]).running() as fake:
+        loop = subprocess.Popen(research_cmd(program, *llm_args(fake), "--experiments", "3"), cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: fake.requests, timeout=120, what="the proposal request")
+            ResearchDir.of("toy", home).update_control(stop=True)
+            out, _ = loop.communicate(timeout=60)  # well before the LLM would answer
+        finally:
+            if loop.poll() is None:
+                loop.kill()
+    assert loop.returncode == 0, out
+    assert "stopped from the dashboard" in out and state(home)["status"] == "stopped"
+    assert [r["id"] for r in records(home)] == ["e001"]

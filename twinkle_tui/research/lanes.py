@@ -97,6 +97,10 @@ def execute(job: Job, on_poll: Callable[[], str | None] | None = None, clock: Ca
     node = socket.gethostname()
     launched: Launched | None = None
     if not paths.meta.exists():
+        stop = read_stop_file(job)
+        if stop:  # the loop was stopped before this experiment started: it never runs
+            now = clock()
+            return Outcome(job.run_id, "not-run", now, now, stopped=stop, node=node)
         changed = changed_harness(job)
         if changed:
             now = clock()

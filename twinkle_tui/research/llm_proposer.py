@@ -58,7 +58,7 @@ class LLMProposer:
                             max_retries=1)
         self.client = client
         self._conversations: dict[str, list[dict[str, Any]]] = {}
-        self._last_call_id = "call_0"
+        self._call_ids: dict[str, str] = {}  # the last tool call of each conversation, for its refusal
 
     def propose(self, context: Context) -> Proposal:
         messages = self._conversations.get(context.experiment)
@@ -82,7 +82,7 @@ class LLMProposer:
         messages.append({"role": "assistant", "content": getattr(message, "content", None) or "",
                          "tool_calls": [{"id": call.id or "call_0", "type": "function",
                                          "function": {"name": TOOL_NAME, "arguments": call.function.arguments}}]})
-        self._last_call_id = call.id or "call_0"
+        self._call_ids[context.experiment] = call.id or "call_0"
         return parse_arguments(call.function.arguments)
 
     def refused(self, experiment: str, reason: str) -> None:
@@ -91,7 +91,8 @@ class LLMProposer:
             return
         text = f"REFUSED: {reason}. Nothing was run. Propose again with {TOOL_NAME}."
         if messages and messages[-1].get("tool_calls") and not self.settings.quirks.tool_results_as_text:
-            messages.append({"role": "tool", "tool_call_id": self._last_call_id, "content": text})
+            messages.append({"role": "tool", "tool_call_id": self._call_ids.get(experiment, "call_0"),
+                             "content": text})
         else:
             if messages and messages[-1].get("tool_calls"):  # llama.cpp's template drops tool messages
                 last = messages.pop()

@@ -9,6 +9,7 @@ such experiment (launching it only if it never started) and records it once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -93,16 +94,20 @@ class ResearchLoop:
         self.experiments: list[Experiment] = research.read_experiments()
         self.proposals: dict[str, Proposal] = {}
         self._stop_reason: str | None = None
-        self._pause_seen = False
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         """Run until the experiments are done (0), the loop pauses on its own (3) or is stopped."""
         self._write_state(status="running", reason=None, pid=os.getpid(),
                           pid_start_time=process_start_time(os.getpid()), settings=self.settings.to_json())
-        self.research.update_control(stop=False)
+        # Starting (or --resume) is the user's "go on": a pause of the loop before is lifted.
+        self.research.update_control(stop=False, pause=False, auto=False, reason=None)
+        self._write_state(crashes=0, auto_paused=False)
         for stale in self.research.pending_reviews():  # proposals a dead loop waited on: never experiments
             self.research.close_review(stale["id"])
+        forget = getattr(self.proposer, "forget_others", None)
+        if forget is not None:  # Optuna trials asked by a loop that died before they became experiments
+            forget({int(s["trial"]) for s in self.state.get("inflight", {}).values() if s.get("trial") is not None})
         for eid in list(self.state.get("inflight", {})):
             self._resume(eid)
         try:
@@ -167,7 +172,9 @@ class ResearchLoop:
         with self.lock:
             inflight = list(self.state.get("inflight", {}).values())
         for slot in inflight:
-            self._job(slot).stop_file.write_text(reason)
+            stop_file = self._job(slot).stop_file
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.write_text(reason)
         for thread in list(self.threads.values()):
             thread.join()
         self._write_state(status="stopped", reason=reason)
@@ -218,10 +225,12 @@ class ResearchLoop:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             context = Context(self.program, eid, attempt, best_files, self._summary())
             try:
-                proposal = self.proposer.propose(context)
+                proposal = self._interruptible(functools.partial(self.proposer.propose, context))
             except ProposerError as exc:
                 self._pause(f"the {self.proposer.name} proposer failed: {exc}")
                 return None
+            if proposal is None:
+                return None  # stopped while the proposer was thinking
             reason = validate(self.program, proposal, best_files) or ""
             if not reason and self.settings.review:
                 verdict = self._review(eid, parent, proposal)
@@ -239,6 +248,30 @@ class ResearchLoop:
             self.proposer.tell(proposal, "refused", None)
         self._pause(f"{MAX_ATTEMPTS} proposals in a row were refused (last: {reason})")
         return None
+
+    def _interruptible(self, propose: Callable[[], Proposal]) -> Proposal | None:
+        """Ask the proposer in a thread, so a stop (Ctrl-C, the view's s) does not wait for a slow LLM; None when
+        the loop was stopped first (the answer, when it comes, is dropped)."""
+        done = threading.Event()
+        result: list[Proposal | BaseException] = []
+
+        def ask() -> None:
+            try:
+                result.append(propose())
+            except BaseException as exc:  # handed to the loop's thread below
+                result.append(exc)
+            finally:
+                done.set()
+                self.wake.set()
+
+        threading.Thread(target=ask, name="research-proposer", daemon=True).start()
+        while not done.wait(TICK):
+            self._read_control()
+            if self._stop_reason is not None:
+                return None
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
 
     def _review(self, eid: str, parent: str, proposal: Proposal) -> bool | None:
         """Wait for the user's yes or no (a front end answers through reviews/); None if the loop is stopped."""
@@ -277,6 +310,13 @@ class ResearchLoop:
         if len(runs) + len(inflight) < self.settings.repeats or (not finite and not inflight):
             return True
         return None
+
+    def _baseline_failed(self) -> bool:
+        """Every baseline run so far ended without a metric, and none is left running."""
+        runs = [e for e in self.experiments if e.baseline and e.is_run]
+        running = any(s.get("baseline") for s in self.state.get("inflight", {}).values())
+        finite = any(e.metric is not None and math.isfinite(e.metric) for e in runs)
+        return not finite and not running and len(runs) >= self.settings.repeats
 
     def _repeat_note(self) -> str:
         if self.settings.repeats <= 1:
@@ -404,13 +444,14 @@ class ResearchLoop:
             last = [e for e in self.experiments if e.is_run][-MAX_CRASHES:]
             why = "; ".join(f"{e.id}: {e.reason}" for e in last)
             self._pause(f"{MAX_CRASHES} crashes in a row ({why})")
-        elif status == "crash" and slot.get("baseline") and self._needs_baseline() is True and \
-                self.settings.repeats <= sum(1 for e in self.experiments if e.baseline and e.is_run):
-            self._pause(f"the baseline crashed: {reason}")
+        elif slot.get("baseline") and status != "keep" and self._baseline_failed():
+            self._pause(f"the baseline gave no {self.program.metric}: {reason}; fix the program, then resume")
 
     def _judge(self, slot: dict[str, Any], outcome: Outcome, metric: float | None) -> tuple[str, str | None]:
         """keep, discard, crash, timeout or stopped, and why (None when the metric says it all)."""
         name = self.program.metric
+        if outcome.stopped and not outcome.stopped.startswith("pruned"):
+            return "stopped", outcome.stopped
         if outcome.status == "not-run":
             return "crash", outcome.error or "the run could not start"
         if outcome.harness_changed:

@@ -72,7 +72,9 @@ def open_research(program: Program, home: Path, resume: bool, flags: Overrides) 
                             "declare editable: files, or knobs: with --proposer optuna")
     if settings.cluster is None:
         settings = replace(settings, gpus=_gpu_count())
-    if resume:
+    if resume and (research.read_state().get("baseline") or {}).get("metric") is None:
+        _rebase(research, program)  # no baseline measured yet: the program may have been fixed since
+    elif resume:
         _check_harness(research, program)
     else:
         _create(research, program, settings)
@@ -91,6 +93,18 @@ def _create(research: ResearchDir, program: Program, settings: Any) -> None:
                           "status": "starting", "baseline": {"commit": base}, "best": None,
                           "harness": program.harness_hashes(), "next_number": 1, "inflight": {},
                           "settings": settings.to_json(), "metric": program.metric, "goal": program.goal})
+
+
+def _rebase(research: ResearchDir, program: Program) -> None:
+    state = research.read_state()
+    try:
+        base = Workspace(research.workspace).refresh(program.folder, exclude={program.path.name})
+    except WorkspaceError as exc:
+        raise ResearchError(str(exc)) from None
+    state["baseline"] = {**(state.get("baseline") or {}), "commit": base}
+    state["harness"] = program.harness_hashes()
+    shutil.copyfile(program.path, research.program)
+    research.write_state(state)
 
 
 def _check_harness(research: ResearchDir, program: Program) -> None:

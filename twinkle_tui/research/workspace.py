@@ -85,6 +85,19 @@ class Workspace:
         self.git("commit", "-q", "--allow-empty", "-m", "baseline: the program as written")
         return self.head()
 
+    def refresh(self, source: Path, exclude: set[str]) -> str:
+        """The program's folder as it is now, committed on the branch (a baseline that gave no metric, fixed by the
+        user before --resume); returns the new head (the old one when nothing changed)."""
+        with self.lock:
+            for rel, path in _folder_files(source, exclude):
+                target = self.root / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            self.git("add", "-A")
+            if self.text("status", "--porcelain"):
+                self.git("commit", "-q", "-m", "baseline: the program as changed before --resume")
+        return self.head()
+
     def head(self) -> str:
         return self.text("rev-parse", f"refs/heads/{BRANCH}")
 
