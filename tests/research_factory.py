@@ -63,6 +63,12 @@ def research_cmd(program: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "twinkle_tui.research", str(program), *args]
 
 
+def start_research(program: Path, *args: str) -> subprocess.Popen[str]:
+    """The loop in the background (to stop, kill or interrupt it mid-experiment)."""
+    return subprocess.Popen(research_cmd(program, *args), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 def run_research(program: Path, *args: str, timeout: float = 240, env: dict[str, str] | None = None,
                  stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(research_cmd(program, *args), capture_output=True, text=True, timeout=timeout,

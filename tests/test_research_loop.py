@@ -15,7 +15,17 @@ from trainer.protocol import RunPaths, read_meta
 
 from conftest import wait_for
 from fake_llm import FakeLLM, call, text
-from research_factory import EVALUATION, REPO, git, records, research_cmd, run_research, state, with_x, write_program
+from research_factory import (
+    EVALUATION,
+    REPO,
+    git,
+    records,
+    run_research,
+    start_research,
+    state,
+    with_x,
+    write_program,
+)
 
 
 def propose(description: str, files: dict[str, str]) -> dict:
@@ -76,8 +86,7 @@ def test_scripted_llm_keeps_discards_refuses_times_out_and_pauses_after_three_cr
 def test_a_killed_loop_resumes_without_losing_or_repeating_an_experiment(home: Path, tmp_path: Path) -> None:
     program = write_program(tmp_path / "prog", extra="knobs:\n  x: uniform(0, 6)\n",
                             args='["--steps", "6", "--sleep", "0.4"]')
-    loop = subprocess.Popen(research_cmd(program, "--proposer", "optuna", "--experiments", "4"), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    loop = start_research(program, "--proposer", "optuna", "--experiments", "4")
     try:
         meta_path = home / "toy-e002" / "meta.json"
         wait_for(lambda: meta_path.exists() and json.loads(meta_path.read_text()).get("status") == "running",
@@ -185,8 +194,7 @@ def test_a_baseline_without_metric_pauses_and_a_fixed_program_resumes(home: Path
 def test_ctrl_c_stops_the_running_experiment_gracefully_and_resume_goes_on(home: Path, tmp_path: Path) -> None:
     program = write_program(tmp_path / "prog", extra="knobs:\n  x: uniform(0, 6)\n",
                             args='["--steps", "40", "--sleep", "0.2"]')
-    loop = subprocess.Popen(research_cmd(program, "--proposer", "optuna", "--experiments", "2"), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    loop = start_research(program, "--proposer", "optuna", "--experiments", "2")
     try:
         metrics = home / "toy-e001" / "metrics.jsonl"
         wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, timeout=120, what="e001 training")
@@ -210,8 +218,7 @@ def test_a_stop_from_the_dashboard_does_not_wait_for_a_slow_llm(home: Path, tmp_
 
     program = write_program(tmp_path / "prog")
     with FakeLLM([text("thinking for a long time", delay=300)]).running() as fake:
-        loop = subprocess.Popen(research_cmd(program, *llm_args(fake), "--experiments", "3"), cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        loop = start_research(program, *llm_args(fake), "--experiments", "3")
         try:
             wait_for(lambda: fake.requests, timeout=120, what="the proposal request")
             ResearchDir.of("toy", home).update_control(stop=True)
