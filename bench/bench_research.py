@@ -1,12 +1,14 @@
 """Auto-research lanes: experiments per hour with two lanes against one, on the CPU, in the same run.
 
-    python bench/bench_research.py [--experiments 9] [--program examples/research/PROGRAM.md]
+    python bench/bench_research.py [--experiments 9] [--rounds 1] [--program examples/research/PROGRAM.md]
 
 The same program (examples/research: a small torch MLP, a few seconds per experiment, most of it Python and torch
-start-up) runs twice with the Optuna proposer in a fresh $TWINKLE_HOME: with one lane, then with two. Experiments
+start-up) runs with the Optuna proposer, each time in a fresh $TWINKLE_HOME, with one lane and with two. Experiments
 per hour count the experiments after the baseline (the baseline runs alone in both) over the time from the
-baseline's end to the last experiment's end. The two settings alternate (1, 2, 2, 1, ...: ABBA), so a load that
-other work puts on a shared machine falls on both alike. Target: about 2x on two cores.
+baseline's end to the last experiment's end. One lane runs twice: as the loop sets it (all cores to its one
+experiment) and with one thread (as each of two lanes has), so the ratio of parallelism alone is seen too. The
+settings alternate (A B C C B A), so a load that other work puts on a shared machine falls on all alike.
+Target: about 2x on two cores.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(program: Path, lanes: int, experiments: int) -> tuple[float, int, float]:
-    """(seconds after the baseline, experiments counted after it, best metric) of one research."""
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SETTINGS = {  # name: (lanes, environment)
+    "1 lane": (1, {}),  # the loop's default: the one lane gets every core
+    "1 lane, 1 thread": (1, ONE_THREAD),  # what each of two lanes gets: parallelism alone, threads aside
+    "2 lanes": (2, {}),
+}
+
+
+def run(program: Path, lanes: int, experiments: int, extra_env: dict[str, str]) -> tuple[float, int]:
+    """(seconds after the baseline, experiments after it) of one research."""
     with tempfile.TemporaryDirectory(prefix="bench-research-") as home:
-        env = {**os.environ, "TWINKLE_HOME": home}
+        env = {**os.environ, **extra_env, "TWINKLE_HOME": home}
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "twinkle_tui.research", str(program), "--proposer", "optuna",
                                "--lanes", str(lanes), "--experiments", str(experiments)],
@@ -40,27 +50,33 @@ def run(program: Path, lanes: int, experiments: int) -> tuple[float, int, float]
     baseline_end = max(r["ended"] for r in runs if r["baseline"])
     after = [r for r in runs if not r["baseline"]]
     span = max(r["ended"] for r in after) - baseline_end
-    best = min(r["metric"] for r in runs if r["metric"] is not None)
-    print(f"  {lanes} lane(s): {len(runs)} experiments in {wall:.1f} s; {len(after)} after the baseline in "
-          f"{span:.1f} s; best metric {best:.4g}")
-    return span, len(after), best
+    each = sorted(r["duration"] for r in after)[len(after) // 2]
+    print(f"  {lanes} lane(s) {extra_env or ''}: {len(runs)} experiments in {wall:.1f} s; {len(after)} after the "
+          f"baseline in {span:.1f} s (median {each:.1f} s each)")
+    return span, len(after)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", type=int, default=9)
-    ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds (each runs both settings twice)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of A B C C B A")
     ap.add_argument("--program", default=str(REPO / "examples" / "research" / "PROGRAM.md"))
     ns = ap.parse_args()
     program = Path(ns.program).resolve()
-    print(f"research lanes on {os.cpu_count()} CPU cores: {program.relative_to(REPO)}, {ns.experiments} experiments")
-    totals = {1: [0.0, 0], 2: [0.0, 0]}
-    for lanes in [1, 2, 2, 1] * ns.rounds:
-        span, count, _ = run(program, lanes, ns.experiments)
-        totals[lanes][0] += span
-        totals[lanes][1] += count
-    one, two = (totals[k][1] / totals[k][0] * 3600 for k in (1, 2))
-    print(f"experiments per hour: 1 lane {one:.0f}, 2 lanes {two:.0f}; ratio {two / one:.2f}x (target about 2x)")
+    print(f"research lanes on {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}): "
+          f"{program.relative_to(REPO)}, {ns.experiments} experiments")
+    totals = {name: [0.0, 0] for name in SETTINGS}
+    names = list(SETTINGS)
+    for name in (names + names[::-1]) * ns.rounds:
+        lanes, env = SETTINGS[name]
+        span, count = run(program, lanes, ns.experiments, env)
+        totals[name][0] += span
+        totals[name][1] += count
+    per_hour = {name: count / span * 3600 for name, (span, count) in totals.items()}
+    print("experiments per hour: " + ", ".join(f"{name} {v:.0f}" for name, v in per_hour.items()))
+    print(f"2 lanes / 1 lane: {per_hour['2 lanes'] / per_hour['1 lane']:.2f}x; 2 lanes / 1 lane with one thread: "
+          f"{per_hour['2 lanes'] / per_hour['1 lane, 1 thread']:.2f}x (target about 2x; load average now "
+          f"{os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -229,3 +229,48 @@ def test_a_stop_from_the_dashboard_does_not_wait_for_a_slow_llm(home: Path, tmp_
     assert loop.returncode == 0, out
     assert "stopped from the dashboard" in out and state(home)["status"] == "stopped"
     assert [r["id"] for r in records(home)] == ["e001"]
+
+
+@pytest.mark.slow
+def test_after_a_reboot_resume_relaunches_the_experiment_that_was_cut_off(home: Path, tmp_path: Path) -> None:
+    program = write_program(tmp_path / "prog", extra="knobs:\n  x: uniform(0, 6)\n",
+                            args='["--steps", "6", "--sleep", "0.4"]')
+    loop = start_research(program, "--proposer", "optuna", "--experiments", "3")
+    try:
+        paths = RunPaths(home / "toy-e002")
+        wait_for(lambda: paths.meta.exists() and read_meta(paths)["status"] == "running" and read_meta(paths)["pid"],
+                 timeout=120, what="e002 running")
+    finally:
+        loop.kill()  # the machine goes down: the loop, the run's supervisor and the run, all at once
+        loop.wait(timeout=10)
+    meta = read_meta(paths)
+    os.kill(meta["supervisor_pid"], signal.SIGKILL)
+    os.killpg(meta["pgid"], signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{meta['pid']}") or
+             open(f"/proc/{meta['pid']}/stat").read().split(") ")[1][0] == "Z", what="the run gone")
+    proc = run_research(program, "--resume")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recs = {r["id"]: r for r in records(home)}
+    assert sorted(recs) == ["e001", "e002", "e003"] and recs["e002"]["status"] in ("keep", "discard")
+    after = read_meta(paths)
+    assert after["launches"] == 2 and after["status"] == "completed"  # relaunched once, then finished
+
+
+def test_an_improvement_within_the_baselines_noise_is_not_kept(home: Path, tmp_path: Path) -> None:
+    program = write_program(tmp_path / "prog")
+    # The three baseline runs score 9.25, 9.55 and 9.85 (the harness adds 0.3 per run): noise 0.3 around 9.55.
+    (program.parent / "evaluation.py").write_text(EVALUATION.replace(
+        "    rt.log_metrics(", "    import os\n    n = int(os.environ['TWINKLE_RUN_ID'][-3:])\n"
+        "    x_noise = 0.3 * (n - 1) if n <= 3 else 0.0\n    rt.log_metrics(").replace("/ step)", "/ step + x_noise)"))
+    answers = [propose("x a hair up", {"train.py": with_x("-0.0249")}),  # 9.40: 0.15 better, under the noise
+               propose("x to 2.5", {"train.py": with_x("2.5")})]  # 0.5: far better
+    with FakeLLM(answers).running() as fake:
+        proc = run_research(program, *llm_args(fake), "--repeats", "3", "--experiments", "5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "baseline score 9.55 ± 0.3 over 3 runs" in proc.stdout
+    recs = records(home)
+    assert [(r["id"], r["status"]) for r in recs] == [("e001", "keep"), ("e002", "discard"), ("e003", "discard"),
+                                                      ("e004", "discard"), ("e005", "keep")]
+    assert recs[3]["metric"] == pytest.approx(9.40, abs=1e-3) and "less than the noise (0.3)" in recs[3]["reason"]
+    assert state(home)["baseline"]["noise"] == pytest.approx(0.3)
+    assert '\\"noise\\": 0.3' in json.dumps(fake.requests[0]["messages"])  # the LLM is told the noise

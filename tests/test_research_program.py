@@ -120,6 +120,8 @@ def test_the_best_so_far_line_follows_experiment_order() -> None:
 
 
 def test_lanes_share_the_cpu_or_take_one_gpu_each() -> None:
-    assert lane_env(0, 2, gpus=0, cpus=8) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
-    assert lane_env(1, 3, gpus=2)["CUDA_VISIBLE_DEVICES"] == "1"
-    assert lane_env(2, 3, gpus=2)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert lane_env(0, 2, gpus=0, cpus=8, environ={}) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    assert lane_env(0, 2, gpus=0, cpus=8, environ={"OMP_NUM_THREADS": "1"}) == {"MKL_NUM_THREADS": "4"}
+    assert lane_env(1, 3, gpus=2, environ={})["CUDA_VISIBLE_DEVICES"] == "1"
+    assert lane_env(2, 3, gpus=2, environ={})["CUDA_VISIBLE_DEVICES"] == "0"
+    assert lane_env(1, 2, gpus=2, environ={"CUDA_VISIBLE_DEVICES": "2,3"})["CUDA_VISIBLE_DEVICES"] == "3"

@@ -129,7 +129,7 @@ class Printer:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: a Ctrl-C handler may print while the main thread prints
 
     def __call__(self, text: str) -> None:
         with self.lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,13 @@ from twinkle_tui.runs.store import NoSuchRun, effective_status
 META_FIELD = "research"  # the one meta.json field that marks a run as a research experiment
 
 
-def experiment_meta(name: str, experiment: str) -> dict[str, Any]:
-    """What a research experiment's run carries in meta.json (one place, so it can become a typed run kind)."""
-    return {META_FIELD: {"name": name, "experiment": experiment}}
+def experiment_meta(name: str, experiment: str, node: str | None = None) -> dict[str, Any]:
+    """What a research experiment's run carries in meta.json (one place, so it can become a typed run kind): the
+    research, the experiment, and on a Ray cluster the node that runs it."""
+    mark: dict[str, Any] = {"name": name, "experiment": experiment}
+    if node is not None:
+        mark["node"] = node
+    return {META_FIELD: mark}
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ def execute(job: Job, on_poll: Callable[[], str | None] | None = None, clock: Ca
     paths = controller.paths(job.run_id)
     node = socket.gethostname()
     launched: Launched | None = None
-    if not paths.meta.exists():
+    started: float | None = None
+    interrupted = paths.meta.exists() and _cut_off(paths)
+    if not paths.meta.exists() or interrupted:
         stop = read_stop_file(job)
         if stop:  # the loop was stopped before this experiment started: it never runs
             now = clock()
@@ -107,14 +113,16 @@ def execute(job: Job, on_poll: Callable[[], str | None] | None = None, clock: Ca
             return Outcome(job.run_id, "not-run", now, now, harness_changed=changed, node=node,
                            error=f"the harness differs before the run: {', '.join(changed)}")
         try:
-            launched = launch(controller, job)
+            launched = relaunch(controller, job) if interrupted else launch(controller, job)
         except (RunControlError, OSError, ValueError) as exc:
             now = clock()
             return Outcome(job.run_id, "not-run", now, now, error=str(exc).splitlines()[0], node=node)
+        if interrupted:
+            started = clock()  # a fresh budget for the relaunch: the time before the machine went down is lost
     from twinkle_tui.gpu import UsageSampler
 
     sampler = UsageSampler()
-    started = _start_time(paths, clock())
+    started = started if started is not None else _start_time(paths, clock())
     outcome = Outcome(job.run_id, "starting", started, started, node=node)
     stopping = False
     while True:
@@ -159,6 +167,25 @@ def launch(controller: ProcessController, job: Job) -> Launched:
     return controller.launch_script(target, job.args, job.run_id, cwd=job.checkout, env=env, meta=meta)
 
 
+def _cut_off(paths: Any) -> bool:
+    """The run claims to be running but none of its processes is left: the machine went down (or everything was
+    killed) while it ran, and no exit was recorded. It is not a crash of the experiment."""
+    try:
+        meta = read_meta(paths)
+    except MetaError:
+        return False
+    return RunStatus.parse(meta.get("status")).is_active and effective_status(meta) == RunStatus.FAILED
+
+
+def relaunch(controller: ProcessController, job: Job) -> Launched:
+    """Go on with a cut-off experiment's run: record how it ended, then relaunch it from its last checkpoint."""
+    controller.recover(job.run_id)
+    launched = controller.resume(job.run_id)
+    if launched is None:
+        raise RunControlError(f"run {job.run_id!r} could not be relaunched")
+    return launched
+
+
 def _start_time(paths: Any, default: float) -> float:
     try:
         return float(read_meta(paths).get("start_time") or default)
@@ -186,10 +213,14 @@ def _sample(sampler: Any, meta: dict[str, Any], outcome: Outcome) -> None:
         outcome.peak_gpu = max(outcome.peak_gpu, int(getattr(usage, "gpu_memory", 0) or 0))
 
 
-def lane_env(lane: int, lanes: int, gpus: int, cpus: int | None = None) -> dict[str, str]:
-    """One GPU per lane when there are GPUs (CUDA_VISIBLE_DEVICES); otherwise the CPU cores shared out, so K
-    experiments at once do not each start a thread per core and fight over them."""
+def lane_env(lane: int, lanes: int, gpus: int, cpus: int | None = None,
+             environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """One GPU per lane when there are GPUs (CUDA_VISIBLE_DEVICES, taken from the user's own list if set);
+    otherwise the CPU cores shared out, so K experiments at once do not each start a thread per core and fight over
+    them. Thread counts the user set in the environment are kept."""
+    environ = os.environ if environ is None else environ
     if gpus > 0:
-        return {"CUDA_VISIBLE_DEVICES": str(lane % gpus)}
+        visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        return {"CUDA_VISIBLE_DEVICES": visible[lane % len(visible)] if visible else str(lane % gpus)}
     threads = str(max(1, (cpus or os.cpu_count() or 1) // max(1, lanes)))
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    return {k: threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k not in environ}

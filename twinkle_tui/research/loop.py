@@ -409,8 +409,8 @@ class ResearchLoop:
     def _conclude(self, slot: dict[str, Any], outcome: Outcome) -> None:
         eid = slot["id"]
         metric = self._read_metric(slot["run_id"]) if outcome.status != "not-run" else None
-        status, reason = self._judge(slot, outcome, metric)
         with self.lock:
+            status, reason = self._judge(slot, outcome, metric)
             best_before = (self.state.get("best") or {}).get("metric")
             if status == "keep":
                 if slot.get("baseline"):
@@ -469,6 +469,8 @@ class ResearchLoop:
                 return "crash", f"the run ended without logging {name}"
             return "crash", f"{name} is {metric}"
         if slot.get("baseline"):
+            if any(e.baseline and e.status == "keep" for e in self.experiments):
+                return "discard", "a repeat of the baseline, to measure the noise"
             return "keep", None
         best = float(self.state["best"]["metric"])
         noise = float((self.state.get("baseline") or {}).get("noise") or 0.0)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from twinkle_tui.research.lanes import META_FIELD, Job, Outcome, execute
+from twinkle_tui.research.lanes import META_FIELD, Job, Outcome, execute, experiment_meta
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    marks = {key: {**value, "node": node} for key, value in job["research"].items()}
-    outcome = execute(Job(**{**job, "research": marks}))
+    mark = job["research"][META_FIELD]
+    outcome = execute(Job(**{**job, "research": experiment_meta(mark["name"], mark["experiment"], node)}))
     outcome.node = node[:12]
     return outcome.to_json()
 
