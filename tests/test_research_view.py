@@ -153,3 +153,29 @@ async def test_bad_slash_research_is_one_line(home: Path, line: str, said: str) 
         await pilot.press(*line, "enter")
         await settle(pilot, lambda: any(said in str(m._markdown) for m in app.query(ChatMessage)), what=said)
         assert not isinstance(app.screen, ResearchScreen)
+
+
+async def test_the_agents_start_research_asks_first(home: Path, tmp_path: Path) -> None:
+    from twinkle_tui.agent import LLMSettings
+
+    from fake_llm import FakeLLM, call, text
+
+    program = write_program(tmp_path / "prog", extra="knobs:\n  x: uniform(0, 6)\n")
+    script = [call("start_research", {"program": str(program), "proposer": "optuna", "experiments": 2}),
+              text("The research is running; its view is open.")]
+    with FakeLLM(script).running() as fake:
+        llm = LLMSettings(base_url=fake.url, model=fake.model, api_key="k", mode="auto")
+        app = TwinkleApp(home=home, llm=llm, watch=False, data_interval=0.0, monitor_interval=None,
+                         gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot, lambda: app.agent is not None, what="the agent")
+            await pilot.press("slash")
+            await pilot.press(*"tune x with optuna please", "enter")
+            await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+            assert not (home / "research" / "toy").exists()  # nothing runs before the yes
+            await pilot.press("y")
+            await settle(pilot, lambda: isinstance(app.screen, ResearchScreen), timeout=60, what="the view")
+            await settle(pilot, lambda: app.screen.snapshot is not None and app.screen.snapshot.status == "done",
+                         timeout=180, what="the loop to finish")
+        assert "research **toy** started" in json.dumps(fake.requests[-1]["messages"])
+    assert [r["id"] for r in records(home)] == ["e001", "e002"]

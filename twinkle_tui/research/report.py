@@ -94,6 +94,9 @@ def write_png(path: Path, runs: list[Experiment], summary: Summary, metric: str,
             y = low - 0.05 * ((high - low) or abs(low) or 1.0)
             ax.scatter([e.number for e in failed], [y] * len(failed), marker="x", c="#d62728", s=40,
                        label="crash / timeout", zorder=4)
+        values = list(value.values())
+        if values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")  # a baseline far above the rest would flatten every later experiment
         ax.set_xlabel("experiment")
         ax.set_ylabel(metric)
         ax.set_title(title)
