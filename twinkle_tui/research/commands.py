@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def start_research(s: Session, a: dict[str, Any]) -> Reply:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command_line, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=env, cwd=str(program.folder), start_new_session=True)
-    s.services.setdefault("research_loops", []).append(proc)
+    threading.Thread(target=proc.wait, name=f"reap-research-{program.name}", daemon=True).start()  # no zombie
     deadline = time.monotonic() + START_WAIT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -3,7 +3,6 @@ proposer, and where experiments run. Every refusal is one line (ResearchError)."
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -177,6 +176,3 @@ def make_runner(cluster: str | None) -> Any:
 
     return RayRunner(cluster)
 
-
-def release(fd: int) -> None:
-    os.close(fd)
