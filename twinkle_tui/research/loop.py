@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainer.protocol import process_start_time
+from twinkle_tui.research.judge import baseline_result, judge
 from twinkle_tui.research.lanes import Job, Outcome, execute, experiment_meta, lane_env
 from twinkle_tui.research.program import Program, knob_args
 from twinkle_tui.research.proposal import Context, Proposal, Proposer, ProposerError, normalized_files, validate
 from twinkle_tui.research.records import Experiment, ResearchDir
-from twinkle_tui.research.summary import Summary, format_metric, summarize
+from twinkle_tui.research.summary import Summary, experiment_line, final_line, format_metric, summarize
 from twinkle_tui.research.workspace import Workspace, WorkspaceError
 from twinkle_tui.runs.store import NoSuchRun, RunStore
 
@@ -148,18 +148,24 @@ class ResearchLoop:
         self.wake.set()
 
     def _read_control(self) -> None:
+        """Take in what a front end asked (control.json): stop, pause, resume. Lanes call it too (a pause of their
+        own), hence the lock around reading the status and changing it."""
         control = self.research.read_control()
         if control.get("stop") and self._stop_reason is None:
             self._stop_reason = "stopped from the dashboard"
         paused = bool(control.get("pause"))
-        status = self.state.get("status")
-        if paused and status == "running":
-            self._write_state(status="paused", reason=control.get("reason") or "paused by the user",
-                              auto_paused=bool(control.get("auto")))
-            self.say(f"research {self.research.name}: paused ({self.state['reason']})")
-        elif not paused and status == "paused":
-            self._write_state(status="running", reason=None, auto_paused=False, crashes=0)
-            self.say(f"research {self.research.name}: running again")
+        said = None
+        with self.lock:
+            status = self.state.get("status")
+            if paused and status == "running":
+                self._write_state(status="paused", reason=control.get("reason") or "paused by the user",
+                                  auto_paused=bool(control.get("auto")))
+                said = f"research {self.research.name}: paused ({self.state['reason']})"
+            elif not paused and status == "paused":
+                self._write_state(status="running", reason=None, auto_paused=False, crashes=0)
+                said = f"research {self.research.name}: running again"
+        if said:
+            self.say(said)
 
     def _pause(self, reason: str) -> None:
         """The loop pauses itself (crashes in a row, proposals refused, the LLM unreachable) and says why."""
@@ -448,51 +454,23 @@ class ResearchLoop:
             self._pause(f"the baseline gave no {self.program.metric}: {reason}; fix the program, then resume")
 
     def _judge(self, slot: dict[str, Any], outcome: Outcome, metric: float | None) -> tuple[str, str | None]:
-        """keep, discard, crash, timeout or stopped, and why (None when the metric says it all)."""
-        name = self.program.metric
-        if outcome.stopped and not outcome.stopped.startswith("pruned"):
-            return "stopped", outcome.stopped
-        if outcome.status == "not-run":
-            return "crash", outcome.error or "the run could not start"
-        if outcome.harness_changed:
-            return "discard", f"the run changed the harness ({', '.join(outcome.harness_changed)}): not trusted"
-        if outcome.stopped:
-            if outcome.stopped.startswith("pruned"):
-                return "discard", outcome.stopped
-            return "stopped", outcome.stopped
-        if outcome.timed_out:
-            return "timeout", f"stopped after {self.settings.budget:g} s (its budget)"
-        if outcome.status in ("failed", "killed") or metric is None or not math.isfinite(metric):
-            if outcome.status in ("failed", "killed"):
-                return "crash", outcome.error or f"the run {outcome.status}"
-            if metric is None:
-                return "crash", f"the run ended without logging {name}"
-            return "crash", f"{name} is {metric}"
-        if slot.get("baseline"):
-            if any(e.baseline and e.status == "keep" for e in self.experiments):
-                return "discard", "a repeat of the baseline, to measure the noise"
-            return "keep", None
-        best = float(self.state["best"]["metric"])
-        noise = float((self.state.get("baseline") or {}).get("noise") or 0.0)
-        if self.program.better(metric, best, noise):
-            return "keep", None
-        if self.program.better(metric, best):
-            return "discard", f"better than {format_metric(best)} by less than the noise ({format_metric(noise)})"
-        return "discard", None
+        best = (self.state.get("best") or {}).get("metric")
+        return judge(self.program, outcome, metric, baseline=bool(slot.get("baseline")),
+                     baseline_kept=any(e.baseline and e.status == "keep" for e in self.experiments),
+                     best=None if best is None else float(best), budget=self.settings.budget,
+                     noise=float((self.state.get("baseline") or {}).get("noise") or 0.0))
 
     def _baseline_done(self) -> None:
         runs = [e for e in self.experiments if e.baseline and e.is_run]
-        values = [float(e.metric) for e in runs if e.metric is not None and math.isfinite(e.metric)]
-        if len(runs) < self.settings.repeats or not values:
+        measured = baseline_result(runs, self.settings.repeats)
+        if measured is None:
             return
-        mean = statistics.fmean(values)
-        noise = statistics.stdev(values) if len(values) > 1 else 0.0
-        first = next(e for e in runs if e.metric is not None and math.isfinite(e.metric))
+        mean, noise, first = measured
         baseline = {**self.state["baseline"], "metric": mean, "noise": noise, "runs": [e.id for e in runs]}
         self._write_state(baseline=baseline, best={"experiment": first.id, "commit": first.commit, "metric": mean})
-        if len(values) > 1:
+        if noise:
             self.say(f"baseline {self.program.metric} {format_metric(mean)} ± {format_metric(noise)} "
-                     f"over {len(values)} runs: an improvement must beat the noise")
+                     f"over {len(runs)} runs: an improvement must beat the noise")
 
     def _read_metric(self, run_id: str) -> float | None:
         """The metric as the harness logged it: the last value of its series in the run's metrics."""
@@ -525,18 +503,7 @@ class ResearchLoop:
             return summarize(self.experiments, self.program.maximize, self.state)
 
     def _line(self, e: Experiment) -> str:
-        s = self._summary()
-        metric = f"{self.program.metric} {format_metric(e.metric)}" if e.metric is not None else ""
-        parts = [f"{e.id} {e.status}", metric, e.description, f"{e.duration or 0:.1f} s",
-                 f"best {format_metric(s.best_metric)}", f"{self._runs_done()}/{self.settings.experiments} done"]
-        if e.reason:
-            parts.insert(2, e.reason)
-        return " · ".join(p for p in parts if p)
+        return experiment_line(e, self._summary(), self.program.metric, self.settings.experiments)
 
     def _final_line(self) -> str:
-        s = self._summary()
-        gain = s.improvement()
-        rate = f"{s.keep_rate:.0%}" if s.keep_rate is not None else "—"
-        return (f"research {self.research.name}: done · {self._runs_done()} experiments · kept {s.kept} "
-                f"({rate}) · best {self.program.metric} {format_metric(s.best_metric)} "
-                f"(baseline {format_metric(s.baseline)}" + (f", {gain:+.4g} better)" if gain is not None else ")"))
+        return final_line(self.research.name, self._summary(), self.program.metric)

@@ -125,3 +125,19 @@ def best_so_far(points: Sequence[tuple[float, float]], maximize: bool, end: floa
     if line and end is not None and end > line[-1][0]:
         line.append((end, line[-1][1]))
     return line
+
+
+def experiment_line(e: Experiment, s: Summary, metric: str, planned: int) -> str:
+    """The progress line of a finished experiment, as headless prints it."""
+    value = f"{metric} {format_metric(e.metric)}" if e.metric is not None else ""
+    parts = [f"{e.id} {e.status}", value, e.reason or "", e.description, f"{e.duration or 0:.1f} s",
+             f"best {format_metric(s.best_metric)}", f"{len(s.runs)}/{planned} done"]
+    return " · ".join(p for p in parts if p)
+
+
+def final_line(name: str, s: Summary, metric: str) -> str:
+    gain = s.improvement()
+    rate = f"{s.keep_rate:.0%}" if s.keep_rate is not None else "—"
+    return (f"research {name}: done · {len(s.runs)} experiments · kept {s.kept} ({rate}) · best {metric} "
+            f"{format_metric(s.best_metric)} (baseline {format_metric(s.baseline)}"
+            + (f", {gain:+.4g} better)" if gain is not None else ")"))
