@@ -173,6 +173,7 @@ class RunMeta:
     fix_attempts: int = 0
     launches: int = 0
     service: dict[str, Any] | None = None  # the training service's own run: its address and open sessions
+    research: dict[str, Any] | None = None  # a research experiment's mark: the research, the experiment, the node
     schema: int = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know: kept, written back
     invalid: tuple[str, ...] = ()  # fields a reader had to ignore (bad types); never written
@@ -233,12 +234,13 @@ class RunMeta:
                 meta.command = list(command)
             else:
                 invalid.append("command")
-        service = raw.get("service")
-        if service is not None:
-            if isinstance(service, dict):
-                meta.service = dict(service)
-            else:
-                invalid.append("service")
+        for key in ("service", "research"):
+            value = raw.get(key)
+            if value is not None:
+                if isinstance(value, dict):
+                    setattr(meta, key, dict(value))
+                else:
+                    invalid.append(key)
         meta.progress = _progress(raw.get("progress"), invalid)
         meta.last_checkpoint = _checkpoint(raw.get("last_checkpoint"), invalid)
         meta.status = RunStatus.parse(raw.get("status"))

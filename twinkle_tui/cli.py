@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
@@ -13,29 +11,12 @@ from typing import TYPE_CHECKING
 
 from twinkle_trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
 from twinkle_tui import __version__
+from twinkle_tui.agent.flags import add_llm_arguments, llm_settings
+from twinkle_tui.runs.home import home_problem, setup_logging
 
 if TYPE_CHECKING:
     from twinkle_tui.agent.endpoint import LLMSettings
     from twinkle_tui.runs.store import RunSummary
-
-
-def add_llm_arguments(p: argparse.ArgumentParser) -> None:
-    """The agent's and the monitor's LLM (flag > environment > default), for the dashboard and doctor alike."""
-    env = os.environ.get
-    p.add_argument("--llm", choices=("auto", "embedded", "none"), default=env("TWINKLE_LLM", "auto"),
-                   help="auto: the endpoint below if it answers, else the embedded llama.cpp LLM; none: slash only")
-    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"),
-                   help="an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, OpenAI)")
-    p.add_argument("--llm-model", default=env("TWINKLE_LLM_MODEL", "qwen3.5"))
-    p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
-    p.add_argument("--llm-gguf", metavar="PATH", default=env("TWINKLE_LLM_GGUF"),
-                   help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
-
-
-def llm_settings(ns: argparse.Namespace) -> LLMSettings:
-    from twinkle_tui.agent.endpoint import LLMSettings
-
-    return LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,25 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(home: str | None, verbose: bool) -> str:
-    """Log to a rotating file (5 MB x 3), never to the terminal the dashboard draws on."""
-    log_dir = twinkle_home(home) / ".logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "twinkle-tui.log"
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024 * 1024, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    return str(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["doctor"]:
         return doctor_main(argv[1:])
     if argv[:1] == ["serve"]:
         return serve_main(argv[1:])
+    if argv[:1] == ["research"]:
+        from twinkle_tui.research.cli import research_main
+
+        return research_main(argv[1:])
     script_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -222,20 +194,6 @@ def live_runs_message(summaries: Sequence[RunSummary]) -> str | None:
         return None
     shown = ", ".join(live[:3]) + (" …" if len(live) > 3 else "")
     return f"twinkle-tui: {len(live)} run(s) keep training ({shown}); run twinkle-tui again to watch them"
-
-
-def home_problem(home: str | None) -> str | None:
-    """Why the runs directory cannot be used, in one line (None if it can)."""
-    path = twinkle_home(home)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot create the runs directory {path}: {exc.strerror or exc}"
-    if not path.is_dir():
-        return f"the runs directory {path} is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"the runs directory {path} is not writable (set --home or TWINKLE_HOME to another one)"
-    return None
 
 
 def serve_main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twinkle_trainer.protocol import RunMeta, RunStatus, record_event, update_meta
+from twinkle_trainer.protocol import RunKind, RunMeta, RunStatus, record_event, update_meta
 from twinkle_tui.commands.registry import command, optional_arg, slash
 from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
@@ -56,6 +56,9 @@ def _fix_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     status = s.view(run_id).status
     if status in LEFT_ALONE:
         raise CommandError(f"run {run_id} was {status.value} by the user: it is left alone")
+    if meta.kind == RunKind.EXPERIMENT:
+        raise CommandError(f"run {run_id} is a research experiment: its loop judges it as it ran, so a fix would change "
+                           "an experiment after it was recorded")
     if meta.fix_attempts >= MAX_FIX_ATTEMPTS:
         raise CommandError(f"run {run_id} had {meta.fix_attempts} fix attempts already (at most {MAX_FIX_ATTEMPTS})")
     diff = _changed(s, run_id, a["content"])

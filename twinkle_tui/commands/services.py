@@ -28,6 +28,7 @@ class Services:
     launched: list[Launched] = field(default_factory=list)  # supervisors of runs started here, reaped by the front end
     skills: SkillIndex | None = None  # set once the agent is connected
     llm_models: list[str] = field(default_factory=list)  # what the agent's endpoint serves
+    llm_settings: object | None = None  # the agent's LLMSettings, for commands above the agent (start_research)
 
     def remember(self, launched: Launched | None) -> None:
         """Keep a launch's supervisor handle, so the front end can reap it."""

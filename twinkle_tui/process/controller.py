@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from twinkle_trainer.protocol import (
@@ -101,9 +101,12 @@ class ProcessController:
         run_id: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
+        env: Mapping[str, str] | None = None,
+        annotate: Callable[[RunMeta], None] | None = None,
     ) -> Launched:
         """Run a Python script as a new run. It runs as `python script.py` would; the run directory keeps the
-        copy that runs (train.py) and the versions fixes make of it."""
+        copy that runs (train.py) and the versions fixes make of it. `env` is added to the run's environment;
+        `annotate` writes what else the run is into its meta.json at creation (a research experiment's mark)."""
         source_path = Path(script).expanduser().resolve()
         checked_source(source_path)
         run_id = validate_run_id(run_id) if run_id else new_run_id(source_path.name)
@@ -115,15 +118,19 @@ class ProcessController:
             meta.script_path = str(source_path)
             meta.script_version = 1
             meta.model_id = model_id
+            if annotate is not None:
+                annotate(meta)
 
-        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True)
+        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True, env=env)
 
     def launch_config(self, config: str | os.PathLike[str], args: Sequence[str] = (), run_id: str | None = None,
-                      cwd: str | os.PathLike[str] | None = None) -> Launched:
+                      cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                      annotate: Callable[[RunMeta], None] | None = None) -> Launched:
         """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m twinkle_trainer CONFIG args...`."""
         path = Path(config).expanduser().resolve()
         run_id = validate_run_id(run_id) if run_id else new_run_id(path.name)
-        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd, kind=RunKind.RECIPE)
+        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd, kind=RunKind.RECIPE, env=env,
+                                  annotate=annotate)
 
     def launch_module(
         self,
@@ -133,6 +140,8 @@ class ProcessController:
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
         kind: RunKind = RunKind.MODULE,
+        env: Mapping[str, str] | None = None,
+        annotate: Callable[[RunMeta], None] | None = None,
     ) -> Launched:
         """Run `python -m module args...` as a new run (the embedded trainer: module='twinkle_trainer')."""
         run_id = validate_run_id(run_id) if run_id else new_run_id(module.split(".")[0])
@@ -142,8 +151,10 @@ class ProcessController:
         def init(meta: RunMeta) -> None:
             meta.kind = kind
             meta.model_id = model_id
+            if annotate is not None:
+                annotate(meta)
 
-        return self._launch(paths, command, cwd, init, new=True)
+        return self._launch(paths, command, cwd, init, new=True, env=env)
 
     def _script_command(self, paths: RunPaths, original: str, args: Sequence[str]) -> list[str]:
         return [self.python, "-P", "-u", "-m", "twinkle_tui.process.bootstrap", "--script", str(paths.script),
@@ -160,7 +171,8 @@ class ProcessController:
         return paths
 
     def _launch(self, paths: RunPaths, command: list[str], cwd: str | os.PathLike[str] | None,
-                init: Callable[[RunMeta], None] | None = None, new: bool = False) -> Launched:
+                init: Callable[[RunMeta], None] | None = None, new: bool = False,
+                env: Mapping[str, str] | None = None) -> Launched:
         """Mark the run starting and start its supervisor. If the supervisor cannot start, meta.json is rolled
         back (a new run's directory is removed) and the failure is recorded, so nothing is left 'starting'."""
         workdir = Path(cwd or os.getcwd())
@@ -188,7 +200,7 @@ class ProcessController:
             meta.launches += 1
 
         meta = update_meta(paths, starting)
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env[ROLE_ENV] = "supervisor"
         env.pop("TWINKLE_RUN_ID", None)  # only the run's own processes carry it (tree.py finds them by it)
         supervisor_cmd = [

@@ -32,6 +32,7 @@ from twinkle_tui.runs.tail import FileTail, clean_log_line
 
 log = logging.getLogger(__name__)
 
+RESERVED_DIRS = frozenset({"research"})  # $TWINKLE_HOME/research/ holds the auto-research loops, not a run
 LOG_TAIL_BYTES = 512 * 1024
 LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
 
@@ -276,7 +277,8 @@ class RunStore:
             return []
         ids = []
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") and \
+                    entry.name not in RESERVED_DIRS:
                 try:
                     ids.append(validate_run_id(entry.name))
                 except InvalidRunId:
@@ -326,7 +328,7 @@ class RunStore:
             for home in prefixes:
                 if text.startswith(home):
                     run_id = text[len(home) :].split(os.sep, 1)[0]
-                    if run_id and not run_id.startswith("."):
+                    if run_id and not run_id.startswith(".") and run_id not in RESERVED_DIRS:
                         out.add(run_id)
         return out
 

@@ -29,6 +29,7 @@ from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Repl
 from twinkle_tui.commands.chart_commands import shown_metrics
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
 from twinkle_tui.monitor import DEFAULT_INTERVAL
+from twinkle_tui.research import commands as _research_commands  # noqa: F401  (registers start_research, /research)
 from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore, RunSummary
 from twinkle_tui.ui.agent_chat import AgentChat
 from twinkle_tui.ui.feed import StoreReader
@@ -42,6 +43,7 @@ from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
+from twinkle_tui.ui.screens.research import research_screen
 from twinkle_tui.ui.widgets.chart_area import ChartArea
 from twinkle_tui.ui.widgets.charts import MetricChart
 from twinkle_tui.ui.widgets.chat import ChatPanel
@@ -58,7 +60,6 @@ RESOURCE_INTERVAL = 2.0
 LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
 DATA_INTERVAL = 1.0  # streamed data redraws the screen at most once a second; keys redraw at once
 READ_BUDGET = 8 * 1024 * 1024  # bytes of one run read under the store lock before the UI gets a turn
-NOTICE_SECONDS = 12.0
 
 
 class TwinkleApp(App[int]):
@@ -100,7 +101,6 @@ class TwinkleApp(App[int]):
         self.gpus = GpuSnapshot(error="probing GPUs…")
         self.usage: ProcessUsage | None = None
         self.scheduler = RedrawScheduler(data_interval=data_interval)
-        self.notice: tuple[str, float] | None = None
         self._requested_run = run_id
         self._start = start
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
@@ -109,6 +109,7 @@ class TwinkleApp(App[int]):
         self.reader = StoreReader(self.session, self.scheduler, self.post_message, lambda: self.summaries)
         self.agent_chat = AgentChat(self, self.runner, lambda: self.chat, llm or LLMSettings(mode="none"),
                                     lambda name, args: self.run_command(name, args, "chat"))
+        self.session.services.llm_settings = llm  # start_research hands it to the loop it starts
         self.monitoring = DashboardMonitor(self, self.runner, lambda: self.chat, lambda: self.agent_chat.llm,
                                            monitor_interval, fix_mode, clock)
 
@@ -319,6 +320,8 @@ class TwinkleApp(App[int]):
         self.apply(reply)
 
     def apply(self, reply: Reply) -> None:
+        if isinstance(reply.data, dict) and reply.data.get("open_research"):
+            self.action_open_research(str(reply.data["open_research"]))
         before = self.session.selected
         self.session.apply(reply)
         if self.session.selected != before:
@@ -353,7 +356,7 @@ class TwinkleApp(App[int]):
         first = re.sub(r"`([^`]*)`", r"\1", first).replace("**", "")  # a toast shows text, not Markdown
         self.notify(first, severity="error" if error else "information", timeout=8 if error else 4)
         if error:
-            self.notice = (first, time.monotonic())
+            self.status_bar.hold_notice(first)
             self.scheduler.now("status")
 
     # ------------------------------------------------------------------ drawing
@@ -368,22 +371,13 @@ class TwinkleApp(App[int]):
             if "list" in parts:
                 self.run_list.show(list(self.summaries), self.session.selected, now)
             if "status" in parts:
-                self.status_bar.show(view, now, self._notice_text())
+                self.status_bar.show(view, now)
             if "log" in parts:
                 self.run_log.show(view)
                 if self.chart_area.waiting_shown and "charts" not in parts and view and not view.metrics.names():
                     self.chart_area.show_waiting(view)  # its latest log line says what the run is doing
             if "charts" in parts:
                 self.chart_area.show(view, self.session.settings, self.compare_view())
-
-    def _notice_text(self) -> str | None:
-        if self.notice is None:
-            return None
-        text, at = self.notice
-        if time.monotonic() - at > NOTICE_SECONDS:
-            self.notice = None
-            return None
-        return text
 
     # ------------------------------------------------------------------ selection
     def current_view(self) -> RunCache | None:
@@ -486,6 +480,15 @@ class TwinkleApp(App[int]):
         if self.session.selected:
             self.copy_to_clipboard(self.session.selected)
             self.say(f"copied {self.session.selected}")
+
+    def action_open_research(self, name: str | None = None) -> None:
+        """The research view of `name`, or of the newest research (twinkle_tui.ui.screens.research)."""
+        screen = research_screen(name, self.store, self.screen, lambda action, research: self.run_command(
+            "control_research", {"action": action, "name": research}, "key"))
+        if screen is None:
+            self.say("no research yet: /research PROGRAM.md starts one", error=True)
+        elif screen is not self.screen:
+            self.push_screen(screen)
 
     def set_compare(self, run_id: str | None) -> None:
         self.action_command("compare_runs", {"run_id": run_id or "none"})

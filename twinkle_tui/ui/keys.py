@@ -29,6 +29,7 @@ KEYS: list[BindingType] = [
     Binding("u", "command('undo_fix')", "Undo fix", id="undo_fix", show=False),
     Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
     Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
+    Binding("R", "open_research", "Research", id="open_research", show=False),
     Binding("question_mark", "help", "Help", id="help", key_display="?"),
     Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
     Binding("q", "quit", "Quit", id="quit"),
