@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import asyncio
 
         from twinkle_tui.agent.ask import ask_once
+        from twinkle_tui.research import commands as _research_commands  # noqa: F401  (start_research for the agent)
 
         return asyncio.run(ask_once(ns.ask, llm, twinkle_home(ns.home), yes=ns.yes, run_id=ns.run_id))
     if script_args and not ns.start:
