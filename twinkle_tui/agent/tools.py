@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from twinkle_tui.agent import readings  # noqa: F401  (registers get_findings, rank_runs, check_runs)
 from twinkle_tui.agent.skills import SkillLibrary
 from twinkle_tui.commands.registry import command
 from twinkle_tui.commands.results import CommandError, Confirmation, Reply

@@ -38,6 +38,9 @@ class ChatEvents:
         if self.lines:
             self.lines[-1].finish(outcome)
 
+    async def tokens(self, count: int) -> None:
+        self.answer.tokens(count)
+
 
 class AgentChat:
     """The LLM behind the chat panel: restored conversation, connection (the shared factory), slash commands and
