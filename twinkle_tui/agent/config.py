@@ -27,6 +27,9 @@ KEYS: dict[str, type] = {"mode": str, "base_url": str, "model": str, "gguf": str
                          "agent": str}
 
 
+TYPE_WORDS = {str: "a string", float: "a number", int: "a whole number"}
+
+
 class ConfigError(ValueError):
     """config.toml cannot be used; the message names the file and the key."""
 
@@ -54,6 +57,6 @@ def read_llm_config(home: Path) -> dict[str, Any]:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{path}: llm.{key} must be a {kind.__name__}, not {type(value).__name__}")
+            raise ConfigError(f"{path}: llm.{key} must be {TYPE_WORDS[kind]}, not {value!r}")
         out[key] = value
     return out

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 10
 MAX_TOKENS = 1024
-INTENT_TOKENS = 96  # an intent with its slots is about 30 tokens; the grammar bounds every field
-PHRASE_TOKENS = 160  # two or three sentences
-FACT_CHARS = 1200  # of each command's result, in the facts a model phrases
+INTENT_TOKENS = 24  # {"intent": "..."} is about 8 tokens; the grammar allows nothing else
+SLOT_TOKENS = 64  # one or two run ids or metric names, each one of those that exist
+PHRASE_TOKENS = 120  # two or three sentences
+FACT_CHARS = 600  # of each command's result, in the facts a model phrases
 STRING_BOUND = 200  # characters of a free-text tool argument (script and content excepted)
 LONG_TEXT = {"script", "content"}
 ROUND_LIMIT_NOTE = ("You have used the limit of {n} tool rounds for this message. Do not call tools now: tell the "
@@ -149,8 +150,13 @@ class AgentLoop:
         plan = route(text, self.runner.session) if self.routes else None
         if plan is not None:
             self.path = "route"
-            answer = self._summary(await self._run_steps(list(plan.steps), events))
-            await _emit(events.text(answer))
+            done = await self._run_steps(list(plan.steps), events)
+            if plan.phrase and all(o.ok for _, o in done):
+                self.path = "route+phrase"
+                answer = await self._phrase(text, done, events)
+            else:
+                answer = self._summary(done)
+                await _emit(events.text(answer))
         elif self.settings.uses_intents:
             self.path = "intent"
             answer = await self._intent_answer(text, events)
@@ -191,14 +197,28 @@ class AgentLoop:
         session = self.runner.session
         error = ""
         decision: intents.Decision | None = None
-        for _attempt in range(2):  # a call that fails validation is retried once, with the reason
-            messages, fmt = await asyncio.to_thread(intents.intent_messages, session, text, error)
+        for _attempt in range(2):  # a choice that fails validation is retried once, with the reason
+            messages, fmt = intents.intent_request(text, error)
             raw = await self._request(messages, events, INTENT_TOKENS, response_format=fmt, emit=False)
             try:
-                intent = intents.Intent.parse(raw)
+                kind = intents.parse(raw, ["intent"])["intent"]
+                if kind not in intents.INTENTS:
+                    raise ValueError(f"unknown intent {kind!r}")
             except (ValueError, TypeError) as exc:
                 error = f"not valid JSON ({exc})"
                 continue
+            intent, need, question = await asyncio.to_thread(intents.fill, session, text, kind)
+            if question:
+                return question
+            if need:  # a slot the request's words leave open: the model picks it among the values that exist
+                messages, fmt = await asyncio.to_thread(intents.slot_request, session, text, need)
+                raw = await self._request(messages, events, SLOT_TOKENS, response_format=fmt, emit=False)
+                try:
+                    for key, value in intents.parse(raw, need).items():
+                        setattr(intent, key, value)
+                except (ValueError, TypeError) as exc:
+                    error = f"the {', '.join(need)} did not come back ({exc})"
+                    continue
             decision = await asyncio.to_thread(intents.decide, session, text, intent)
             if not decision.retry:
                 break
@@ -209,21 +229,26 @@ class AgentLoop:
         if decision.ask:
             return decision.ask
         done = await self._run_steps(decision.steps, events)
-        if done and not all(o.ok for _, o in done) or not decision.phrase:
+        if (done and not all(o.ok for _, o in done)) or not decision.phrase:
             return self._summary(done)
+        if decision.intent == "answer" and not done:
+            return await self._request(self._general_messages(text), events, PHRASE_TOKENS, emit=True)
+        return await self._phrase(text, done, events)
+
+    async def _phrase(self, text: str, done: list[tuple[Step, Outcome]], events: AgentEvents) -> str:
+        """The answer to a question from its evidence: the model's two or three sentences when every number in them
+        is in the evidence, else the evidence itself (a small model's wording must not invent a step or a value)."""
         facts = [{"tool": step.command, "result": o.text[:FACT_CHARS]} for step, o in done]
-        if decision.intent == "answer" and not facts:
-            messages = self._general_messages(text)
-        else:
-            messages = intents.phrase_messages(text, facts)
+        evidence = "\n\n".join(o.text for _, o in done)
         try:
-            return await self._request(messages, events, PHRASE_TOKENS, emit=True)
+            written = await self._request(intents.phrase_messages(text, facts), events, PHRASE_TOKENS, emit=False)
         except EndpointError as exc:  # the facts stand on their own: never an empty answer
-            if not facts:
-                raise
-            shown = "\n\n".join(f["result"] for f in facts)
-            await _emit(events.text(shown))
-            return f"{shown}\n\n*({exc})*"
+            await _emit(events.text(evidence))
+            return f"{evidence}\n\n*({exc})*"
+        problem = intents.ungrounded(written, evidence + " " + text)
+        answer = written if not problem else f"{evidence}\n\n*(the model's wording was left out: {problem})*"
+        await _emit(events.text(answer))
+        return answer
 
     def _general_messages(self, text: str) -> list[Message]:
         """A question that is not about a run's data: the short role, the state, the conversation so far."""

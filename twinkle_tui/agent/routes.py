@@ -36,10 +36,12 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a route does: commands in order (each shown as it runs), and the route's name."""
+    """What a route does: commands in order (each shown as it runs), and the route's name. A question's plan
+    (`phrase`) gathers evidence; the model, if there is one, writes the answer from it."""
 
     route: str
     steps: tuple[Step, ...]
+    phrase: bool = False
 
 
 def normalize(text: str) -> str:
@@ -152,7 +154,35 @@ def _status(session: Session, m: re.Match[str]) -> Plan | None:
     if phrase and CLAUSES.search(phrase):
         return None
     run_id = _run(session, phrase)
-    return Plan("status", (Step("get_training_status", {"run_id": run_id}),)) if run_id else None
+    if run_id is None:
+        return None
+    if m.re.pattern.startswith("how(?:"):  # "how is it going?": a question, phrased from its evidence
+        return Plan("status", (Step("get_training_status", {"run_id": run_id}), Step("get_findings", {"run_id": run_id})),
+                    phrase=True)
+    return Plan("status", (Step("get_training_status", {"run_id": run_id}),))
+
+
+def _findings(session: Session, m: re.Match[str]) -> Plan | None:
+    phrase = m.groupdict().get("run")
+    run_id = _run(session, phrase)
+    if run_id is None:
+        return None
+    return Plan("findings", (Step("get_findings", {"run_id": run_id}), Step("get_training_status", {"run_id": run_id})),
+                phrase=True)
+
+
+def _metric_of(session: Session, m: re.Match[str]) -> Plan | None:
+    run_id = _run(session, m.groupdict().get("run"))
+    if run_id is None:
+        return None
+    view = session.view(run_id)
+    with session.store.lock:
+        known = view.metrics.names()
+    name = m.group("metric").strip()
+    if not _is_metric(name, known):
+        return None
+    return Plan("metric", (Step("get_metrics", {"run_id": run_id, "names": match_metrics([name], known)}),),
+                phrase=True)
 
 
 def _fixed(name: str, command: str, args: dict[str, Any] | None = None) -> Callable[[Session, re.Match[str]], Plan]:
@@ -190,4 +220,10 @@ ROUTES: list[tuple[re.Pattern[str], Callable[[Session, re.Match[str]], Plan | No
     (re.compile(r"how many steps(?: (?:has|did|have) " + RUN_WORD + RUN + r")?(?: (?:run|done|taken|completed|"
                 r"trained|made|finished))?(?: so far)?"), _status),
     (re.compile(r"how(?: is|'s| are) " + RUN_WORD + RUN + r" (?:going|doing|coming along|progressing)"), _status),
+    (re.compile(r"(?:when|why|where|at what step) (?:did|does|has|is) " + RUN_WORD + RUN + r" (?:diverge|diverging|"
+                r"blow up|blew up|explode|fail|failed|crash|crashed|go wrong|break|die|nan|go nan|stall|stop)"
+                r"(?: first)?"), _findings),
+    (re.compile(r"what (?:went|is going|goes) wrong(?: with| in) " + RUN_WORD + RUN), _findings),
+    (re.compile(r"(?:what(?: is|'s)|how(?: is|'s)|show me|tell me) (?:the )?(?P<metric>[\w ./\-]+?) (?:of|for|in) "
+                + RUN_WORD + RUN), _metric_of),
 ]
