@@ -36,14 +36,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from run_factory import make_run  # noqa: E402
-
 from twinkle_trainer.protocol import RunPaths, read_meta, record_event  # noqa: E402
 from twinkle_tui.agent import AgentLoop, History  # noqa: E402
 from twinkle_tui.agent.connect import connect  # noqa: E402
 from twinkle_tui.agent.endpoint import EndpointError, LLMSettings  # noqa: E402
 from twinkle_tui.agent.routes import route  # noqa: E402
 from twinkle_tui.commands import CommandRunner, Confirmation, Outcome, Session  # noqa: E402
+
+from run_factory import make_run  # noqa: E402
 
 SFT, DIV, GRPO, LIVE = "sft-smollm2-1526-a1b2", "toy-diverge-0900-ffff", "grpo-arith-1000-c3d4", "toy-live-1100-0000"
 DESTRUCTIVE = {"stop_training", "kill_training", "delete_run", "archive_run", "start_training", "update_script",
