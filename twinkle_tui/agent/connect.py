@@ -45,7 +45,8 @@ async def connect(settings: LLMSettings, home: Path) -> Connection:
         return Connection(None, f"{reason + '; ' if reason else ''}{problem}; slash commands work (type /help)",
                           error=True)
     threads = settings.threads or default_threads(training=_training(home))
-    embedded = EmbeddedLLM(home / ".logs" / "llm-server.log", settings.gguf, threads=threads)
+    embedded = EmbeddedLLM(home / ".logs" / "llm-server.log", settings.gguf, threads=threads,
+                           tool_calls=settings.agent == "tools")
     try:
         embedded.launch()
         ready = await asyncio.to_thread(embedded.wait_ready)

@@ -72,12 +72,13 @@ class EmbeddedLLM:
     """One llama.cpp server process."""
 
     def __init__(self, log_path: Path, gguf: str | None = None, python: str = sys.executable,
-                 context: int = CONTEXT, threads: int | None = None) -> None:
+                 context: int = CONTEXT, threads: int | None = None, tool_calls: bool = False) -> None:
         self.log_path = log_path
         self.gguf = Path(gguf).expanduser() if gguf else bundled_gguf()
         self.python = python
         self.context = context
         self.threads = threads or default_threads(training=False)
+        self.tool_calls = tool_calls  # --llm-agent tools: llama.cpp's function-calling handler instead of intents
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -101,7 +102,8 @@ class EmbeddedLLM:
         cmd = [self.python, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", MODEL_ALIAS,
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.context), "--verbose", "False",
                "--logits_all", "False", "--cache", "True", "--cache_size", str(PROMPT_CACHE_BYTES),
-               "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
+               "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+               *(["--chat_format", "chatml-function-calling"] if self.tool_calls else [])]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=_die_with_parent)
