@@ -181,3 +181,5 @@ def test_ungrounded_wording_is_caught() -> None:
     assert ungrounded("It went NaN at step 40.", evidence) == "it gave 40, which is not in the data"
     assert ungrounded("Facts (JSON): [...]", evidence) == "it repeated the prompt"
     assert ungrounded("  ", evidence) == "it was empty"
+    assert ungrounded("The story of this run is a classic in AI.", evidence) == "it quoted none of the data's numbers"
+    assert ungrounded("It is fine.", "no findings") == ""

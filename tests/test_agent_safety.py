@@ -125,3 +125,10 @@ def test_a_bad_setting_is_one_line_and_exit_2(home: Path, config: str, env: dict
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("twinkle-tui: ") and message in lines[0]
+
+
+def test_the_embedded_server_leaves_a_training_run_half_the_cores() -> None:
+    from twinkle_tui.agent.embedded import default_threads
+
+    assert [default_threads(False, 2), default_threads(True, 2)] == [2, 1]
+    assert [default_threads(False, 16), default_threads(True, 16), default_threads(True, 1)] == [16, 8, 1]

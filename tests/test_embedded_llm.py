@@ -71,7 +71,7 @@ async def test_the_app_answers_a_newcomers_questions_with_the_embedded_llm(home:
             got = {}
             for question in NEWCOMER:
                 answers = len(app.query(AgentAnswer))
-                await pilot.press("slash", *question, "enter")
+                await pilot.press("escape", "slash", *question, "enter")  # from the dashboard, as a user does
                 await settle(pilot, lambda n=answers: len(app.query(AgentAnswer)) > n and
                              app.query(AgentAnswer).last().done, timeout=300, what=f"the answer to {question!r}")
                 answer = app.query(AgentAnswer).last()

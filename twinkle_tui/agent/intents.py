@@ -321,16 +321,20 @@ ECHO = re.compile(r"\b(?:JSON|Facts|Question)\b")
 
 
 def ungrounded(answer: str, evidence: str) -> str:
-    """Why a phrased answer cannot be shown ("" when it can): empty, an echo of the prompt, or a number that is not
-    in the evidence."""
+    """Why a phrased answer cannot be shown ("" when it can): empty, an echo of the prompt, a number that is not in
+    the evidence, or no number at all where the evidence has some (an answer from evidence names its steps and
+    values)."""
     if not answer.strip():
         return "it was empty"
     if ECHO.search(answer):
         return "it repeated the prompt"
     known = {_number(n) for n in NUMBER_IN_TEXT.findall(evidence)}
-    for raw in NUMBER_IN_TEXT.findall(answer):
+    quoted = NUMBER_IN_TEXT.findall(answer)
+    for raw in quoted:
         if _number(raw) not in known:
             return f"it gave {raw}, which is not in the data"
+    if known and not quoted:
+        return "it quoted none of the data's numbers"
     return ""
 
 

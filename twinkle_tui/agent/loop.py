@@ -147,7 +147,7 @@ class AgentLoop:
         """Answer one user message (raises EndpointError with one line if the LLM fails)."""
         self.history.add({"role": "user", "content": text})
         self._spent, self.written = 0.0, 0
-        plan = route(text, self.runner.session) if self.routes else None
+        plan = await asyncio.to_thread(route, text, self.runner.session) if self.routes else None  # reads runs
         if plan is not None:
             self.path = "route"
             done = await self._run_steps(list(plan.steps), events)
