@@ -183,3 +183,17 @@ def test_ungrounded_wording_is_caught() -> None:
     assert ungrounded("  ", evidence) == "it was empty"
     assert ungrounded("The story of this run is a classic in AI.", evidence) == "it quoted none of the data's numbers"
     assert ungrounded("It is fine.", "no findings") == ""
+
+
+async def test_an_intent_that_ignores_the_named_run_is_retried_without_it(runs: Path) -> None:
+    answers = [text('{"intent": "list_runs"}'), text('{"intent": "metric"}'),
+               text("The loss of grpo-arith fell from 2.92 to 0.8271, so it is still going down.")]
+    with FakeLLM(answers).running() as fake:
+        loop, _ = agent(runs, fake, agent="intent")
+        events = Recorder()
+        await loop.ask("is the loss of grpo-arith still going down?", events)
+    retry = fake.requests[1]
+    assert "list_runs" not in retry["response_format"]["schema"]["properties"]["intent"]["enum"]
+    assert f"the request names the run {GRPO}" in retry["messages"][-1]["content"]
+    assert [(name, json.loads(args)) for name, args in events.calls] == [("get_metrics", {"run_id": GRPO,
+                                                                                          "names": ["loss"]})]

@@ -28,6 +28,7 @@ INTENTS: dict[str, str] = {
     "metric": "the values or the trend of one metric of a run",
     "best_run": "which run has the lowest or highest value of a metric",
     "findings": "what went wrong in a run and when: failure, divergence, NaN loss, spikes, stalls, crashes",
+    "failing": "whether any run is failing, failed or crashed (all runs)",
     "compare": "compare run with other_run",
     "log": "the output log of a run",
     "machine": "the GPUs, CPU and memory of this machine",
@@ -53,7 +54,8 @@ DESTRUCTIVE = {"stop", "kill", "delete", "archive"}
 ACTIONS: dict[str, str] = {"pause": "pause_training", "resume": "resume_training", "stop": "stop_training",
                            "kill": "kill_training", "delete": "delete_run", "archive": "archive_run",
                            "select": "select_run"}
-EVIDENCE_INTENTS = {"status", "metric", "best_run", "findings", "compare", "answer"}
+EVIDENCE_INTENTS = {"status", "metric", "best_run", "findings", "failing", "compare", "answer"}
+NOT_ONE_RUN = {"list_runs", "machine", "best_run", "failing"}
 HIGHEST = re.compile(r"\b(?:highest|largest|biggest|maximum|max|most|greatest|best reward|top)\b")
 MAX_NAMES = 40  # run ids / metric names offered as choices (newest first)
 
@@ -62,7 +64,8 @@ EXAMPLES = (("how is training going?", "status"), ("when did the loss blow up?",
             ("which run is best on accuracy?", "best_run"), ("plot the learning rate", "show_metrics"),
             ("what does grad norm mean?", "answer"), ("put the sft run next to the grpo one", "compare"),
             ("show me what it printed", "log"), ("how much GPU memory is free?", "machine"),
-            ("is the loss still going down?", "metric"), ("which runs do I have?", "list_runs"))
+            ("is the loss still going down?", "metric"), ("which runs do I have?", "list_runs"),
+            ("has anything crashed?", "failing"))
 INTENT_PROMPT = ("You sort requests about training runs. Answer with the intent that fits the request:\n"
                  + "\n".join(f"- {name}: {text}" for name, text in INTENTS.items())
                  + "\nExamples:\n" + "\n".join(f"{json.dumps(q)} -> {i}" for q, i in EXAMPLES))
@@ -165,13 +168,15 @@ def _object(props: dict[str, Any]) -> dict[str, Any]:
                                               "additionalProperties": False}}
 
 
-def intent_request(text: str, error: str = "") -> tuple[list[dict[str, str]], dict[str, Any]]:
+def intent_request(text: str, error: str = "", rejected: tuple[str, ...] = ()) -> tuple[list[dict[str, str]],
+                                                                                     dict[str, Any]]:
     """The intent request: the fixed instructions and examples first (the server reuses their cached prompt), the
-    request last; its response format allows only the intents the request's words allow."""
+    request last; its response format allows only the intents the request's words allow (less those rejected)."""
     messages = [{"role": "system", "content": INTENT_PROMPT}, {"role": "user", "content": text}]
     if error:
         messages.append({"role": "user", "content": f"That did not fit: {error}. Answer again."})
-    return messages, _object({"intent": {"type": "string", "enum": allowed_intents(text)}})
+    offered = [name for name in allowed_intents(text) if name not in rejected]
+    return messages, _object({"intent": {"type": "string", "enum": offered}})
 
 
 def slot_request(session: Session, text: str, need: list[str]) -> tuple[list[dict[str, str]], dict[str, Any]]:
@@ -189,6 +194,19 @@ def parse(text: str, keys: list[str]) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return {k: str(data.get(k) or "") for k in keys}
+
+
+def mismatch(session: Session, text: str, kind: str) -> str:
+    """Why an intent does not fit what the request's words name ("" when it does): a run named for an intent about
+    no single run, a chart or a zoom without its metric or steps."""
+    seen = mentions(session, text, choices(session)[1])
+    if kind in NOT_ONE_RUN and seen.runs:
+        return f"the request names the run {seen.runs[0]}, and {kind} is not about one run"
+    if kind == "show_metrics" and not seen.metrics:
+        return "the request names no metric to chart"
+    if kind == "zoom" and len(seen.numbers) < 2:
+        return "the request gives no steps to zoom to"
+    return ""
 
 
 def fill(session: Session, text: str, kind: str) -> tuple[Intent, list[str], str]:
@@ -274,6 +292,8 @@ def decide(session: Session, text: str, intent: Intent) -> Decision:
         add(Step("get_findings", {"run_id": run}))
     elif kind == "list_runs":
         add(Step("list_training_runs"))
+    elif kind == "failing":
+        add(Step("check_runs"))
     elif kind == "metric":
         add(Step("get_metrics", {"run_id": run, **({"names": [intent.metric]} if intent.metric else {})}))
     elif kind == "best_run":

@@ -197,8 +197,9 @@ class AgentLoop:
         session = self.runner.session
         error = ""
         decision: intents.Decision | None = None
+        rejected: tuple[str, ...] = ()
         for _attempt in range(2):  # a choice that fails validation is retried once, with the reason
-            messages, fmt = intents.intent_request(text, error)
+            messages, fmt = intents.intent_request(text, error, rejected)
             raw = await self._request(messages, events, INTENT_TOKENS, response_format=fmt, emit=False)
             try:
                 kind = intents.parse(raw, ["intent"])["intent"]
@@ -206,6 +207,10 @@ class AgentLoop:
                     raise ValueError(f"unknown intent {kind!r}")
             except (ValueError, TypeError) as exc:
                 error = f"not valid JSON ({exc})"
+                continue
+            error = await asyncio.to_thread(intents.mismatch, session, text, kind)
+            if error:
+                rejected += (kind,)
                 continue
             intent, need, question = await asyncio.to_thread(intents.fill, session, text, kind)
             if question:
