@@ -23,6 +23,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -326,6 +327,7 @@ if __name__ == "__main__":
     parser.add_argument("--api-key", default="not-needed")
     args = parser.parse_args()
     args.config = args.config or ["routes", "embedded"]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped evaluation still kills its live run
     if not math.isfinite(args.deadline) or args.deadline <= 0:
         parser.error("--deadline must be a positive number of seconds")
     asyncio.run(main(args))

@@ -257,8 +257,8 @@ class AgentLoop:
 
     def _general_messages(self, text: str) -> list[Message]:
         """A question that is not about a run's data: the short role, the state, the conversation so far."""
-        system = intents.PHRASE_PROMPT + "\n\n" + intents.state_data(self.runner.session,
-                                                                      *intents.choices(self.runner.session))
+        system = intents.GENERAL_PROMPT + "\n\n" + intents.state_data(self.runner.session,
+                                                                       *intents.choices(self.runner.session))
         past = [m for m in self._outgoing(self.history.window()) if m["role"] in ("user", "assistant")][-6:]
         return [{"role": "system", "content": system}, *past[:-1], {"role": "user", "content": text}]
 
@@ -280,6 +280,9 @@ class AgentLoop:
         started = self.clock()
         try:
             if left <= 0:
+                close = getattr(request, "close", None)
+                if close is not None:
+                    close()  # never started: no "coroutine was never awaited"
                 raise TimeoutError
             return await asyncio.wait_for(request, timeout=left)
         except EndpointError:
