@@ -197,3 +197,16 @@ async def test_an_intent_that_ignores_the_named_run_is_retried_without_it(runs: 
     assert f"the request names the run {GRPO}" in retry["messages"][-1]["content"]
     assert [(name, json.loads(args)) for name, args in events.calls] == [("get_metrics", {"run_id": GRPO,
                                                                                           "names": ["loss"]})]
+
+
+async def test_when_no_intent_fits_the_named_runs_facts_follow_the_one_line(runs: Path) -> None:
+    answers = [text('{"intent": "list_runs"}'), text('{"intent": "machine"}')]  # twice about no single run
+    with FakeLLM(answers).running() as fake:
+        loop, asked = agent(runs, fake, agent="intent")
+        events = Recorder()
+        answer = await loop.ask("tell me something about toy-diverge", events)
+    first, facts = answer.split("\n\n", 1)
+    assert first.startswith("I could not work out what to do with that (the request names the run toy-diverge")
+    assert [(name, json.loads(args)) for name, args in events.calls] == [
+        ("get_training_status", {"run_id": DIV}), ("get_findings", {"run_id": DIV})]
+    assert "nan_loss at step 41" in facts and not asked

@@ -198,6 +198,11 @@ def parse(text: str, keys: list[str]) -> dict[str, str]:
     return {k: str(data.get(k) or "") for k in keys}
 
 
+def named_runs(session: Session, text: str) -> tuple[str, ...]:
+    """The runs the request's words name (in order)."""
+    return mentions(session, text, []).runs
+
+
 def mismatch(session: Session, text: str, kind: str) -> str:
     """Why an intent does not fit what the request's words name ("" when it does): a run named for an intent about
     no single run, a chart or a zoom without its metric or steps."""

@@ -229,8 +229,17 @@ class AgentLoop:
                 break
             error, decision = decision.retry, None
         if decision is None:
-            return (f"I could not work out what to do with that ({error}). Try naming the run and what you want, "
+            line = (f"I could not work out what to do with that ({error}). Try naming the run and what you want, "
                     "or a slash command (/help).")
+            named = await asyncio.to_thread(intents.named_runs, session, text)
+            if len(named) != 1:
+                return line
+            # the request names one run: its status and findings are the facts it most likely wants (reads only)
+            done = await self._run_steps([Step("get_training_status", {"run_id": named[0]}),
+                                          Step("get_findings", {"run_id": named[0]})], events)
+            facts = "\n\n".join(o.text for _, o in done)
+            await _emit(events.text(f"{line}\n\n{facts}"))
+            return f"{line}\n\n{facts}"
         if decision.ask:
             return decision.ask
         done = await self._run_steps(decision.steps, events)
