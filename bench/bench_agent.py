@@ -1,9 +1,11 @@
 """Latency of the agent on the embedded LLM: time to first token and tokens per second through twinkle-tui's agent
-loop, against the same request sent straight to llama.cpp's server (a bare HTTP stream), measured in the same run.
+loop, against the same request sent straight to llama.cpp's server (a bare HTTP stream), measured in the same run;
+then the prompt cache: the agent's intent request for a first question (its fixed instructions not yet seen by the
+server) against the same request for a second, different question (they share the instructions).
 
     python bench/bench_agent.py [--repeats 5]
 
-Prints both figures and their ratio (the agent must add at most 10%).
+Prints both figures and their ratios (the agent must add at most 10%; the second question must be faster).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from twinkle_tui.agent import intents
 from twinkle_tui.agent.embedded import EmbeddedLLM
 from twinkle_tui.agent.endpoint import LLMSettings
 from twinkle_tui.agent.loop import AgentLoop
@@ -62,6 +65,7 @@ class Quiet:
     def reasoning(self, delta: str) -> None: ...
     def tool_call(self, name: str, arguments: str) -> None: ...
     def tool_result(self, name: str, outcome: object) -> None: ...
+    def tokens(self, count: int) -> None: ...
 
 
 async def through_agent(loop: AgentLoop) -> tuple[float, int, float]:
@@ -86,6 +90,7 @@ async def main(repeats: int) -> None:
             loop = AgentLoop(settings, CommandRunner(session, never), tools=[])
             await bare(settings)  # warm both paths (the first prompt evaluation is slower)
             await through_agent(loop)
+            cache = [await intent_request(loop, q) for q in ("when did my run diverge?", "which run is the best?")]
             rows: dict[str, list[tuple[float, int, float]]] = {"bare": [], "agent": []}
             for _ in range(repeats):  # interleaved, so drift affects both alike
                 rows["bare"].append(await bare(settings))
@@ -103,6 +108,16 @@ async def main(repeats: int) -> None:
     rate_ratio = figures["bare"][1] / figures["agent"][1]
     print(f"ratio agent/bare: first token x{ttft_ratio:.3f}, time per token x{rate_ratio:.3f} "
           f"(target: at most x1.10)")
+    print(f"intent request: first question {cache[0]:.2f} s, second question {cache[1]:.2f} s, "
+          f"ratio second/first x{cache[1] / cache[0]:.3f} (target: below x1; the shared instructions are cached)")
+
+
+async def intent_request(loop: AgentLoop, question: str) -> float:
+    """Seconds of the agent's constrained intent request for a question."""
+    messages, fmt = intents.intent_request(question)
+    started = time.perf_counter()
+    await loop._request(messages, Quiet(), 24, response_format=fmt, emit=False)
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class Recorder:
         self.reasonings: list[str] = []
         self.calls: list[tuple[str, str]] = []
         self.results: list[tuple[str, Outcome]] = []
+        self.counts: list[int] = []
+
+    def tokens(self, count: int) -> None:
+        self.counts.append(count)
 
     def text(self, delta: str) -> None:
         self.texts.append(delta)
@@ -48,7 +52,9 @@ class Recorder:
         self.results.append((name, outcome))
 
 
-def agent(home: Path, fake: FakeLLM, answer_yes: bool = True, **kw: Any) -> tuple[AgentLoop, list[Confirmation]]:
+def agent(home: Path, fake: FakeLLM, answer_yes: bool = True, routes: bool = False,
+          **kw: Any) -> tuple[AgentLoop, list[Confirmation]]:
+    """An agent over home talking to the fake; the tool loop itself unless `routes` (fast routes first)."""
     asked: list[Confirmation] = []
 
     async def ask(c: Confirmation) -> bool:
@@ -57,7 +63,7 @@ def agent(home: Path, fake: FakeLLM, answer_yes: bool = True, **kw: Any) -> tupl
 
     session = Session(RunStore(home), ProcessController(home, grace=5))
     settings = LLMSettings(base_url=fake.url, model=fake.model, api_key="k", **kw)
-    return AgentLoop(settings, CommandRunner(session, ask), History(), SkillLibrary(home).load()), asked
+    return AgentLoop(settings, CommandRunner(session, ask), History(), SkillLibrary(home).load(), routes=routes), asked
 
 
 def state(pid: int) -> str:
@@ -203,7 +209,9 @@ async def test_llama_cpp_quirks_send_tool_results_as_text(home: Path) -> None:
     second = fake.requests[1]
     assert not second.get("stream") and {m["role"] for m in second["messages"]} <= {"system", "user", "assistant"}
     assert all(m["content"] is not None for m in second["messages"])  # never null content
-    assert second["messages"][-1]["content"].startswith("[result of get_training_status]")
+    result = second["messages"][-1]["content"]
+    assert result.startswith("[result of get_training_status, as JSON data]\n")
+    assert json.loads(result.split("\n", 1)[1]).startswith("**r** · completed")  # quoted data, not free text
 
 
 def test_history_is_pruned_at_whole_turn_boundaries() -> None:

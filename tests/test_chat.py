@@ -13,7 +13,7 @@ from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.ui.app import TwinkleApp
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
-from twinkle_tui.ui.widgets.chat import AgentAnswer, ChatMessage, ToolLine
+from twinkle_tui.ui.widgets.chat import AgentAnswer, ChatMessage, ToolLine, Working
 
 from conftest import TOY, settle, wait_for
 from fake_llm import FakeLLM, call, text
@@ -45,7 +45,7 @@ async def test_a_question_is_answered_as_a_stream_with_its_tool_calls(home: Path
         async with app.run_test(size=(160, 48)) as pilot:
             await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
             assert any("LLM: fake-model" in m for m in messages(app, "notice"))
-            await send(pilot, "how is the run going?")
+            await send(pilot, "is it learning well, in your view?")  # not a fixed question: the LLM answers
             await settle(pilot, lambda: app.query(AgentAnswer) and "it is learning" in
                          str(app.query(AgentAnswer).last().markdown._markdown), what="the streamed answer")
             tool = app.query(ToolLine).last()
@@ -63,7 +63,7 @@ async def test_a_destructive_tool_asks_in_a_modal_and_a_no_is_reported(home: Pat
             app = app_with(home, fake)
             async with app.run_test(size=(160, 48)) as pilot:
                 await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
-                await send(pilot, "stop it")
+                await send(pilot, "please stop it, it is wasting time")  # not a clear imperative: the LLM
                 await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
                 assert "Stop run live?" in app.screen.title_text
                 await pilot.press("n")
@@ -151,3 +151,53 @@ async def test_tab_completes_run_ids_and_prefixes_select(home: Path) -> None:
         await settle(pilot, lambda: app.selected == "sft-smollm2-0431-a3cd", what="the selection")
         await pilot.press(*"/select grp", "enter")  # a unique prefix is enough
         await settle(pilot, lambda: app.selected == "grpo-arith-0600-0000", what="the prefix selection")
+
+
+async def test_the_chat_shows_the_llm_working_with_seconds_and_tokens(home: Path) -> None:
+    make_run(home, "r", steps=10)
+    slow = text("word " * 60, chunk_delay=0.05)
+    with FakeLLM([slow], stream_chunk=5).running() as fake:
+        app = app_with(home, fake)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
+            await send(pilot, "tell me a story about my runs")
+            await settle(pilot, lambda: app.query(Working) and "token" in str(app.query(Working).last().render()),
+                         what="the working line with a token count")
+            line = str(app.query(Working).last().render())
+            assert "working ·" in line and "s ·" in line and "esc cancels" in line
+            await settle(pilot, lambda: app.query(AgentAnswer).last().done, what="the answer")
+            assert not app.query(Working)  # gone with the answer
+
+
+async def test_a_clear_request_is_routed_in_the_app_without_the_llm(home: Path) -> None:
+    make_run(home, "sft-smollm2-0431-a3cd", steps=10)
+    make_run(home, "grpo-arith-0600-0000", steps=10, start=2_000_000_000)
+    with FakeLLM([]).running() as fake:
+        app = app_with(home, fake)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
+            await send(pilot, "select the sft run")
+            await settle(pilot, lambda: app.selected == "sft-smollm2-0431-a3cd", what="the selection")
+            await settle(pilot, lambda: app.query(AgentAnswer).last().done, what="the answer")
+            tool = app.query(ToolLine).last()
+            assert tool.call == 'select_run(run_id="sft-smollm2-0431-a3cd")' and tool.has_class("ok")
+            assert fake.requests == []
+
+
+async def test_log_lines_wrap_in_the_chat(home: Path) -> None:
+    from textual.widgets._markdown import MarkdownFence
+
+    root = make_run(home, "r", steps=10)
+    long_line = "step 7 " + " ".join(f"metric_{i}=0.{i:04d}" for i in range(40))
+    with open(root / "output.log", "a") as f:
+        f.write(long_line + "\n")
+    app = TwinkleApp(home=home, gpu_probe=lambda: NO_GPU, watch=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: app.selected == "r", what="the run")
+        await send(pilot, "/log metric_39")
+        await settle(pilot, lambda: app.query(MarkdownFence), what="the log block")
+        await pilot.pause(0.2)
+        fence = app.query(MarkdownFence).last()
+        chat = app.query_one("#chat")
+        assert fence.region.right <= chat.region.right
+        assert fence.region.height >= len(long_line) // chat.region.width + 1  # wrapped onto several rows

@@ -26,6 +26,9 @@ class PrintEvents:
     def reasoning(self, delta: str) -> None:
         pass  # kept out of the answer
 
+    def tokens(self, count: int) -> None:
+        pass  # the tool lines and the answer are the output; a count would clutter a script's stdout
+
     def tool_call(self, name: str, arguments: str) -> None:
         self.out.write(f"• {describe_call(name, arguments)}")
         self.out.flush()

@@ -4,10 +4,11 @@ otherwise (or when asked for), or none. Whatever happens is said once, in one li
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twinkle_tui.agent.embedded import SMOKE_TEST_NOTE, EmbeddedLLM, unavailable
+from twinkle_tui.agent.embedded import SMOKE_TEST_NOTE, EmbeddedLLM, default_threads, unavailable
 from twinkle_tui.agent.endpoint import EndpointError, LLMSettings, probe
 
 MODES = ("auto", "embedded", "none")
@@ -43,7 +44,9 @@ async def connect(settings: LLMSettings, home: Path) -> Connection:
     if problem:
         return Connection(None, f"{reason + '; ' if reason else ''}{problem}; slash commands work (type /help)",
                           error=True)
-    embedded = EmbeddedLLM(home / ".logs" / "llm-server.log", settings.gguf)
+    threads = settings.threads or default_threads(training=_training(home))
+    embedded = EmbeddedLLM(home / ".logs" / "llm-server.log", settings.gguf, threads=threads,
+                           tool_calls=settings.agent == "tools")
     try:
         embedded.launch()
         ready = await asyncio.to_thread(embedded.wait_ready)
@@ -53,7 +56,18 @@ async def connect(settings: LLMSettings, home: Path) -> Connection:
     except BaseException:
         embedded.stop()
         raise
-    what = f"the embedded LLM ({Path(str(embedded.gguf)).name})"
+    ready = dataclasses.replace(ready, deadline=settings.deadline, agent=settings.agent, threads=threads)
+    what = f"the embedded LLM ({Path(str(embedded.gguf)).name}, {threads} thread{'s' if threads > 1 else ''})"
     lead = f"{reason}; using {what} instead" if reason else f"using {what}"
     note = SMOKE_TEST_NOTE if settings.gguf is None else ""
     return Connection(ready, f"{lead}. {note}".strip(), [ready.model], embedded)
+
+
+def _training(home: Path) -> bool:
+    """Whether a run is live under home now (the embedded LLM then leaves it half of the cores)."""
+    from twinkle_tui.runs.store import RunStore
+
+    try:
+        return any(r.status.is_active for r in RunStore(home).list_runs())
+    except OSError:
+        return False

@@ -10,14 +10,18 @@ DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "qwen3.5"
 DEFAULT_API_KEY = "not-needed"
 PROBE_TIMEOUT = 3.0
+DEFAULT_DEADLINE = 120.0  # seconds one answer may take, all its LLM requests together
+AGENT_MODES = ("auto", "tools", "intent")
 
 
 @dataclass(frozen=True)
 class Quirks:
     """What an endpoint's chat template and server cannot do, and how the agent works around it.
 
-    llama.cpp's `chatml-function-calling` handler renders only system, user and assistant messages (a tool result
-    would be dropped silently), rejects assistant content null, and fails on automatic tool choice when streaming.
+    llama-cpp-python's server with the model's own chat template (no function-calling handler: that one let a reply
+    be only a function name, and HTML-escaped tool results) renders only system, user and assistant messages, and
+    rejects assistant content null. It does take a JSON schema as response_format (a grammar), which the agent's
+    constrained intent step uses instead of tool calls.
     """
 
     stream_with_tools: bool = True
@@ -38,12 +42,20 @@ class LLMSettings:
     gguf: str | None = None  # the embedded LLM's model file (default: the bundled SmolLM2-135M-Instruct)
     quirks: Quirks = Quirks()
     embedded: bool = False  # this endpoint is the embedded llama.cpp server
+    deadline: float = DEFAULT_DEADLINE  # seconds one answer may take (all its requests together)
+    threads: int | None = None  # the embedded server's threads (None: all cores, half while a run trains)
+    agent: str = "auto"  # auto: constrained intents on the embedded server, tool calls on endpoints; tools; intent
 
-    def client(self, timeout: float = 120.0) -> Any:
+    @property
+    def uses_intents(self) -> bool:
+        """Whether answers go through the constrained intent step (small local models) rather than tool calls."""
+        return self.agent == "intent" or (self.agent == "auto" and self.embedded)
+
+    def client(self, timeout: float | None = None) -> Any:
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or DEFAULT_API_KEY, timeout=timeout,
-                           max_retries=0)
+        return AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or DEFAULT_API_KEY,
+                           timeout=self.deadline if timeout is None else timeout, max_retries=0)
 
     @property
     def label(self) -> str:
@@ -59,8 +71,9 @@ def describe_error(exc: BaseException, settings: LLMSettings) -> str:
     import openai
 
     where = settings.base_url
-    if isinstance(exc, openai.APITimeoutError):
-        return f"the LLM at {where} did not answer in time"
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return (f"the LLM at {where} did not answer within {settings.deadline:.0f}s (the deadline: --llm-deadline "
+                "or TWINKLE_LLM_DEADLINE)")
     if isinstance(exc, openai.APIConnectionError):
         return f"cannot reach the LLM at {where} (is the server running?)"
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):

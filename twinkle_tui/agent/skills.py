@@ -4,12 +4,17 @@ Three sources, later ones win for the same name: the bundled skills (twinkle_tui
 $TWINKLE_HOME/auto/skills/local/, and an optional community git repository (TWINKLE_SKILLS_GIT, cloned into
 $TWINKLE_HOME/auto/skills/community/ in the background, best effort, 10 s, never blocking). The system prompt
 carries an index of every skill and the most relevant ones in full, within a size budget; load_skill returns one.
+
+Only regular files inside a skills folder are read, each of at most MAX_SKILL_BYTES: a symlink in a cloned repository
+(`creds.md -> ~/.aws/credentials`) is skipped, never followed, so no file outside the folder reaches a prompt.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +27,7 @@ log = logging.getLogger(__name__)
 GIT_ENV = "TWINKLE_SKILLS_GIT"
 GIT_TIMEOUT = 10.0
 PROMPT_BUDGET = 6000  # characters of full skills in the system prompt
+MAX_SKILL_BYTES = 64 * 1024  # a skill is a short guide; anything larger is not one
 WORD = re.compile(r"[a-z0-9]+")
 STOP = {"the", "a", "an", "and", "or", "of", "to", "in", "is", "it", "my", "how", "what", "which", "why", "when",
         "where", "who", "for", "on", "with", "do", "does", "i", "me", "we", "our", "this", "that", "be", "are", "can",
@@ -65,6 +71,36 @@ def parse_skill(text: str, fallback_name: str, source: str) -> Skill:
     return Skill(name, description, body, keywords, source, words)
 
 
+def skill_files(folder: Path) -> list[Path]:
+    """The .md files under folder, without entering symlinked folders or .git (symlinked files are refused when
+    read)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    out = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        out += [Path(root) / f for f in sorted(files) if f.endswith(".md")]
+    return out
+
+
+def read_skill_file(path: Path, max_bytes: int = MAX_SKILL_BYTES) -> bytes:
+    """A skill file's bytes: a regular file (not a symlink, FIFO or device) of at most max_bytes, else OSError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        if path.is_symlink():
+            raise OSError("a symlink (only regular files inside the skills folder are read)") from None
+        raise OSError(exc.strerror or str(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"larger than {max_bytes // 1024} KiB")
+    return data
+
+
 def _words(text: str) -> set[str]:
     return {w for w in WORD.findall(text.lower()) if w not in STOP and len(w) > 1}
 
@@ -91,14 +127,13 @@ class SkillLibrary:
                 skill = parse_skill(entry.read_text(encoding="utf-8"), entry.name[:-3], "bundled")
                 found[skill.name] = skill
         for folder, source in ((self.community_dir, "community"), (self.local_dir, "local")):
-            if folder.is_dir():
-                for path in sorted(folder.rglob("*.md")):
-                    try:
-                        skill = parse_skill(path.read_text(encoding="utf-8"), path.stem, source)
-                    except (OSError, UnicodeDecodeError) as exc:
-                        log.warning("cannot read skill %s: %s", path, exc)
-                        continue
-                    found[skill.name] = skill
+            for path in skill_files(folder):
+                try:
+                    skill = parse_skill(read_skill_file(path).decode("utf-8"), path.stem, source)
+                except (OSError, UnicodeDecodeError) as exc:
+                    log.warning("skipped skill %s: %s", path, exc)
+                    continue
+                found[skill.name] = skill
         self.skills = found
         return self
 

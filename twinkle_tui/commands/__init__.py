@@ -4,7 +4,7 @@ Keys, slash commands, the agent's tools and the monitor all run registered comma
 through a CommandRunner (runner.py).
 """
 
-from twinkle_tui.commands import chart_commands, info, runs, scripts  # noqa: F401  (registers the commands)
+from twinkle_tui.commands import chart_commands, info, readings, runs, scripts  # noqa: F401  (registers the commands)
 from twinkle_tui.commands.chart_settings import ChartSettings
 from twinkle_tui.commands.registry import REGISTRY, SLASH, Command, execute, parse_slash, prepare
 from twinkle_tui.commands.results import CommandError, Confirmation, Reply

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
-from typing import Any
+from typing import Any, Protocol, cast
 
 import psutil
+import re2
 
 from twinkle_tui.commands.registry import command, slash, slash_help
 from twinkle_tui.commands.results import CommandError, Reply
@@ -15,22 +15,46 @@ from twinkle_tui.gpu import GpuProbe, format_bytes
 from twinkle_tui.runs.tail import read_last_lines
 
 LOG_LINES_MAX = 200
+SEARCH_MAX_CHARS = 500
+SEARCH_MAX_MEMORY = 8 << 20  # bytes RE2 may use for one pattern
+
+
+class LinePattern(Protocol):
+    def search(self, text: str) -> object: ...
+
+
+def compile_search(pattern: str) -> LinePattern:
+    """A case-insensitive search pattern in RE2 (linear time, whatever the pattern and the line: `(a+)+$` over a
+    long line of a's cannot hold the interpreter for minutes as Python's backtracking engine would). RE2 has no
+    backreferences or lookaround; such a pattern is refused in one line."""
+    if len(pattern) > SEARCH_MAX_CHARS:
+        raise CommandError(f"search pattern too long ({len(pattern)} characters; at most {SEARCH_MAX_CHARS})")
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False  # its errors would go to the terminal the dashboard draws on
+    options.max_mem = SEARCH_MAX_MEMORY
+    try:
+        return cast(LinePattern, re2.compile(pattern, options))
+    except re2.error as exc:
+        reason = exc.args[-1] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode(errors="replace")
+        raise CommandError(f"bad search pattern {pattern!r}: {reason} (RE2 syntax: no backreferences or "
+                           "lookaround)") from None
 
 
 @command("read_log", "The end of a run's output log, or the lines that match a search (a regular expression).",
          "read",
          {"run_id": {"type": "string"}, "lines": {"type": "integer", "minimum": 1, "maximum": LOG_LINES_MAX},
-          "search": {"type": "string", "description": "only lines matching this (case-insensitive regex)"}})
+          "search": {"type": "string", "maxLength": SEARCH_MAX_CHARS,
+                     "description": "only lines matching this (case-insensitive regular expression, RE2 syntax)"}})
 def read_log(s: Session, a: dict[str, Any]) -> Reply:
     run_id = s.target(a)
     paths = s.controller.existing(run_id)
     count = int(a.get("lines") or 40)
     lines = read_last_lines(paths.log, 5000 if a.get("search") else count)
     if a.get("search"):
-        try:
-            pattern = re.compile(a["search"], re.IGNORECASE)
-        except re.error as exc:
-            raise CommandError(f"bad search pattern {a['search']!r}: {exc}") from None
+        pattern = compile_search(a["search"])
         lines = [line for line in lines if pattern.search(line)][-count:]
         if not lines:
             return Reply(f"no line of `{run_id}`'s log matches {a['search']!r}")

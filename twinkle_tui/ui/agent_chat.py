@@ -38,6 +38,9 @@ class ChatEvents:
         if self.lines:
             self.lines[-1].finish(outcome)
 
+    async def tokens(self, count: int) -> None:
+        self.answer.tokens(count)
+
 
 class AgentChat:
     """The LLM behind the chat panel: restored conversation, connection (the shared factory), slash commands and
@@ -90,7 +93,11 @@ class AgentChat:
         chat = self.chat()
         if self.settings.mode != "none":
             chat.set_title("chat · connecting to the LLM…")
-        self.agent = agent = await connect_agent(self.runner, self.settings, self.history)
+        agent = await connect_agent(self.runner, self.settings, self.history)
+        try:
+            await chat.add(agent.connection.notice, "error" if agent.connection.error else "notice")
+        finally:
+            self.agent = agent  # after its notice: what comes next in the chat comes below it
         if agent.loop is not None:
             chat.set_title(f"chat · {agent.loop.settings.model}")
             if agent.skills.git_url:
@@ -98,7 +105,6 @@ class AgentChat:
                                     exclusive=True, exit_on_error=False)
         else:
             chat.set_title("chat · slash commands")
-        await chat.add(agent.connection.notice, "error" if agent.connection.error else "notice")
 
     def sync_skills(self) -> None:
         if self.agent is not None and self.agent.skills.sync_community() is None:

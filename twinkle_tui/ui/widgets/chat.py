@@ -3,6 +3,7 @@ reasoning folded away) and slash commands, which reach the same handlers as the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from rich.markup import escape
@@ -22,10 +23,56 @@ RUN_ID_COMMANDS = ("/select ", "/compare ", "/status ", "/pause ", "/resume ", "
 
 
 class ChatMessage(Markdown):
-    """One message; role sets its class (user, reply, agent, error, notice) so the stylesheet colours it."""
+    """One message; role sets its class (user, reply, agent, error, notice) so the stylesheet colours it. Code blocks
+    (a run's log lines) wrap at the panel's width instead of running off its edge."""
+
+    DEFAULT_CSS = """
+    ChatMessage MarkdownFence {
+        overflow-x: hidden;
+        margin: 0;
+    }
+    ChatMessage MarkdownFence > Label {
+        width: 1fr;
+        text-wrap: wrap;
+        padding: 0 1;
+    }
+    """
 
     def __init__(self, text: str, role: str) -> None:
         super().__init__(text, classes=f"msg {role}")
+
+
+class Working(Static):
+    """A sign of life while the LLM works: a spinner, the seconds so far and the tokens written so far."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+    DEFAULT_CSS = """
+    Working {
+        margin: 0 1;
+        color: $text-muted;
+    }
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("", classes="working")
+        self.clock = clock
+        self.started = clock()
+        self.tokens = 0
+        self.frame = 0
+
+    def on_mount(self) -> None:
+        self.tick()
+        self.set_interval(0.25, self.tick)
+
+    def tick(self) -> None:
+        self.frame += 1
+        elapsed = self.clock() - self.started
+        words = f" · {self.tokens} token{'s' if self.tokens != 1 else ''}" if self.tokens else ""
+        self.update(f"{self.FRAMES[self.frame % len(self.FRAMES)]} working · {elapsed:.0f}s{words} · esc cancels")
+
+    def set_tokens(self, count: int) -> None:
+        self.tokens = count
+        self.tick()
 
 
 class ToolLine(Static):
@@ -96,12 +143,14 @@ class AgentAnswer(Vertical):
         self.folded = Collapsible(self.reasoning, title="reasoning", collapsed=True, classes="reasoning")
         self.stream: MarkdownStream | None = None
         self.tools: list[ToolLine] = []
+        self.working = Working()
         self._reasoning_text = ""
         self.done = False  # the answer is complete (or was cancelled, or failed)
 
     def compose(self) -> ComposeResult:
         yield self.folded
         yield self.markdown
+        yield self.working
 
     def on_mount(self) -> None:
         self.folded.display = False
@@ -122,7 +171,12 @@ class AgentAnswer(Vertical):
         await self.mount(line, before=self.markdown)
         return line
 
+    def tokens(self, count: int) -> None:
+        self.working.set_tokens(count)
+
     async def finish(self, note: str | None = None) -> None:
+        if self.working.is_mounted:
+            await self.working.remove()
         if self.stream is not None:
             await self.stream.stop()
             self.stream = None
