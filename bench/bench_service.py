@@ -4,7 +4,7 @@
 
 step      one SFT step (forward_backward of a batch + optim_step) sent by the official tinker SDK to
           `python -m trainer.service` on the loopback address, against the same step on the service's own engine
-          (trainer.service.engine.TrainingModel) called in this process: same model, LoRA rank, data, optimizer.
+          (trainer.service.lora.LoraTrainer) called in this process: same model, LoRA rank, data, optimizer.
           Target: <= 1.15x.
 request   the overhead of one request: a forward of a 4-token datum through the SDK and the service, against the
           same forward in-process (the difference is HTTP, protobuf, the future and its long poll).
@@ -120,12 +120,12 @@ def in_process(args: argparse.Namespace) -> dict[str, list[float]]:
 
     from trainer.service import losses
     from trainer.service.__main__ import quiet_libraries
-    from trainer.service.engine import LoraSpec, TrainingModel
+    from trainer.service.lora import LoraSpec, LoraTrainer
     from trainer.service.wire import Datum
 
     quiet_libraries()
     torch.manual_seed(0)
-    local = TrainingModel(args.model, LoraSpec(rank=args.rank, seed=0))
+    local = LoraTrainer(args.model, LoraSpec(rank=args.rank, seed=0))
     pairs = batch(local.tokenizer, args.batch, args.length, seed=0)
     data = [Datum(np.array(x, dtype=np.int64), {"target_tokens": np.array(y, dtype=np.int64)}) for x, y in pairs]
     spec = losses.LossSpec("cross_entropy", {})

@@ -572,7 +572,7 @@ def test_vllm_sampling_follows_the_tinker_semantics_of_the_hf_path() -> None:
     from dataclasses import dataclass
 
     from trainer.samplers import SamplerError, choose_sampler
-    from trainer.service.engine import SampleParams, vllm_prompt_logprobs, vllm_sampling_kwargs, vllm_sequences
+    from trainer.service.sampler_engine import SampleParams, vllm_prompt_logprobs, vllm_sampling_kwargs, vllm_sequences
 
     def service_choice(kind: str, cuda: bool, vllm_installed: bool) -> str:  # as the service asks it
         return choose_sampler(kind, True, "auto", 1, cuda, vllm_installed, option="--sampler")

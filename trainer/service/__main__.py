@@ -87,7 +87,7 @@ def quiet_libraries() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except ImportError:
         pass
 
@@ -138,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from trainer.service.app import create_app
-    from trainer.service.engine import Samplers
-    from trainer.service.state import Service
+    from trainer.service.sampler_engine import Samplers
+    from trainer.service.service import Service
+    from trainer.service.settings import ServiceSettings
 
     kind = chosen_sampler(args.sampler)
     service = Service(twinkle_home(), Samplers(kind, args.gpu_memory_utilization))
-    app = create_app(service, key, compress_fwdbwd=args.zstd)
+    app = create_app(service, ServiceSettings(args.host, args.port, key, args.zstd))
     url = f"http://{args.host}:{args.port}"
     own = os.environ.get(RUN_ID_ENV)
     if own:  # started as a run (twinkle-tui serve, the agent's start_server)

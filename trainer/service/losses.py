@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer.service.errors import EngineError
+
 INPUTS: dict[str, tuple[set[str], set[str]]] = {  # loss -> (required inputs, optional inputs)
     "cross_entropy": ({"target_tokens"}, {"weights"}),
     "importance_sampling": ({"target_tokens", "logprobs", "advantages"}, set()),
@@ -32,7 +34,7 @@ CONFIG: dict[str, dict[str, float]] = {
 }
 
 
-class LossError(ValueError):
+class LossError(EngineError):
     """The loss cannot be computed for these inputs; the text says why."""
 
 

@@ -1,0 +1,127 @@
+"""The training service as one object: its sessions, training models, sampling sessions, checkpoints and futures,
+the worker thread that computes, and the housekeeping thread that ends sessions whose client has gone.
+
+The HTTP routes (routers/) only translate requests into calls on this object and its parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.protocol import RunPaths, RunStatus, read_meta, validate_run_id
+from trainer.service.checkpoints import CheckpointStore
+from trainer.service.errors import ServiceError
+from trainer.service.futures import Future, FutureStore, Worker
+from trainer.service.ordering import GAP_TIMEOUT
+from trainer.service.runs import quietly
+from trainer.service.sampler_engine import Samplers
+from trainer.service.sampling import SamplingSessions
+from trainer.service.sessions import SessionRegistry, TinkerSession
+from trainer.service.training import TrainingModels
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING = 1.0  # seconds between checks for ended clients and expired results
+PRUNE_CHECKPOINTS = 300.0  # seconds between sweeps for expired checkpoints
+SHUTDOWN_WAIT = 30.0  # seconds the worker gets to finish its current request when the service stops
+
+
+class Service:
+    def __init__(self, home: Path, samplers: Samplers | None = None, gap_timeout: float = GAP_TIMEOUT) -> None:
+        self.home = home
+        self.started = time.time()
+        self.futures = FutureStore()
+        self.worker = Worker()
+        self.sessions = SessionRegistry(home)
+        self.checkpoints = CheckpointStore(home)
+        self.samplers = samplers or Samplers()
+        self.training = TrainingModels(home, self.worker, self.futures, self.checkpoints, gap_timeout)
+        self.sampling = SamplingSessions(self.worker, self.futures, self.checkpoints, self.samplers)
+        self.own_run: RunPaths | None = None
+        self._stop = threading.Event()
+        self._last_prune = 0.0
+        self.reaper = threading.Thread(target=self._housekeeping, name="twinkle-service-reaper", daemon=True)
+        self.reaper.start()
+
+    # ------------------------------------------------------------------ the service's own run
+    def announce(self, run: RunPaths, url: str, sampler: str) -> None:
+        """The service's own run (it runs as one): its address and open sessions in meta.json, so the dashboard
+        shows what it is doing instead of waiting for a first step that never comes."""
+        self.own_run = run
+        quietly(run, lambda m: m.__setitem__("service", {"url": url, "sampler": sampler, "sessions": 0}))
+
+    def publish(self) -> None:
+        if self.own_run is None:
+            return
+        count = len(self.sessions.open_sessions())
+        quietly(self.own_run, lambda m: m.setdefault("service", {}).__setitem__("sessions", count))
+
+    # ------------------------------------------------------------------ sessions
+    def create_session(self, peer: tuple[str, int] | None, local: tuple[str, int] | None,
+                       user_metadata: dict[str, Any] | None) -> TinkerSession:
+        session = self.sessions.create(peer, local, user_metadata)
+        self.publish()
+        return session
+
+    def close_session(self, s: TinkerSession, why: str, status: RunStatus | None = None) -> None:
+        if not self.sessions.mark_closed(s):
+            return
+        log.info("session %s ended: %s", s.session_id, why)
+        self.publish()
+        self.training.close(self.training.pop(s.models), why, status)
+
+    # ------------------------------------------------------------------ runs and their ids
+    def run_id_of(self, ident: str) -> str:
+        """A run id from a model id (live, or recorded in a run's meta) or a run id."""
+        with self.training.lock:
+            if ident in self.training.models:
+                return self.training.models[ident].run_id
+        if ":" not in ident:
+            return validate_run_id(ident)
+        for root in self.home.iterdir() if self.home.is_dir() else []:
+            try:
+                if (read_meta(RunPaths(root)).get("config") or {}).get("tinker_model_id") == ident:
+                    return root.name
+            except Exception:
+                continue
+        raise ServiceError(f"no training run {ident!r}", 404)
+
+    # ------------------------------------------------------------------ futures
+    def run_now(self, job: Any, owner: str | None = None) -> Future:
+        f = self.futures.new(owner)
+        self.worker.submit(job, f)
+        return f
+
+    # ------------------------------------------------------------------ lifetime
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(HOUSEKEEPING):
+            try:
+                self.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def housekeeping(self) -> None:
+        """End sessions whose client is gone, move request orders past requests that never came, drop results
+        already read, and (every few minutes) delete expired checkpoints."""
+        for s, why in self.sessions.ended():
+            self.close_session(s, why)
+        self.training.expire_gaps()
+        self.futures.prune()
+        now = time.monotonic()
+        if now - self._last_prune > PRUNE_CHECKPOINTS:
+            self._last_prune = now
+            self.checkpoints.prune_expired()
+
+    def shutdown(self, wait: float = SHUTDOWN_WAIT) -> bool:
+        """Close every session and let the worker finish what it is doing; True if it finished in time."""
+        self._stop.set()
+        for s in self.sessions.open_sessions():  # a client that has gone ended its run itself; others are cut short
+            if s.client_alive() is False:
+                self.close_session(s, "the client process exited")
+            else:
+                self.close_session(s, "the training service stopped", RunStatus.STOPPED)
+        return self.worker.close(wait)
