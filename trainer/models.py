@@ -8,6 +8,7 @@ Built-ins:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -95,6 +96,15 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     target = models_dir() / f"{gguf.stem}-{digest}"
     if (target / ".complete").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes on a fresh home: one converts, the other waits for it
+        if (target / ".complete").exists():
+            return target
+        return _convert_gguf(gguf, target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.service.errors import EngineError, ServiceError
 from trainer.service.routers import futures, runs, sampling, server, sessions, training, weights
@@ -23,6 +24,19 @@ from trainer.service.service import Service
 from trainer.service.settings import ServiceSettings
 
 UNGUARDED = ("/api/v1/healthz",)  # liveness says nothing else
+BODY_TYPES = ("application/json", "application/x-protobuf")  # what the SDK sends
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def allowed_hosts(host: str, port: int) -> set[str] | None:
+    """The Host headers a request to this address carries, when it is bound to loopback; None (any) otherwise:
+    an address other machines reach needs an API key, and the key is the guard there."""
+    from trainer.service.startup import is_loopback
+
+    if not is_loopback(host):
+        return None
+    names = {*LOOPBACK_NAMES, f"[{host}]" if ":" in host else host}
+    return {f"{name}:{port}" for name in names} | ({*names} if port == 80 else set())
 
 
 def error(message: str, status: int = 400, category: str = "user") -> JSONResponse:
@@ -46,8 +60,15 @@ def create_app(service: Service, settings: ServiceSettings | None = None) -> Fas
     app.state.service, app.state.settings = service, settings
     expected = settings.api_key.encode() if settings.api_key else None
 
+    hosts = allowed_hosts(settings.host, settings.port)
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.headers.get("origin") is not None:  # the SDK sends none; every browser's request carries one
+            return error("requests from web pages are refused (this service serves the tinker SDK)", 403)
+        host = request.headers.get("host", "").lower()
+        if hosts is not None and host not in hosts:  # DNS rebinding: a page's name pointed at this address
+            return error(f"this service answers only to {settings.host}:{settings.port}", 421)
         if expected is not None and request.url.path not in UNGUARDED:
             given = request.headers.get("x-api-key", "").encode()
             if not hmac.compare_digest(given, expected):  # constant time; the key is never logged
@@ -55,6 +76,10 @@ def create_app(service: Service, settings: ServiceSettings | None = None) -> Fas
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY:  # before reading it: a body is held in memory whole
             return error(f"the request body is {int(length):,} bytes; this service takes at most {MAX_BODY:,}", 413)
+        has_body = (length.isdigit() and int(length) > 0) or "transfer-encoding" in request.headers
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if has_body and kind not in BODY_TYPES:  # a form or text/plain body is what a web page can send unasked
+            return error(f"content type {kind or 'none'!r} is not accepted: send {' or '.join(BODY_TYPES)}", 415)
         return await call_next(request)
 
     @app.exception_handler(ServiceError)
@@ -68,7 +93,11 @@ def create_app(service: Service, settings: ServiceSettings | None = None) -> Fas
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         return error(malformed(exc))
 
-    for kind in (RequestValidationError, ValidationError, ValueError):  # a body the SDK would not send
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(str(exc.detail), exc.status_code)
+
+    for kind in (RequestValidationError, ValidationError, ValueError, RecursionError):  # bodies the SDK never sends
         app.add_exception_handler(kind, invalid)
 
     for module in (server, sessions, training, weights, runs, sampling, futures):

@@ -63,3 +63,26 @@ def managed_run_of(pid: int | None, home: Path) -> str | None:
         except ValueError:
             return None
     return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def exit_status(pid: int | None, start: int | None) -> tuple[int | None, int | None] | None:
+    """(exit code, signal) of a process that has ended but not yet been reaped by its parent (a zombie: the
+    kernel keeps its status until then), or None while it runs, once it is gone, or if /proc cannot be read."""
+    if not pid or start is None:
+        return None
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 50 or fields[0] != "Z" or int(fields[19]) != start:
+        return None
+    status = int(fields[49])  # exit_code: the status as waitpid reports it
+    if status & 0x7F:
+        return None, status & 0x7F
+    return (status >> 8) & 0xFF, None

@@ -18,9 +18,10 @@ import numpy as np
 
 from trainer.service import losses
 from trainer.service.errors import EngineError
+from trainer.service.memory import MemoryBudget, ModelShape, release_freed_memory
 from trainer.service.wire import Datum
 
-MAX_RANK = 32
+MAX_RANK = 256  # tinker recipes use up to 128 (on-policy distillation); vLLM takes up to 512
 LORA_ALPHA = 32  # the scale is alpha / rank, so a larger rank does not train faster by itself
 MICRO_BATCH_TOKENS = 4096  # padded tokens per forward pass
 
@@ -64,6 +65,17 @@ def lora_targets(model: Any, spec: LoraSpec) -> list[str]:
     return names
 
 
+def stored_parameters(model_dir: Path) -> int:
+    """About how many parameters a model folder holds (from its weight files: fp32 or half precision)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    width = 2 if str(config.get("torch_dtype") or config.get("dtype") or "") in ("float16", "bfloat16") else 4
+    size = sum(f.stat().st_size for f in model_dir.iterdir() if f.suffix in (".safetensors", ".bin"))
+    return size // width
+
+
 def device() -> Any:
     import torch
 
@@ -79,6 +91,7 @@ class StepTotals:
     tokens: int = 0
     seconds: float = 0.0
     calls: int = 0
+    surrogate: bool = False  # the step's gradients came from forward_backward_custom's linear surrogate
 
 
 @dataclass
@@ -105,14 +118,16 @@ class LoraTrainer:
     """One training client's LoRA on its own copy of the base model, with an AdamW optimizer made at the first
     optim_step. Gradients accumulate over forward_backward calls until optim_step, as in tinker."""
 
-    def __init__(self, base_model: str, spec: LoraSpec) -> None:
+    def __init__(self, base_model: str, spec: LoraSpec, budget: MemoryBudget | None = None) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
 
-        from trainer.models import ModelError, load_model_and_tokenizer
+        from trainer.models import ModelError, load_model_and_tokenizer, resolve_model_dir
 
         spec.check()
+        self.budget = budget or MemoryBudget(None)
         try:
+            self.budget.check_model(stored_parameters(resolve_model_dir(base_model)), f"a training copy of {base_model}")
             model, self.tokenizer, self.model_dir = load_model_and_tokenizer(base_model)
         except ModelError as exc:
             raise EngineError(str(exc)) from None
@@ -129,6 +144,7 @@ class LoraTrainer:
         self.step = 0
         self.totals = StepTotals()
         self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.shape = ModelShape.of(model.config, int(model.get_input_embeddings().weight.shape[0]))
 
     # ------------------------------------------------------------------ forward / backward
     def forward_backward(self, data: list[Datum], spec: losses.LossSpec,
@@ -148,13 +164,11 @@ class LoraTrainer:
         started = time.perf_counter()
         outputs: list[dict[str, np.ndarray]] = [{} for _ in data]
         total = 0.0
-        order = sorted(range(len(data)), key=lambda i: len(data[i].tokens))
-        batches: list[list[int]] = [[]]
-        for i in order:  # similar lengths together: less padding
-            width = max([len(data[j].tokens) for j in batches[-1]] + [len(data[i].tokens)])
-            if batches[-1] and width * (len(batches[-1]) + 1) > MICRO_BATCH_TOKENS:
-                batches.append([])
-            batches[-1].append(i)
+        cap = MICRO_BATCH_TOKENS if self.device.type == "cuda" else None  # the budget is of host memory
+        plan = self.budget.plan([len(d.tokens) for d in data], self.shape, not forward_only, cap)
+        batches = plan.batches
+        if plan.checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         pad = self.tokenizer.pad_token_id or 0
         with torch.set_grad_enabled(not forward_only):
             for batch in batches:
@@ -182,6 +196,10 @@ class LoraTrainer:
                 if not forward_only:
                     batch_loss.backward()
                 total += float(batch_loss.detach())
+                del logits, logp, batch_loss
+        if plan.checkpointing:
+            self.model.gradient_checkpointing_disable()
+        release_freed_memory()
         if not forward_only:
             t = self.totals
             t.loss += total
@@ -213,7 +231,9 @@ class LoraTrainer:
         seconds = t.seconds + time.perf_counter() - started
         metrics = {"grad_norm": float(norm), "learning rate": lr, "step time": seconds,
                    "tokens/s": t.tokens / seconds if seconds > 0 else 0.0, "tokens": float(t.tokens)}
-        if t.weight > 0:
+        if t.surrogate:  # -sum(grad * logp): a gradient carrier, not a loss; the recipe logs its own loss
+            metrics["custom loss surrogate"] = t.loss
+        elif t.weight > 0:
             metrics["loss"] = t.loss / t.weight
         return metrics
 

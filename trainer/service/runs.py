@@ -122,11 +122,12 @@ class ServiceRun:
             current = RunStatus.parse(meta.get("status"))
             if not current.is_active:
                 return
-            final = status or (RunStatus.STOPPED if current == RunStatus.STOPPING else RunStatus.COMPLETED)
+            stopping = current == RunStatus.STOPPING  # the dashboard's stop: whatever the client did, it was stopped
+            final = RunStatus.STOPPED if stopping else (status or RunStatus.COMPLETED)
             meta["status"] = final.value
             meta["end_time"] = now
-            if error:
-                meta["error"] = error
+            if error or (final == RunStatus.FAILED and not meta.get("error")):
+                meta["error"] = error or why
 
         quietly(self.paths, change)
         self.log(why)

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from trainer.samplers import VLLMEngine, logprob_of, sampled_logprobs, vllm_lora_rank
-from trainer.service.errors import EngineError
-from trainer.service.lora import MAX_RANK, device
+from trainer.service.errors import EngineError, MemoryBudgetError
+from trainer.service.lora import MAX_RANK, device, stored_parameters
+from trainer.service.memory import FIXED, GiB, MemoryBudget, release_freed_memory, sample_bytes
 from trainer.service.wire import Sequence
 
 
@@ -60,17 +61,21 @@ class Samplers:
 
     MAX_ADAPTERS = 8
 
-    def __init__(self, kind: str = "hf", gpu_memory_utilization: float = 0.3) -> None:
+    def __init__(self, kind: str = "hf", gpu_memory_utilization: float = 0.3,
+                 budget: MemoryBudget | None = None) -> None:
         self.bases: dict[str, _Base] = {}
         self.kind = kind
         self.gpu_memory_utilization = gpu_memory_utilization
         self.vllm: ServiceVLLM | None = None
+        self.budget = budget or MemoryBudget(None)
 
     def _base(self, base_model: str) -> _Base:
-        from trainer.models import ModelError, load_model_and_tokenizer
+        from trainer.models import ModelError, load_model_and_tokenizer, resolve_model_dir
 
         if base_model not in self.bases:
             try:
+                self.budget.check_model(stored_parameters(resolve_model_dir(base_model)),
+                                        f"a sampling copy of {base_model}")
                 model, tokenizer, _ = load_model_and_tokenizer(base_model)
             except ModelError as exc:
                 raise EngineError(str(exc)) from None
@@ -139,8 +144,9 @@ class Samplers:
         with off, torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            result = SampleResult(self._generate(model, tok, prompt, num_samples, params, min(room, params.max_tokens
-                                                                                                or room), topk_sample))
+            max_new = min(room, params.max_tokens or room)
+            result = SampleResult(self._generate_within_budget(model, tok, prompt, num_samples, params, max_new,
+                                                               topk_sample))
             if prompt_logprobs or topk_prompt:
                 logits = model(input_ids=torch.tensor([prompt], device=device)).logits[0, :-1].float()
                 logp = torch.log_softmax(logits, dim=-1)
@@ -160,6 +166,28 @@ class Samplers:
                     ids[:first], lps[:first] = 0, -99999.0
                     result.topk_prompt = (ids, lps)
         return result
+
+    def _generate_within_budget(self, model: Any, tok: Any, prompt: list[int], n: int, params: SampleParams,
+                                max_new: int, topk_sample: int) -> list[Sequence]:
+        """n samples, in as many generate calls as the memory budget needs. Greedy (temperature 0) decoding gives
+        every sample the same tokens: it is done once and repeated (HF refuses several greedy sequences)."""
+        if params.temperature == 0:
+            one = self._generate(model, tok, prompt, 1, params, max_new, topk_sample)
+            return [one[0]] * n
+        per_sample = sample_bytes(model.config, len(prompt) + max_new, max_new,
+                                  int(model.get_input_embeddings().weight.shape[0]))
+        room = self.budget.room()
+        if per_sample + FIXED > room:
+            raise MemoryBudgetError(
+                f"one sample of {max_new} new tokens after a {len(prompt)}-token prompt needs about "
+                f"{per_sample / GiB:.2f} GB and {max(0, room) / GiB:.2f} GB of the service's memory budget are free; "
+                "ask for fewer max_tokens or start the service with a larger --memory-budget")
+        chunk = max(1, min(n, int((room - FIXED) // per_sample)))
+        out: list[Sequence] = []
+        while len(out) < n:
+            out += self._generate(model, tok, prompt, min(chunk, n - len(out)), params, max_new, topk_sample)
+            release_freed_memory()
+        return out
 
     def _generate(self, model: Any, tok: Any, prompt: list[int], n: int, params: SampleParams, max_new: int,
                   topk_sample: int) -> list[Sequence]:

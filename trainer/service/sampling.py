@@ -16,15 +16,18 @@ from typing import Any
 from tinker import types as t
 
 from trainer.service import wire
-from trainer.service.catalog import check_base_model
+from trainer.service.catalog import ModelCatalog
 from trainer.service.checkpoints import CheckpointStore
 from trainer.service.errors import EngineError, ServiceError
 from trainer.service.futures import CompletionQueue, Future, FutureStore, Worker
 from trainer.service.lora import CheckpointInfo
 from trainer.service.sampler_engine import SampleParams, Samplers
 from trainer.service.sessions import TinkerSession
+from trainer.service.stability import StabilityRecords
 
 CLONE_STRIDE = 1_000_000_000  # the SDK numbers a cloned sampling client's requests from clone * this
+MAX_SAMPLES = 64  # num_samples of one request
+MAX_TOPK = 64  # topk_prompt_logprobs and topk_sample_logprobs
 
 
 @dataclass(eq=False)
@@ -52,13 +55,20 @@ class Sample:
     topk_prompt: int
     topk_sample: int
     last_n: int | None
+    record: bool = False  # record_stability_info: keep the samples for stable_reinforce
 
 
 def sample_of(req: t.SampleRequest) -> Sample:
-    """The request in the service's terms, or a ServiceError that says what it cannot do."""
+    """The request in the service's terms, or a ServiceError that says what it cannot do. Every size is checked
+    first: nothing is allocated per requested sample or per top-k entry before that."""
+    if not 1 <= req.num_samples <= MAX_SAMPLES:
+        raise ServiceError(f"num_samples must be between 1 and {MAX_SAMPLES} (got {req.num_samples})")
+    for name, k in (("topk_prompt_logprobs", req.topk_prompt_logprobs),
+                    ("topk_sample_logprobs", req.topk_sample_logprobs)):
+        if not 0 <= k <= MAX_TOPK:
+            raise ServiceError(f"{name} must be between 0 and {MAX_TOPK} (got {k})")
     refused = [name for name, on in (("target_prompt_logprobs", req.target_prompt_logprobs is not None),
-                                     ("prompt_alt_tokens_k", req.prompt_alt_tokens_k > 0),
-                                     ("record_stability_info", bool(req.record_stability_info))) if on]
+                                     ("prompt_alt_tokens_k", req.prompt_alt_tokens_k > 0)) if on]
     if refused:
         raise ServiceError(f"{', '.join(refused)} not supported by this service")
     prompt: list[int] = []
@@ -84,15 +94,16 @@ def sample_of(req: t.SampleRequest) -> Sample:
     except EngineError as exc:
         raise ServiceError(str(exc)) from None
     return Sample(prompt, req.num_samples, params, bool(req.prompt_logprobs), req.topk_prompt_logprobs,
-                  req.topk_sample_logprobs, last_n)
+                  req.topk_sample_logprobs, last_n, bool(req.record_stability_info))
 
 
 class SamplingSessions:
     """The sampling sessions by id, and sampling on the worker."""
 
-    def __init__(self, worker: Worker, futures: FutureStore, checkpoints: CheckpointStore,
-                 samplers: Samplers) -> None:
+    def __init__(self, worker: Worker, futures: FutureStore, checkpoints: CheckpointStore, samplers: Samplers,
+                 catalog: ModelCatalog, records: StabilityRecords) -> None:
         self.worker, self.futures, self.checkpoints, self.samplers = worker, futures, checkpoints, samplers
+        self.catalog, self.records = catalog, records
         self.lock = threading.Lock()
         self.sessions: dict[str, SamplingSession] = {}
 
@@ -111,7 +122,7 @@ class SamplingSessions:
             base_model = info.base_model
         if not base_model:
             raise ServiceError("a sampling session needs base_model or model_path")
-        check_base_model(base_model)
+        self.catalog.check(base_model)
         s = SamplingSession(f"sampler-{uuid.uuid4().hex[:12]}", base_model, model_path, folder,
                             session.session_id)
         with self.lock:
@@ -140,6 +151,9 @@ class SamplingSessions:
             r = self.samplers.sample(s.base_model, s.folder, request.prompt, request.num_samples, request.params,
                                      request.prompt_logprobs, request.topk_prompt, request.topk_sample,
                                      request.last_n)
+            if request.record and s.owner is not None:
+                for i, seq in enumerate(r.sequences):
+                    self.records.record(s.owner, f"{f.request_id}-{i}", seq.tokens, seq.logprobs or [])
             return wire.write_sample(r.sequences, r.prompt_logprobs, r.topk_prompt)
 
         self.worker.submit(job, f)

@@ -7,45 +7,61 @@ The HTTP routes (routers/) only translate requests into calls on this object and
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import RunPaths, RunStatus, read_meta, validate_run_id
+from trainer.protocol import RunPaths, RunStatus, process_is, read_meta, validate_run_id
+from trainer.service.catalog import ModelCatalog
 from trainer.service.checkpoints import CheckpointStore
 from trainer.service.errors import ServiceError
 from trainer.service.futures import Future, FutureStore, Worker
+from trainer.service.memory import MemoryBudget
 from trainer.service.ordering import GAP_TIMEOUT
-from trainer.service.runs import quietly
+from trainer.service.runs import ServiceRun, quietly
 from trainer.service.sampler_engine import Samplers
 from trainer.service.sampling import SamplingSessions
 from trainer.service.sessions import SessionRegistry, TinkerSession
+from trainer.service.stability import StabilityRecords
 from trainer.service.training import TrainingModels
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING = 1.0  # seconds between checks for ended clients and expired results
+CLIENT_WATCH = 0.05  # seconds between looks at the client processes (for an exit status before it is reaped)
 PRUNE_CHECKPOINTS = 300.0  # seconds between sweeps for expired checkpoints
 SHUTDOWN_WAIT = 30.0  # seconds the worker gets to finish its current request when the service stops
 
 
 class Service:
-    def __init__(self, home: Path, samplers: Samplers | None = None, gap_timeout: float = GAP_TIMEOUT) -> None:
+    def __init__(self, home: Path, samplers: Samplers | None = None, gap_timeout: float = GAP_TIMEOUT,
+                 catalog: ModelCatalog | None = None, budget: MemoryBudget | None = None) -> None:
         self.home = home
+        self.catalog = catalog or ModelCatalog()
+        self.budget = budget or MemoryBudget(None)
         self.started = time.time()
         self.futures = FutureStore()
         self.worker = Worker()
         self.sessions = SessionRegistry(home)
         self.checkpoints = CheckpointStore(home)
         self.samplers = samplers or Samplers()
-        self.training = TrainingModels(home, self.worker, self.futures, self.checkpoints, gap_timeout)
-        self.sampling = SamplingSessions(self.worker, self.futures, self.checkpoints, self.samplers)
+        self.samplers.budget = self.budget
+        self.training = TrainingModels(home, self.worker, self.futures, self.checkpoints, self.catalog, gap_timeout,
+                                       self.budget)
+        self.records = StabilityRecords()
+        self.training.records = self.records
+        self.sampling = SamplingSessions(self.worker, self.futures, self.checkpoints, self.samplers, self.catalog,
+                                         self.records)
         self.own_run: RunPaths | None = None
         self._stop = threading.Event()
         self._last_prune = 0.0
+        self.reconcile_orphans()
         self.reaper = threading.Thread(target=self._housekeeping, name="twinkle-service-reaper", daemon=True)
         self.reaper.start()
+        self.watcher = threading.Thread(target=self._watch_clients, name="twinkle-service-clients", daemon=True)
+        self.watcher.start()
 
     # ------------------------------------------------------------------ the service's own run
     def announce(self, run: RunPaths, url: str, sampler: str) -> None:
@@ -73,6 +89,7 @@ class Service:
         log.info("session %s ended: %s", s.session_id, why)
         self.publish()
         self.training.close(self.training.pop(s.models), why, status)
+        self.records.drop_session(s.session_id)
 
     # ------------------------------------------------------------------ runs and their ids
     def run_id_of(self, ident: str) -> str:
@@ -104,13 +121,39 @@ class Service:
             except Exception:
                 log.exception("housekeeping failed")
 
+    def _watch_clients(self) -> None:
+        """Look at every client process often, to catch the exit status of one that ends before its parent reaps
+        it (a few /proc reads every CLIENT_WATCH seconds)."""
+        while not self._stop.wait(CLIENT_WATCH):
+            for s in self.sessions.open_sessions():
+                s.watch()
+
+    def reconcile_orphans(self) -> None:
+        """Client runs left active by a service that was killed (its sessions died with it): they end now, failed,
+        with why. Runs of another live service are left alone."""
+        for run_id in self.checkpoints.tinker_runs():
+            paths = RunPaths(self.home / run_id)
+            try:
+                meta = read_meta(paths)
+            except Exception:
+                continue
+            service = meta.get("supervisor_pid")
+            if meta.get("supervisor_kind") != "service" or not RunStatus.parse(meta.get("status")).is_active \
+                    or service == os.getpid() or process_is(service, meta.get("supervisor_start_time")):
+                continue
+            why = (f"the training service that served this client (pid {service}) ended without closing its "
+                   "session: it was killed or crashed")
+            ServiceRun(paths, owned=True).end(why, RunStatus.FAILED, why)
+            log.info("run %s: %s", run_id, why)
+
     def housekeeping(self) -> None:
         """End sessions whose client is gone, move request orders past requests that never came, drop results
         already read, and (every few minutes) delete expired checkpoints."""
-        for s, why in self.sessions.ended():
-            self.close_session(s, why)
+        for s, why, status in self.sessions.ended():
+            self.close_session(s, why, status)
         self.training.expire_gaps()
         self.futures.prune()
+        self.records.prune()
         now = time.monotonic()
         if now - self._last_prune > PRUNE_CHECKPOINTS:
             self._last_prune = now

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.service.clients import client_of, managed_run_of, process_state
+from trainer.protocol import RunStatus
+from trainer.service.clients import client_of, exit_status, managed_run_of, process_state
 from trainer.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ class TinkerSession:
     models: list[str] = field(default_factory=list)
     samplers: list[str] = field(default_factory=list)
     closed: bool = False
+    exit: tuple[int | None, int | None] | None = None  # (code, signal), when its end was seen
+
+    def watch(self) -> None:
+        """Look at the client process once: an ended one keeps its exit status until its parent reaps it."""
+        if self.exit is None:
+            self.exit = exit_status(self.client_pid, self.client_start)
 
     def client_alive(self) -> bool | None:
         """True or False when the client process is known and could be checked; None when only heartbeats tell
@@ -85,14 +92,35 @@ class SessionRegistry:
             s.closed = True
             return True
 
-    def ended(self) -> list[tuple[TinkerSession, str]]:
-        """Open sessions whose client is gone: its process exited, or (client unknown) no heartbeat for a while."""
+    def ended(self) -> list[tuple[TinkerSession, str, RunStatus]]:
+        """Open sessions whose client is gone (its process exited, or, client unknown, no heartbeat for a while),
+        with why and how their runs end."""
         now = self.clock()
         out = []
         for s in self.open_sessions():
             alive = s.client_alive()
             if alive is False:
-                out.append((s, "the client process exited"))
+                out.append((s, *how_it_ended(s.exit)))
             elif alive is None and s.client_start is None and now - s.last_seen > SESSION_TIMEOUT:
-                out.append((s, f"no heartbeat from the client for {SESSION_TIMEOUT:.0f} s"))
+                out.append((s, f"no heartbeat from the client for {SESSION_TIMEOUT:.0f} s", RunStatus.STOPPED))
         return out
+
+
+def how_it_ended(exit: tuple[int | None, int | None] | None) -> tuple[str, RunStatus]:
+    """Why a session whose client process has gone ends, and its runs' status. A client that did not close its
+    session can only be judged by its exit status, which the service sees only if it caught the process before
+    its parent reaped it; otherwise it says so rather than claim a success."""
+    import signal
+
+    if exit is None:
+        return ("the client process ended without closing its session (ServiceClient.close); how it ended could "
+                "not be seen from the service (run the client with twinkle-tui --run to record it)"), RunStatus.STOPPED
+    code, sig = exit
+    if sig is not None:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            return f"the client process was stopped by {name}", RunStatus.STOPPED
+        return f"the client process was killed by {name}", RunStatus.FAILED
+    if code == 0:
+        return "the client process exited (code 0)", RunStatus.COMPLETED
+    return f"the client process exited with code {code}", RunStatus.FAILED

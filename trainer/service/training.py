@@ -5,6 +5,7 @@ seq_id, so the client's next requests are not left waiting for it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -14,20 +15,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 from tinker import types as t
 
 from trainer.protocol import RunStatus
 from trainer.service import losses, wire
-from trainer.service.catalog import check_base_model
+from trainer.service.catalog import ModelCatalog
 from trainer.service.checkpoints import EPHEMERAL, CheckpointStore
 from trainer.service.errors import EngineError, ServiceError
 from trainer.service.futures import Future, FutureStore, Worker
 from trainer.service.lora import LoraSpec, LoraTrainer
+from trainer.service.memory import MemoryBudget
 from trainer.service.ordering import RequestOrder
 from trainer.service.runs import ServiceRun
 from trainer.service.sessions import TinkerSession
+from trainer.service.stability import StabilityRecords
 
 log = logging.getLogger(__name__)
+
+
+def data_digest(data: list[wire.Datum]) -> bytes:
+    """What a request trains on (its tokens and targets), to recognise the same data sent twice."""
+    h = hashlib.blake2b(digest_size=16)
+    for d in data:
+        h.update(np.ascontiguousarray(d.tokens, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(d.inputs.get("target_tokens", np.zeros(0)), dtype=np.int64).tobytes())
+    return h.digest()
 
 
 def sdk_json(model: Any) -> dict[str, Any]:
@@ -47,6 +60,7 @@ class TrainingModel:
     order: RequestOrder
     engine: LoraTrainer | None = None
     last_request: float = field(default_factory=time.time)
+    forwards: list[tuple[bytes, float]] = field(default_factory=list)  # cross-entropy forwards not yet logged
 
     @property
     def run_id(self) -> str:
@@ -73,9 +87,11 @@ class TrainingModels:
     """The live training models by id, and what each request does to one."""
 
     def __init__(self, home: Path, worker: Worker, futures: FutureStore, checkpoints: CheckpointStore,
-                 gap_timeout: float) -> None:
+                 catalog: ModelCatalog, gap_timeout: float, budget: MemoryBudget) -> None:
         self.home, self.worker, self.futures, self.checkpoints = home, worker, futures, checkpoints
-        self.gap_timeout = gap_timeout
+        self.catalog = catalog
+        self.records: StabilityRecords | None = None
+        self.gap_timeout, self.budget = gap_timeout, budget
         self.lock = threading.RLock()
         self.models: dict[str, TrainingModel] = {}
 
@@ -109,6 +125,13 @@ class TrainingModels:
         model.order.skip(seq_id)
         raise ServiceError(message, status)
 
+    def refuse_unread(self, model_id: str | None, seq_id: int | None) -> None:
+        """A request that could not be read whole: if its model and seq_id can be told, the seq_id is used up."""
+        with self.lock:
+            m = self.models.get(model_id or "")
+        if m is not None:
+            m.order.skip(seq_id or None)
+
     # ------------------------------------------------------------------ creation
     def create(self, session: TinkerSession, model_seq_id: int, base_model: str, lora: LoraSpec,
                load: tuple[Path, bool] | None = None, user_metadata: dict[str, Any] | None = None) -> Future:
@@ -117,7 +140,7 @@ class TrainingModels:
             lora.check()
         except EngineError as exc:
             raise ServiceError(str(exc)) from None
-        check_base_model(base_model)
+        self.catalog.check(base_model)
         model_id = f"{session.session_id}:train:{model_seq_id}"
         with self.lock:
             if model_id in self.models:
@@ -135,7 +158,7 @@ class TrainingModels:
             session.models.append(model.model_id)
 
         def job() -> dict[str, Any]:
-            model.engine = LoraTrainer(base_model, lora)
+            model.engine = LoraTrainer(base_model, lora, self.budget)
             if load is not None:
                 info = model.engine.load(*load)
                 run.log(f"loaded {load[0]} (step {info.step}{', optimizer' if load[1] else ''})")
@@ -156,16 +179,30 @@ class TrainingModels:
     def forward_backward(self, model: TrainingModel, fb: wire.ForwardBackward) -> Future:
         try:
             spec = losses.check(fb.loss_fn, fb.config, fb.data)
+            if spec.name in losses.NEEDS_SPANS:
+                assert self.records is not None
+                for i, d in enumerate(fb.data):
+                    q, mask = self.records.sampler_logprobs(model.session_id, d, i)
+                    d.inputs["logprobs"], d.inputs[losses.STABLE_MASK] = q, mask
         except losses.LossError as exc:
             self.refuse(model, fb.seq_id or None, str(exc))
+
+        digest = data_digest(fb.data)
 
         def job(m: TrainingModel) -> bytes:
             engine = m.trainer()
             outputs, metrics = engine.forward_backward(fb.data, spec, fb.forward_only)
-            if fb.forward_only:
-                weight = sum(losses.weight_of(spec, d.inputs) for d in fb.data)
+            weight = sum(losses.weight_of(spec, d.inputs) for d in fb.data)
+            if fb.forward_only and spec.name == "cross_entropy":
+                # forward_backward_custom starts with this forward, then sends the same data back with the custom
+                # loss's gradients as weights: only once that does not follow is it an evaluation.
+                m.forwards.append((digest, metrics["loss:sum"] / weight if weight > 0 else float("nan")))
+            elif fb.forward_only:
                 if weight > 0:
                     m.run.metrics(engine.step, {"eval loss": metrics["loss:sum"] / weight})
+            elif spec.name == "cross_entropy" and any(d == digest for d, _ in m.forwards):
+                engine.totals.surrogate = True
+                m.forwards = [(d, v) for d, v in m.forwards if d != digest]
             return wire.write_forward_backward(outputs, metrics)
 
         return self.ordered(model, fb.seq_id or None, job)
@@ -173,6 +210,7 @@ class TrainingModels:
     def optim_step(self, model: TrainingModel, seq_id: int | None, adam: Adam) -> Future:
         def job(m: TrainingModel) -> dict[str, Any]:
             engine = m.trainer()
+            self.log_evaluations(m)
             metrics = engine.optim_step(adam.learning_rate, adam.beta1, adam.beta2, adam.eps, adam.weight_decay,
                                         adam.grad_clip_norm)
             m.run.metrics(engine.step, metrics)
@@ -182,6 +220,14 @@ class TrainingModels:
                                                          "learning_rate": metrics["learning rate"]}))
 
         return self.ordered(model, seq_id, job)
+
+    @staticmethod
+    def log_evaluations(m: TrainingModel) -> None:
+        """The forwards that no custom-loss backward followed were evaluations: the run's eval loss."""
+        for _, value in m.forwards:
+            if value == value:  # not NaN (a forward with no weight)
+                m.run.metrics(m.trainer().step, {"eval loss": value})
+        m.forwards = []
 
     # ------------------------------------------------------------------ weights
     def save(self, m: TrainingModel, kind: str, name: str | None, with_optimizer: bool, ttl: int | None,

@@ -157,6 +157,8 @@ def effective_status(meta: dict[str, Any], alive: Callable[[int | None, int | No
     pid, supervisor = meta.get("pid"), meta.get("supervisor_pid")
     if supervisor and alive(supervisor, meta.get("supervisor_start_time")):
         return status
+    if meta.get("supervisor_kind") == "service":  # a training-service client: without its service it has no session
+        return RunStatus.FAILED
     if pid and alive(pid, meta.get("pid_start_time")):
         return status
     if pid and meta.get("pid_start_time") is None and process_start_time(pid) is not None:

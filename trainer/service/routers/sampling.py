@@ -35,11 +35,12 @@ async def get_sampler(sampler_id: str, service: ServiceDep) -> dict[str, Any]:
 
 @router.post("/asample", response_model_exclude_none=True)
 async def asample(req: t.SampleRequest, service: ServiceDep) -> t.UntypedAPIFuture:
+    request = sample_of(req)  # every size checked before anything is made per sample
     if req.sampling_session_id:
         s, to_queue = service.sampling.get(req.sampling_session_id), True
     else:
         s = await asyncio.to_thread(service.sampling.create, service.sessions.any_open(), req.base_model,
                                     req.model_path)
         to_queue = False
-    f = service.sampling.sample(s, sample_of(req), req.seq_id, to_queue)
+    f = service.sampling.sample(s, request, req.seq_id, to_queue)
     return untyped(f, sample_sequence_ids=[f"{f.request_id}-{i}" for i in range(req.num_samples)])

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 from tinker import types as t
 
-from trainer.service.catalog import context_length, offered
-from trainer.service.deps import SettingsDep
+from trainer.service.catalog import context_length
+from trainer.service.deps import ServiceDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1", tags=["service"])
 
@@ -19,10 +19,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/get_server_capabilities", response_model_exclude_none=True)
-def capabilities() -> t.GetServerCapabilitiesResponse:
+def capabilities(service: ServiceDep) -> t.GetServerCapabilitiesResponse:
     return t.GetServerCapabilitiesResponse(supported_models=[
         t.SupportedModel(model_name=name, max_context_length=context_length(name), trainable=True, sampleable=True)
-        for name in offered()])
+        for name in service.catalog.offered()])
 
 
 @router.post("/client/config", response_model_exclude_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import zstandard
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ from trainer.service.training import Adam
 router = APIRouter(prefix="/api/v1", tags=["training"])
 
 MAX_BODY = 512 * 1024 * 1024
+CHUNK = 1 << 20
 
 
 @router.post("/create_model", response_model_exclude_none=True)
@@ -44,22 +46,55 @@ def get_info(req: t.GetInfoRequest, service: ServiceDep) -> t.GetInfoResponse:
                                                     tokenizer_id=str(tokenizer)))
 
 
-async def protobuf_body(request: Request, settings_zstd: bool) -> bytes:
-    """The forward_backward body, decompressed when the SDK sent it zstd-compressed."""
-    raw = await request.body()
-    if request.headers.get("content-encoding", "").lower() == "zstd":
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_BODY)
-        except zstandard.ZstdError as exc:
-            raise ServiceError(f"the zstd-compressed body cannot be read: {exc}") from None
+def decompress(raw: bytes, cap: int) -> bytes:
+    """A zstd body, decompressed in bounded chunks: a frame that declares (or holds) more than `cap` bytes is
+    refused at the cap, never allocated whole; a frame that ends early is refused too."""
+    too_big = ServiceError(f"the zstd-compressed body holds more than {cap:,} bytes; this service takes at most that",
+                           413)
+    out = bytearray()
+    try:
+        declared = zstandard.get_frame_parameters(raw).content_size
+        if 0 <= declared < (1 << 63) and declared > cap:
+            raise too_big
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+            while chunk := reader.read(CHUNK):
+                out += chunk
+                if len(out) > cap:
+                    raise too_big
+    except zstandard.ZstdError as exc:
+        raise ServiceError(f"the zstd-compressed body cannot be read: {exc}") from None
+    if 0 <= declared < (1 << 63) and len(out) != declared:
+        raise ServiceError(f"the zstd-compressed body cannot be read: the frame ends after {len(out):,} of its "
+                           f"{declared:,} bytes")
+    return bytes(out)
+
+
+async def protobuf_body(request: Request, zstd: bool) -> bytes:
+    """The forward_backward body, decompressed (off the event loop) when it came zstd-compressed, which the SDK
+    does only when this service asked for it (--zstd)."""
     if "protobuf" not in request.headers.get("content-type", ""):
         raise ServiceError("forward_backward takes a protobuf body (application/x-protobuf), as the SDK sends")
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding == "zstd":
+        if not zstd:
+            raise ServiceError("this service takes uncompressed forward_backward bodies (start it with --zstd to "
+                               "take zstd)", 415)
+        return await asyncio.to_thread(decompress, raw, MAX_BODY)
+    if encoding not in ("", "identity"):
+        raise ServiceError(f"content-encoding {encoding!r} is not supported", 415)
     return raw
 
 
 @router.post("/forward_backward", response_model_exclude_none=True)
 async def forward_backward(request: Request, service: ServiceDep, settings: SettingsDep) -> t.UntypedAPIFuture:
-    fb = wire.read_forward_backward(await protobuf_body(request, settings.compress_fwdbwd))
+    raw = await protobuf_body(request, settings.compress_fwdbwd)
+    try:
+        fb = await asyncio.to_thread(wire.read_forward_backward, raw)  # CPU-bound: never on the event loop
+    except wire.WireError as exc:
+        model_id, seq_id = await asyncio.to_thread(wire.salvage_ids, raw)
+        service.training.refuse_unread(model_id, seq_id)
+        raise ServiceError(str(exc)) from None
     return untyped(service.training.forward_backward(service.training.get(fb.model_id), fb))
 
 
