@@ -146,7 +146,7 @@ def make_tiny_model(target: Path, arch: str = "llama", seed: int = 0, hidden: in
     fast.save_pretrained(str(tmp))
     common: dict[str, Any] = dict(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=1024, tie_word_embeddings=True,
+                                  max_position_embeddings=4096, tie_word_embeddings=True,  # room for multi-turn recipes
                                   bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                                   pad_token_id=fast.pad_token_id)
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)

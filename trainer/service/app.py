@@ -24,6 +24,7 @@ from trainer.service.service import Service
 from trainer.service.settings import ServiceSettings
 
 UNGUARDED = ("/api/v1/healthz",)  # liveness says nothing else
+SIGNED = "/api/v1/files/"  # downloads carry a signature instead of the key (as links to a storage bucket do)
 BODY_TYPES = ("application/json", "application/x-protobuf")  # what the SDK sends
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -69,7 +70,7 @@ def create_app(service: Service, settings: ServiceSettings | None = None) -> Fas
         host = request.headers.get("host", "").lower()
         if hosts is not None and host not in hosts:  # DNS rebinding: a page's name pointed at this address
             return error(f"this service answers only to {settings.host}:{settings.port}", 421)
-        if expected is not None and request.url.path not in UNGUARDED:
+        if expected is not None and request.url.path not in UNGUARDED and not request.url.path.startswith(SIGNED):
             given = request.headers.get("x-api-key", "").encode()
             if not hmac.compare_digest(given, expected):  # constant time; the key is never logged
                 return error("a valid API key is required (X-API-Key)", 401)

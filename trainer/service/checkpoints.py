@@ -23,7 +23,9 @@ from trainer.service.runs import SERVICE_SOURCE
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-KINDS = ("weights", "sampler_weights")
+KINDS = ("weights", "sampler_weights", "external_weights")
+TYPES = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}  # the SDK's names
+INFO_FILE = "tinker.json"
 EPHEMERAL = "ephemeral"  # sampler weights saved without a name: not listed, deleted when the session ends
 
 
@@ -42,6 +44,10 @@ class StoredCheckpoint:
     @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+    def files(self) -> list[str]:
+        """The files a client may download (the service's own tinker.json is not one of them)."""
+        return sorted(p.name for p in self.folder.iterdir() if p.is_file() and p.name != INFO_FILE)
 
 
 class CheckpointStore:
@@ -65,8 +71,8 @@ class CheckpointStore:
             raise ServiceError(f"{tinker_path!r} is not a tinker:// path")
         parts = tinker_path[len("tinker://"):].split("/")
         if len(parts) != 3 or parts[1] not in KINDS:
-            raise ServiceError(f"{tinker_path!r}: expected tinker://RUN/weights/NAME or "
-                               "tinker://RUN/sampler_weights/NAME")
+            raise ServiceError(f"{tinker_path!r}: expected tinker://RUN/weights/NAME, "
+                               "tinker://RUN/sampler_weights/NAME or tinker://RUN/external_weights/NAME")
         try:
             folder = self.folder(parts[0], parts[1], parts[2])
         except ValueError as exc:
@@ -117,6 +123,18 @@ class CheckpointStore:
 
     def delete(self, run_id: str, checkpoint_id: str) -> None:
         shutil.rmtree(self.resolve(f"tinker://{run_id}/{checkpoint_id}").folder)
+
+    def set_ttl(self, c: StoredCheckpoint, ttl: int | None) -> None:
+        """A checkpoint expires `ttl` seconds from now (None: never)."""
+        import dataclasses
+        import json
+
+        if ttl is not None and not 1 <= ttl <= 10 * 365 * 86400:
+            raise ServiceError("ttl_seconds must be between 1 second and ten years, or null (no expiry)")
+        info = dataclasses.replace(c.info, expires_at=self.clock() + ttl if ttl is not None else None)
+        tmp = c.folder / f".{INFO_FILE}.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(info)))
+        tmp.replace(c.folder / INFO_FILE)
 
     def last(self, run_id: str, kind: str) -> StoredCheckpoint | None:
         return max((c for c in self.of_run(run_id) if c.kind == kind), key=lambda c: c.info.created, default=None)

@@ -82,7 +82,7 @@ class ModelShape:
         if not grad:
             return logits + layer
         if checkpointing:  # each layer keeps its input; one layer at a time is recomputed for its backward
-            return logits + self.layers * self.hidden * 4 * 2 + 4 * layer
+            return logits + self.layers * self.hidden * 4 * 2 + min(self.layers, 2) * layer
         return logits + self.layers * layer
 
     def need(self, rows: int, width: int, grad: bool, checkpointing: bool) -> int:

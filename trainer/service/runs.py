@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 SERVICE_SOURCE = "tinker service"  # meta config.source of every run this service writes
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """Where a client created from a checkpoint comes from."""
+
+    run_id: str
+    tinker_path: str
+    step: int
+
+
 class ServiceRun:
     """A training client's run: meta.json, metrics.jsonl, events, output.log (for runs the service made)."""
 
@@ -48,7 +57,7 @@ class ServiceRun:
 
     @classmethod
     def create(cls, home: Path, base_model: str, lora: LoraSpec, session: TinkerSession, model_id: str,
-               user_metadata: dict[str, Any] | None = None) -> ServiceRun:
+               user_metadata: dict[str, Any] | None = None, resumed_from: Resumed | None = None) -> ServiceRun:
         short = base_model.removeprefix("builtin:").rsplit("/", 1)[-1].split("-")[0] or "model"
         paths = RunPaths(home / new_run_id(f"tinker-{short}"))
         paths.check_not_symlink()
@@ -64,11 +73,21 @@ class ServiceRun:
                         config={"lora": asdict(lora), "source": SERVICE_SOURCE, "session": session.session_id,
                                 "tinker_model_id": model_id,
                                 **({"parent_run": session.managed_run} if session.managed_run else {}),
+                                **({"parent_run": resumed_from.run_id, "resumed_from": resumed_from.tinker_path}
+                                   if resumed_from else {}),
                                 **({"session_metadata": session.user_metadata} if session.user_metadata else {}),
                                 **({"user_metadata": user_metadata} if user_metadata else {})})
 
         update_meta(paths, change, repair=True)
-        record_event(paths, "launch", pid=session.client_pid, launch=1, source=SERVICE_SOURCE)
+        origin: dict[str, Any] = {"from_run": resumed_from.run_id, "from_checkpoint": resumed_from.step,
+                                  "tinker_path": resumed_from.tinker_path} if resumed_from else {}
+        record_event(paths, "launch", pid=session.client_pid, launch=1, source=SERVICE_SOURCE, **origin)
+        if resumed_from:  # the run it continues hears of it too: one line of descent, in both timelines
+            try:
+                record_event(RunPaths(home / resumed_from.run_id), "resumed_as", run=paths.run_id,
+                             tinker_path=resumed_from.tinker_path, step=resumed_from.step)
+            except OSError as exc:
+                log.warning("cannot record the resume in %s: %s", resumed_from.run_id, exc)
         run = cls(paths, owned=True)
         run.log(f"training client of session {session.session_id}: LoRA rank {lora.rank} on {base_model}"
                 + (f" (client process {session.client_pid})" if session.client_pid else ""))

@@ -22,3 +22,8 @@ class FinishSessionRequest(BaseModel):
 class WeightsInfoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     tinker_path: str
+
+
+class TtlRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    ttl_seconds: int | None = None

@@ -6,6 +6,8 @@ The HTTP routes (routers/) only translate requests into calls on this object and
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import threading
@@ -20,6 +22,7 @@ from trainer.service.errors import ServiceError
 from trainer.service.futures import Future, FutureStore, Worker
 from trainer.service.memory import MemoryBudget
 from trainer.service.ordering import GAP_TIMEOUT
+from trainer.service.recipe_metrics import RecipeMetrics
 from trainer.service.runs import ServiceRun, quietly
 from trainer.service.sampler_engine import Samplers
 from trainer.service.sampling import SamplingSessions
@@ -55,6 +58,8 @@ class Service:
         self.sampling = SamplingSessions(self.worker, self.futures, self.checkpoints, self.samplers, self.catalog,
                                          self.records)
         self.own_run: RunPaths | None = None
+        self.secret = os.urandom(32)  # signs download links; a restart invalidates them
+        self.recipes: dict[str, RecipeMetrics] = {}  # session id -> its recipe's own metrics, followed
         self._stop = threading.Event()
         self._last_prune = 0.0
         self.reconcile_orphans()
@@ -88,6 +93,9 @@ class Service:
             return
         log.info("session %s ended: %s", s.session_id, why)
         self.publish()
+        recipe = self.recipes.pop(s.session_id, None)
+        if recipe is not None:
+            recipe.poll()  # the lines it wrote last
         self.training.close(self.training.pop(s.models), why, status)
         self.records.drop_session(s.session_id)
 
@@ -106,6 +114,10 @@ class Service:
             except Exception:
                 continue
         raise ServiceError(f"no training run {ident!r}", 404)
+
+    def sign(self, *parts: object) -> str:
+        """An HMAC of the parts with this service's secret (download links)."""
+        return hmac.new(self.secret, "\x00".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------------ futures
     def run_now(self, job: Any, owner: str | None = None) -> Future:
@@ -146,12 +158,25 @@ class Service:
             ServiceRun(paths, owned=True).end(why, RunStatus.FAILED, why)
             log.info("run %s: %s", run_id, why)
 
+    def follow_recipes(self) -> None:
+        """Each local client's recipe metrics (a tinker-cookbook ml_log), into its first training model's run."""
+        for s in self.sessions.open_sessions():
+            if s.session_id not in self.recipes and s.client_pid and s.models:
+                with self.training.lock:
+                    first = self.training.models.get(s.models[0])
+                if first is not None:
+                    self.recipes[s.session_id] = RecipeMetrics(s.client_pid, first.run)
+            recipe = self.recipes.get(s.session_id)
+            if recipe is not None:
+                recipe.poll()
+
     def housekeeping(self) -> None:
         """End sessions whose client is gone, move request orders past requests that never came, drop results
         already read, and (every few minutes) delete expired checkpoints."""
         for s, why, status in self.sessions.ended():
             self.close_session(s, why, status)
         self.training.expire_gaps()
+        self.follow_recipes()
         self.futures.prune()
         self.records.prune()
         now = time.monotonic()

@@ -100,6 +100,7 @@ class SessionRegistry:
         for s in self.open_sessions():
             alive = s.client_alive()
             if alive is False:
+                s.watch()  # one more look: a zombie still holds its exit status
                 out.append((s, *how_it_ended(s.exit)))
             elif alive is None and s.client_start is None and now - s.last_seen > SESSION_TIMEOUT:
                 out.append((s, f"no heartbeat from the client for {SESSION_TIMEOUT:.0f} s", RunStatus.STOPPED))

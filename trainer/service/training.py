@@ -27,20 +27,37 @@ from trainer.service.futures import Future, FutureStore, Worker
 from trainer.service.lora import LoraSpec, LoraTrainer
 from trainer.service.memory import MemoryBudget
 from trainer.service.ordering import RequestOrder
-from trainer.service.runs import ServiceRun
+from trainer.service.runs import Resumed, ServiceRun
 from trainer.service.sessions import TinkerSession
 from trainer.service.stability import StabilityRecords
 
 log = logging.getLogger(__name__)
 
 
-def data_digest(data: list[wire.Datum]) -> bytes:
-    """What a request trains on (its tokens and targets), to recognise the same data sent twice."""
-    h = hashlib.blake2b(digest_size=16)
+def data_digest(data: list[wire.Datum]) -> tuple[bytes, bytes]:
+    """(what a request trains on: its tokens and targets; its weights), to recognise the same data sent twice."""
+    h, w = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
     for d in data:
         h.update(np.ascontiguousarray(d.tokens, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(d.inputs.get("target_tokens", np.zeros(0)), dtype=np.int64).tobytes())
-    return h.digest()
+        w.update(np.ascontiguousarray(d.inputs.get("weights", np.zeros(0)), dtype=np.float32).tobytes())
+    return h.digest(), w.digest()
+
+
+def age_recipients(recipients: list[str]) -> list[Any]:
+    """age recipients (age1... or SSH public keys), or a ServiceError that names the bad one."""
+    try:
+        import pyrage
+    except ImportError:
+        raise ServiceError("age_encryption_recipients need pyrage: pip install 'twinkle-tui[service]'") from None
+    keys = []
+    for r in recipients:
+        try:
+            keys.append(pyrage.x25519.Recipient.from_str(r) if r.startswith("age1") else
+                        pyrage.ssh.Recipient.from_str(r))
+        except Exception:
+            raise ServiceError(f"{r[:40]!r} is not an age recipient (age1...) or an SSH public key") from None
+    return keys
 
 
 def sdk_json(model: Any) -> dict[str, Any]:
@@ -60,7 +77,7 @@ class TrainingModel:
     order: RequestOrder
     engine: LoraTrainer | None = None
     last_request: float = field(default_factory=time.time)
-    forwards: list[tuple[bytes, float]] = field(default_factory=list)  # cross-entropy forwards not yet logged
+    forwards: list[tuple[bytes, bytes, float]] = field(default_factory=list)  # cross-entropy forwards to log
 
     @property
     def run_id(self) -> str:
@@ -134,7 +151,8 @@ class TrainingModels:
 
     # ------------------------------------------------------------------ creation
     def create(self, session: TinkerSession, model_seq_id: int, base_model: str, lora: LoraSpec,
-               load: tuple[Path, bool] | None = None, user_metadata: dict[str, Any] | None = None) -> Future:
+               load: tuple[Path, bool] | None = None, user_metadata: dict[str, Any] | None = None,
+               resumed_from: Resumed | None = None) -> Future:
         """A training model; its id is the SDK's own (SESSION:train:SEQ: the SDK derives it for create-via-load)."""
         try:
             lora.check()
@@ -150,7 +168,7 @@ class TrainingModels:
         if attach:
             run = ServiceRun.attach(self.home, attach, base_model, lora, model_id, user_metadata)
         else:
-            run = ServiceRun.create(self.home, base_model, lora, session, model_id, user_metadata)
+            run = ServiceRun.create(self.home, base_model, lora, session, model_id, user_metadata, resumed_from)
         model = TrainingModel(model_id, session.session_id, base_model, lora, run,
                               RequestOrder(gap_timeout=self.gap_timeout))
         with self.lock:
@@ -187,7 +205,7 @@ class TrainingModels:
         except losses.LossError as exc:
             self.refuse(model, fb.seq_id or None, str(exc))
 
-        digest = data_digest(fb.data)
+        digest, weights = data_digest(fb.data)
 
         def job(m: TrainingModel) -> bytes:
             engine = m.trainer()
@@ -196,13 +214,14 @@ class TrainingModels:
             if fb.forward_only and spec.name == "cross_entropy":
                 # forward_backward_custom starts with this forward, then sends the same data back with the custom
                 # loss's gradients as weights: only once that does not follow is it an evaluation.
-                m.forwards.append((digest, metrics["loss:sum"] / weight if weight > 0 else float("nan")))
+                m.forwards.append((digest, weights, metrics["loss:sum"] / weight if weight > 0 else float("nan")))
             elif fb.forward_only:
                 if weight > 0:
                     m.run.metrics(engine.step, {"eval loss": metrics["loss:sum"] / weight})
-            elif spec.name == "cross_entropy" and any(d == digest for d, _ in m.forwards):
+            elif spec.name == "cross_entropy" and any(d == digest and w != weights for d, w, _ in m.forwards):
+                # the same data back with other weights: the custom loss's gradients, after its forward
                 engine.totals.surrogate = True
-                m.forwards = [(d, v) for d, v in m.forwards if d != digest]
+                m.forwards = [f for f in m.forwards if f[0] != digest]
             return wire.write_forward_backward(outputs, metrics)
 
         return self.ordered(model, fb.seq_id or None, job)
@@ -224,7 +243,7 @@ class TrainingModels:
     @staticmethod
     def log_evaluations(m: TrainingModel) -> None:
         """The forwards that no custom-loss backward followed were evaluations: the run's eval loss."""
-        for _, value in m.forwards:
+        for _, _, value in m.forwards:
             if value == value:  # not NaN (a forward with no weight)
                 m.run.metrics(m.trainer().step, {"eval loss": value})
         m.forwards = []
@@ -240,7 +259,7 @@ class TrainingModels:
         folder = self.checkpoints.folder(m.run_id, kind, name)
         if folder.exists() and not overwrite and kind == "weights":
             raise ServiceError(f"a checkpoint named {name!r} exists; pass overwrite=True to replace it")
-        engine.save(folder, "training" if kind == "weights" else "sampler", with_optimizer,
+        engine.save(folder, {"weights": "training", "external_weights": "external"}.get(kind, "sampler"), with_optimizer,
                     time.time() + ttl if ttl else None, user_metadata)
         path = f"tinker://{m.run_id}/{kind}/{name}"
         if kind == "weights":
@@ -270,6 +289,27 @@ class TrainingModels:
                                   True, None)
             return sdk_json(t.SaveWeightsForSamplerResponseInternal(sampling_session_id=new_sampler(m, folder),
                                                                     type="save_weights_for_sampler"))
+
+        return self.ordered(model, seq_id, job)
+
+    def save_external(self, model: TrainingModel, seq_id: int | None, name: str, ttl: int | None,
+                      recipients: list[str] | None) -> Future:
+        """The adapter in its external format (PEFT: adapter_model.safetensors + adapter_config.json), each file
+        age-encrypted to the recipients when there are any."""
+        keys = age_recipients(recipients) if recipients else None
+
+        def job(m: TrainingModel) -> dict[str, Any]:
+            saved, folder = self.save(m, "external_weights", name, False, ttl, True, None)
+            if keys is not None:
+                import pyrage
+
+                for f in folder.iterdir():
+                    if f.is_file() and f.name != "tinker.json":
+                        (folder / f"{f.name}.age").write_bytes(pyrage.encrypt(f.read_bytes(), keys))
+                        f.unlink()
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            return sdk_json(t.SaveWeightsExternalResponseInternal(path=saved, size_bytes=size,
+                                                                  type="save_weights_external"))
 
         return self.ordered(model, seq_id, job)
 

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
 from tinker import types as t
 
 from trainer.protocol import RunPaths, RunStatus, read_meta
-from trainer.service.checkpoints import StoredCheckpoint
+from trainer.service.checkpoints import TYPES, StoredCheckpoint
 from trainer.service.deps import ServiceDep
 from trainer.service.errors import ServiceError
+from trainer.service.schemas import TtlRequest
 from trainer.service.service import Service
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
+
+URL_LIFETIME = 3600
 
 
 def checkpoint_of(c: StoredCheckpoint) -> t.Checkpoint:
     info = c.info
     return t.Checkpoint(checkpoint_id=f"{c.kind}/{c.name}",
-                        checkpoint_type="training" if c.kind == "weights" else "sampler",
+                        checkpoint_type=TYPES[c.kind],  # type: ignore[arg-type]
                         time=datetime.fromtimestamp(info.created, UTC), tinker_path=c.tinker_path,
                         size_bytes=c.size_bytes, user_metadata=info.user_metadata,
                         expires_at=datetime.fromtimestamp(info.expires_at, UTC) if info.expires_at else None)
@@ -76,3 +81,39 @@ def list_user_checkpoints(service: ServiceDep, limit: int = 100, offset: int = 0
     found.sort(key=lambda c: c.time, reverse=True)
     return t.CheckpointsListResponse(checkpoints=found[offset : offset + limit],
                                      cursor=t.Cursor(offset=offset, limit=limit, total_count=len(found)))
+
+
+@router.put("/training_runs/{ident}/checkpoints/{checkpoint_id:path}/ttl")
+def set_ttl(ident: str, checkpoint_id: str, req: TtlRequest, service: ServiceDep) -> dict[str, Any]:
+    service.checkpoints.set_ttl(service.checkpoints.resolve(f"tinker://{service.run_id_of(ident)}/{checkpoint_id}"),
+                                req.ttl_seconds)
+    return {}
+
+
+@router.get("/training_runs/{ident}/checkpoints/{checkpoint_id:path}/external_weights_urls",
+            response_model_exclude_none=True)
+def external_weights_urls(ident: str, checkpoint_id: str, request: Request,
+                          service: ServiceDep) -> t.ExternalWeightsUrlsResponse:
+    """One signed URL per file of an external weights checkpoint, good for URL_LIFETIME seconds (the SDK and the
+    cookbook's weights.download fetch them without the API key, as from a storage bucket)."""
+    c = service.checkpoints.resolve(f"tinker://{service.run_id_of(ident)}/{checkpoint_id}")
+    if c.kind != "external_weights":
+        raise ServiceError(f"{c.tinker_path} is not an external weights checkpoint (save_weights_external)")
+    expires = int(time.time() + URL_LIFETIME)
+    base = str(request.base_url).rstrip("/")
+    urls = {name: f"{base}/api/v1/files/{c.run_id}/{c.kind}/{c.name}/{name}?expires={expires}&signature="
+                  f"{service.sign(c.run_id, c.kind, c.name, name, expires)}" for name in c.files()}
+    return t.ExternalWeightsUrlsResponse(urls=urls, expires=datetime.fromtimestamp(expires, UTC))
+
+
+@router.get("/files/{run_id}/{kind}/{name}/{filename}")
+def signed_file(run_id: str, kind: str, name: str, filename: str, expires: int, signature: str,
+                service: ServiceDep) -> FileResponse:
+    """A file of an external weights checkpoint, to whoever holds a signed URL that has not expired."""
+    if expires < time.time() or not hmac.compare_digest(signature, service.sign(run_id, kind, name, filename,
+                                                                                 expires)):
+        raise ServiceError("this download link is not valid (expired, or not signed by this service)", 403)
+    c = service.checkpoints.resolve(f"tinker://{run_id}/{kind}/{name}")
+    if filename not in c.files():
+        raise ServiceError(f"{c.tinker_path} has no file {filename!r}", 404)
+    return FileResponse(c.folder / filename, media_type="application/octet-stream")

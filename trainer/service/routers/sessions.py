@@ -43,6 +43,14 @@ async def finish_session(req: FinishSessionRequest, session: SessionDep, service
     return {}
 
 
+@router.get("/sessions", response_model_exclude_none=True)
+async def list_sessions(service: ServiceDep, limit: int = 20, offset: int = 0) -> t.ListSessionsResponse:
+    """The sessions this service has seen, newest first (open and closed)."""
+    with service.sessions.lock:
+        ids = list(reversed(service.sessions.sessions))
+    return t.ListSessionsResponse(sessions=ids[offset : offset + limit])
+
+
 @router.get("/sessions/{session_id}", response_model_exclude_none=True)
 async def get_session(session: SessionDep, service: ServiceDep) -> t.GetSessionResponse:
     meta = {str(k): str(v) for k, v in (session.user_metadata or {}).items()} or None

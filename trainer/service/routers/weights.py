@@ -12,6 +12,7 @@ from tinker import types as t
 from trainer.service.deps import ServiceDep, untyped
 from trainer.service.errors import ServiceError
 from trainer.service.lora import LoraSpec
+from trainer.service.runs import Resumed
 from trainer.service.schemas import WeightsInfoRequest
 from trainer.service.training import TrainingModel
 
@@ -61,11 +62,24 @@ async def load_weights(req: t.LoadWeightsRequest, service: ServiceDep) -> t.Unty
             raise ServiceError("load_weights with session_id needs model_seq_id")
         lora = LoraSpec(**{k: v for k, v in info.lora.items() if k in LoraSpec.__dataclass_fields__})
         f = await asyncio.to_thread(service.training.create, session, req.model_seq_id, base, lora,
-                                    (stored.folder, req.optimizer), req.user_metadata)
+                                    (stored.folder, req.optimizer), req.user_metadata,
+                                    Resumed(stored.run_id, stored.tinker_path, info.step))
         return untyped(f)
     if model is None:
         raise ServiceError("load_weights needs model_id (or session_id to create a model from the checkpoint)")
     return untyped(service.training.load(model, req.seq_id, req.path, stored.folder, req.optimizer))
+
+
+@router.post("/save_weights_external", response_model_exclude_none=True)
+async def save_weights_external(req: t.SaveWeightsExternalRequest, service: ServiceDep) -> t.UntypedAPIFuture:
+    m = service.training.get(req.model_id)
+    try:
+        service.checkpoints.folder(m.run_id, "external_weights", req.path)
+        future = service.training.save_external(m, req.seq_id, req.path, req.ttl_seconds,
+                                                req.age_encryption_recipients)
+    except ServiceError as exc:
+        service.training.refuse(m, req.seq_id, str(exc), exc.status)
+    return untyped(future)
 
 
 @router.post("/weights_info", response_model_exclude_none=True)
