@@ -1,8 +1,9 @@
 """The metrics a tinker-cookbook recipe computes itself (its ml_log writes them to `<log_path>/metrics.jsonl`:
 rewards, kl/teacher, DPO loss, test NLL, ...), brought into the client's run beside the service's own.
 
-The recipe's log folder is found from the client process: ml_log keeps `<log_path>/logs.log` open, and any file
-the client holds open in a folder that also has a metrics.jsonl names it. The file is then followed by byte
+The recipe's log folder is found from the client process while it runs: ml_log keeps `<log_path>/logs.log` open
+and writes config.json there at once, so a file the client holds open in a folder with a config.json or a
+metrics.jsonl names it (found early, its metrics are still read after the client has exited). The file is then followed by byte
 offset (whole lines only) and each line's numbers are appended to the run at the recipe's step + 1 (a recipe
 counts its steps from 0 and logs after the step's optim_step, which the service counts from 1).
 """
@@ -35,7 +36,8 @@ def metrics_file_of(pid: int) -> Path | None:
     for f in files:
         folder = Path(f.path).parent
         candidate = folder / "metrics.jsonl"
-        if candidate.is_file() and not (folder / "meta.json").exists():  # a run's folder has a meta.json
+        recipe = candidate.is_file() or (folder / "config.json").is_file()  # ml_log writes config.json first
+        if recipe and not (folder / "meta.json").exists():  # a twinkle run's folder has a meta.json
             return candidate
     return None
 
