@@ -98,7 +98,11 @@ def main() -> None:
     env = {**os.environ, "TWINKLE_HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("TWINKLE_RUN_ID", None)
     log = open(home / "service.log", "wb")
-    extra = ["--memory-budget", args.budget] if args.mode == "memory" else []
+    import torch
+
+    # the same threads as the in-process baseline (the service's default, auto, counts the machine's free cores)
+    extra = ["--threads", str(torch.get_num_threads())] + (["--memory-budget", args.budget]
+                                                            if args.mode == "memory" else [])
     server = subprocess.Popen([sys.executable, "-m", "trainer.service", "--port", str(port), *extra], env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
