@@ -100,7 +100,7 @@ FLOORS = [
     ("twinkle_tui.agent", 4),
     ("twinkle_tui.monitor", 5),
     ("twinkle_tui.research", 6),
-    ("twinkle_tui.ui", 7), ("twinkle_tui.headless", 7),
+    ("twinkle_tui.ui", 7), ("twinkle_tui.headless", 7), ("twinkle_tui.serve", 7),
     ("twinkle_tui.cli", 8), ("twinkle_tui.__main__", 9), ("twinkle_tui", 0),
 ]
 

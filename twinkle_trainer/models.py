@@ -8,6 +8,7 @@ Built-ins:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -95,6 +96,15 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     target = models_dir() / f"{gguf.stem}-{digest}"
     if (target / ".complete").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes on a fresh home: one converts, the other waits for it
+        if (target / ".complete").exists():
+            return target
+        return _convert_gguf(gguf, target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,7 +147,7 @@ def make_tiny_model(target: Path, arch: str = "llama", seed: int = 0, hidden: in
     fast.save_pretrained(str(tmp))
     common: dict[str, Any] = dict(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=1024, tie_word_embeddings=True,
+                                  max_position_embeddings=4096, tie_word_embeddings=True,  # room for multi-turn recipes
                                   bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                                   pad_token_id=fast.pad_token_id)
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)

@@ -1,6 +1,7 @@
 """Samplers: HF generate (CPU and GPU, the default) and vLLM (optional `gpu` extra) with LoRA hot-swap.
 
-Both return, per prompt, num_generations completions as token ids plus whether each hit max_tokens.
+VLLMEngine is the one wrapper of vLLM: the trainer's VLLMSampler and the training service's sampler both use it.
+Both trainer samplers return, per prompt, num_generations completions as token ids plus whether each hit max_tokens.
 """
 
 from __future__ import annotations
@@ -141,12 +142,62 @@ def finished_at(tokens: list[int], tokenizer: Any, stops: list[str]) -> int | No
     return None
 
 
-class VLLMSampler:
-    """vLLM in the training process: sleeps while we train, wakes to sample with the newest adapter.
+class VLLMEngine:
+    """One vLLM engine over one base model, sampling with LoRA adapters saved in folders: the one wrapper of vLLM
+    that both the trainer's sampler (VLLMSampler) and the training service's sampler use.
 
-    Each sync saves the adapter and sends it as a new LoRARequest (a new id each time), so vLLM never serves a
-    stale adapter from its cache. The sampled tokens' log-probabilities come back with the samples, for the
-    importance-sampling correction of the mismatch between vLLM's kernels and the trainer.
+    An adapter is sent as a LoRARequest whose id names its folder and the version of its weights file, so a folder
+    rewritten under the same name is a new adapter, never a stale one from vLLM's cache. With sleep mode the engine
+    sleeps between generations (its GPU memory goes back to the trainer) and wakes to generate.
+    """
+
+    def __init__(self, engine_args: dict[str, Any], sleep_mode: bool = False) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SamplerError("the vLLM sampler needs an NVIDIA GPU; use the HF sampler on this machine")
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.lora.request import LoRARequest
+        except ImportError:
+            raise SamplerError("the vLLM sampler needs vLLM: pip install 'twinkle-tui[gpu]'") from None
+        self._SamplingParams, self._LoRARequest = SamplingParams, LoRARequest
+        self.sleep_mode = sleep_mode
+        self.ids: dict[tuple[str, int], int] = {}
+        torch.cuda.empty_cache()  # what the training models' cache holds, the engine cannot take
+        self.llm = LLM(**engine_args)
+
+    def lora_request(self, folder: Path | None) -> Any:
+        """The LoRARequest of the adapter in `folder` as it is now (None: the base model)."""
+        if folder is None:
+            return None
+        key = (str(folder), (folder / "adapter_model.safetensors").stat().st_mtime_ns)
+        if key not in self.ids:
+            self.ids[key] = len(self.ids) + 1
+        return self._LoRARequest(f"twinkle-{self.ids[key]}", self.ids[key], str(folder))
+
+    def generate(self, prompts: list[list[int]], sampling: dict[str, Any], adapter: Path | None) -> list[Any]:
+        """vLLM RequestOutputs for token-id prompts, with vllm.SamplingParams(**sampling) and the adapter."""
+        import torch
+
+        if self.sleep_mode:
+            torch.cuda.empty_cache()  # memory the trainer's cache holds is memory the engine cannot wake into
+            self.llm.wake_up()
+        try:
+            return list(self.llm.generate([{"prompt_token_ids": p} for p in prompts],
+                                          self._SamplingParams(**sampling), lora_request=self.lora_request(adapter),
+                                          use_tqdm=False))
+        finally:
+            if self.sleep_mode:
+                self.llm.sleep(level=1)
+
+
+class VLLMSampler:
+    """The trainer's vLLM sampler: sleeps while we train, wakes to sample with the newest adapter.
+
+    Each sync saves the adapter into a new folder, so vLLM never serves a stale adapter from its cache. The sampled
+    tokens' log-probabilities come back with the samples, for the importance-sampling correction of the mismatch
+    between vLLM's kernels and the trainer.
     """
 
     def __init__(self, model_dir: Path, tokenizer: Any, args: Any) -> None:
@@ -156,19 +207,16 @@ class VLLMSampler:
 
         if not torch.cuda.is_available():
             raise SamplerError("sampler_type vllm needs an NVIDIA GPU; use sampler_type hf on this machine")
-        try:
-            from vllm import LLM, SamplingParams
-            from vllm.lora.request import LoRARequest
-        except ImportError:
-            raise SamplerError("sampler_type vllm needs vLLM: pip install 'twinkle-tui[gpu]'") from None
-        self._SamplingParams, self._LoRARequest = SamplingParams, LoRARequest
         self.tokenizer, self.sampling = tokenizer, args.sampling
         self.version = 0
         self._adapter: Path | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="twinkle-vllm-"))
         atexit.register(self.close)
-        self.llm = LLM(**vllm_engine_args(model_dir, args, torch.cuda.is_bf16_supported()))
-        self.sleep_mode = args.sampler.enable_sleep_mode
+        try:
+            self.engine = VLLMEngine(vllm_engine_args(model_dir, args, torch.cuda.is_bf16_supported()),
+                                     sleep_mode=args.sampler.enable_sleep_mode)
+        except SamplerError as exc:
+            raise SamplerError(str(exc).replace("the vLLM sampler", "sampler_type vllm")) from None
 
     def sync(self, model: Any) -> None:
         self.version += 1
@@ -179,22 +227,11 @@ class VLLMSampler:
         self._adapter = target
 
     def generate(self, prompts: list[list[int]], n: int) -> list[Completion]:
-        import torch
-
         s = self.sampling
-        if self.sleep_mode:
-            torch.cuda.empty_cache()  # memory the trainer's cache holds is memory the engine cannot wake into
-            self.llm.wake_up()
-        params = self._SamplingParams(n=n, temperature=max(s.temperature, 0.0), top_p=s.top_p,
-                                      top_k=s.top_k if s.top_k > 0 else -1, max_tokens=s.max_tokens, logprobs=0,
-                                      stop=list(s.stop) or None)
-        request = None
-        if self._adapter is not None:
-            request = self._LoRARequest(f"twinkle-v{self.version}", self.version, str(self._adapter))
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=request,
-                                    use_tqdm=False)
-        if self.sleep_mode:
-            self.llm.sleep(level=1)
+        sampling = {"n": n, "temperature": max(s.temperature, 0.0), "top_p": s.top_p,
+                    "top_k": s.top_k if s.top_k > 0 else -1, "max_tokens": s.max_tokens, "logprobs": 0,
+                    "stop": list(s.stop) or None}
+        outputs = self.engine.generate(prompts, sampling, self._adapter)
         completions = []
         for i, out in enumerate(outputs):
             for c in out.outputs:

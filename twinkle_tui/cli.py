@@ -199,39 +199,7 @@ def live_runs_message(summaries: Sequence[RunSummary]) -> str | None:
 
 def serve_main(argv: list[str]) -> int:
     """`twinkle-tui serve`: the tinker-compatible training service, as a supervised run followed in this terminal
-    (its log here; Ctrl-C stops it; the dashboard shows it and the runs of its clients)."""
-    from twinkle_trainer.protocol import RunKind, new_run_id
-    from twinkle_trainer.service.__main__ import KEY_ENV, check_key, missing_packages
+    (twinkle_tui/serve.py)."""
+    from twinkle_tui.serve import serve_main as serve
 
-    p = argparse.ArgumentParser(prog="twinkle-tui serve",
-                                description="The tinker-compatible training service, as a run followed here.")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default; others need a key)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help=f"key clients must send (starts with tml-); also ${KEY_ENV}")
-    p.add_argument("--zstd", action="store_true", help="ask clients to zstd-compress forward_backward bodies")
-    p.add_argument("--sampler", default="auto", choices=("auto", "hf", "vllm"),
-                   help="auto: vLLM on an NVIDIA GPU with the gpu extra, else HF generate")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="GPU memory share of the vLLM engine")
-    p.add_argument("--home", default=None, help=f"runs directory (default ${HOME_ENV} or ~/.cache/twinkle)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds the service gets to stop before it is killed")
-    ns = p.parse_args(argv)
-    key = ns.api_key or os.environ.get(KEY_ENV) or None
-    problem = missing_packages() or home_problem(ns.home) or check_key(ns.host, key)
-    if problem:
-        print(f"twinkle-tui serve: {problem}", file=sys.stderr)
-        return 2
-    if not 0 < ns.port < 65536:
-        print(f"twinkle-tui serve: port {ns.port} is not a TCP port (1-65535)", file=sys.stderr)
-        return 2
-    setup_logging(ns.home, False)
-    from twinkle_tui.headless import HeadlessRun
-    from twinkle_tui.process.controller import ProcessController
-
-    if key:  # to the service through the environment only: never on a command line, in meta.json or a log
-        os.environ[KEY_ENV] = key
-    controller = ProcessController(ns.home, grace=ns.grace)
-    args = ["--host", ns.host, "--port", str(ns.port), "--sampler", ns.sampler, "--gpu-memory-utilization",
-            str(ns.gpu_memory_utilization), *(["--zstd"] if ns.zstd else [])]
-    return HeadlessRun(controller).follow(
-        lambda: controller.launch_module("twinkle_trainer.service", args, new_run_id(f"service-{ns.port}"),
-                                         model_id="tinker training service", kind=RunKind.SERVICE))
+    return serve(argv)

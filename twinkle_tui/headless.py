@@ -18,7 +18,7 @@ from typing import TextIO
 from twinkle_trainer.protocol import RunKind, RunStatus
 from twinkle_tui.monitor.headless import HeadlessMonitor
 from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
-from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
+from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value, service_summary
 from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore
 from twinkle_tui.runs.tail import FileTail, clean_log_line
 
@@ -48,12 +48,7 @@ def status_line(view: RunCache, now: float) -> str:
         return (f"stopping: finishing step {view.last_step + 1}, about {format_duration(left)} left before it is "
                 "killed (--grace sets the least it gets)")
     if meta.kind == RunKind.SERVICE and meta.service:
-        service = meta.service
-        parts = [f"serving at {service.get('url', '?')}", f"{service.get('sessions', 0)} open session(s)"]
-        for key, label in (("clients", "client(s)"), ("requests_per_minute", "requests/min")):
-            if isinstance(service.get(key), int | float):
-                parts.append(f"{service[key]:g} {label}")
-        return " · ".join(parts)
+        return service_summary(meta.service)
     return progress_line(RunProgress.of(view, now), last_metrics(view), active=view.status.is_active)
 
 

@@ -1,78 +1,36 @@
-"""python -m twinkle_trainer.service [--host 127.0.0.1] [--port 8000] [--zstd]
+"""python -m twinkle_trainer.service [--host 127.0.0.1] [--port 8000] [--zstd] [--threads auto] ...
 
 The training service on its own (`twinkle-tui serve` runs it as a supervised run). The API key, if any, comes from
-the environment (TWINKLE_SERVICE_API_KEY), never from the command line, so it is not in the process list or the
-run's recorded command. Binding an address other than loopback requires one.
+the environment (TWINKLE_SERVICE_API_KEY, or the variable --api-key-env names) or a file (--api-key-file), never
+from the command line, so it is not in the process list or the run's recorded command. Binding an address other
+than loopback requires one.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
-from typing import Any
 
 from twinkle_trainer.protocol import RUN_ID_ENV, RunPaths, twinkle_home
+from twinkle_trainer.service.memory import GiB, default_budget, parse_size
+from twinkle_trainer.service.startup import (
+    KEY_ENV,
+    KeySourceError,
+    check_key,
+    choose_threads,
+    chosen_sampler,
+    is_loopback,
+    missing_packages,
+    option_problem,
+    port_problem,
+    read_key_env,
+    read_key_file,
+    sampler_problem,
+)
 
-KEY_ENV = "TWINKLE_SERVICE_API_KEY"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def missing_packages() -> str | None:
-    """Why the service cannot run in this environment (its optional packages are absent), or None."""
-    import importlib.util
-
-    absent = [name for name in ("tinker", "fastapi", "uvicorn", "zstandard") if importlib.util.find_spec(name) is None]
-    if absent:
-        return f"the training service needs {', '.join(absent)}: pip install 'twinkle-tui[service]'"
-    return None
-
-
-def chosen_sampler(kind: str) -> str:
-    import importlib.util
-
-    import torch
-
-    from twinkle_trainer.samplers import choose_sampler
-
-    # The service trains LoRA adapters in one process on the default device: vLLM wherever it can run.
-    return choose_sampler(kind, True, "auto", 1, torch.cuda.is_available(), importlib.util.find_spec("vllm") is not None,
-                          option="--sampler")
-
-
-def sampler_problem(kind: str) -> str | None:
-    """Why the sampler asked for cannot run here (vllm without a GPU or vLLM), or None."""
-    if kind == "auto" or kind == "hf":
-        return None
-    from twinkle_trainer.samplers import SamplerError
-
-    try:
-        chosen_sampler(kind)
-    except SamplerError as exc:
-        return str(exc)
-    return None
-
-
-def check_key(host: str, key: str | None) -> str | None:
-    """Why the service must not start with this address and key, or None."""
-    if key is not None and not key.startswith("tml-"):
-        return "the API key must start with 'tml-' (the tinker SDK sends no other key)"
-    if key is not None and len(key) < 12:
-        return "the API key is too short: use at least 8 characters after 'tml-'"
-    if not is_loopback(host) and key is None:
-        return (f"binding {host} exposes the service to other machines: set an API key (twinkle-tui serve "
-                f"--api-key tml-..., or {KEY_ENV})")
-    return None
+__all__ = ["KEY_ENV", "check_key", "is_loopback", "main", "missing_packages", "quiet_libraries"]
 
 
 def quiet_libraries() -> None:
@@ -92,78 +50,105 @@ def quiet_libraries() -> None:
         pass
 
 
-def server_class() -> type:
-    import contextlib
-    import signal
-
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        """uvicorn's server, without raising the signal again once it has shut down: the sessions are closed
-        (their runs recorded as stopped) after it returns, and the exit code is 0."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-    return GracefulServer
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m twinkle_trainer.service", description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m twinkle_trainer.service", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--api-key-file", metavar="PATH", help="read the API key clients must send from this file")
+    ap.add_argument("--api-key-env", metavar="NAME", help=f"read the API key from this variable (default {KEY_ENV}, "
+                    "if set); named, the service does not start without it")
     ap.add_argument("--zstd", action="store_true", help="ask clients to zstd-compress forward_backward bodies")
     ap.add_argument("--sampler", default="auto", choices=("auto", "hf", "vllm"),
                     help="auto: vLLM on an NVIDIA GPU with the gpu extra, else HF generate")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="GPU memory share of the vLLM engine")
-    args = ap.parse_args(argv)
-    key = os.environ.pop(KEY_ENV, None) or None  # out of the environment: the runs the service spawns never see it
-    problem = missing_packages() or check_key(args.host, key) or sampler_problem(args.sampler)
-    if not problem and not 0 < args.gpu_memory_utilization <= 1:
-        problem = f"--gpu-memory-utilization must be in (0, 1] (got {args.gpu_memory_utilization})"
+    ap.add_argument("--memory-budget", default="auto", metavar="SIZE",
+                    help="the most memory (RSS) the service may use, e.g. 6GB; auto: 40%% of this machine's memory, "
+                         "at most what is free less 2 GB. Micro-batches are sized to it; a request that cannot fit is "
+                         "refused")
+    ap.add_argument("--threads", default="auto",
+                    help="torch's threads: a number, or auto (the free cores of this machine, at least one)")
+    ap.add_argument("--model-root", action="append", default=None, metavar="DIR",
+                    help="a folder base models may be loaded from (repeatable; default: the converted-model cache "
+                         "and the Hugging Face cache)")
+    ap.add_argument("--max-connections", type=int, default=512, help="open connections at most (within the file "
+                    "handle limit)")
+    ap.add_argument("--idle-timeout", type=float, default=30.0,
+                    help="seconds a connection may stay silent before it is closed")
+    ap.add_argument("--gap-timeout", type=float, default=30.0,
+                    help="seconds a client's requests wait for an earlier one that never arrived")
+    return ap
+
+
+def resolve_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file:
+        return read_key_file(args.api_key_file)
+    if args.api_key_env:
+        return read_key_env(args.api_key_env, required=True)
+    return read_key_env(KEY_ENV, required=False)  # out of the environment: the runs the service spawns never see it
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        key = resolve_key(args)
+        threads = choose_threads(args.threads)
+        budget = default_budget() if args.memory_budget == "auto" else parse_size(args.memory_budget)
+    except (KeySourceError, ValueError) as exc:
+        print(f"twinkle service: {exc}", file=sys.stderr)
+        return 2
+    problem = missing_packages() or check_key(args.host, key) or option_problem(args) or sampler_problem(args.sampler)
     if problem:
         print(f"twinkle service: {problem}", file=sys.stderr)
         return 2
+    busy = port_problem(args.host, args.port)
+    if busy:
+        print(f"twinkle service: {busy}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="[service %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "uvicorn.access", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     quiet_libraries()
 
-    import uvicorn
+    from pathlib import Path
+
+    import torch
 
     from twinkle_trainer.service.app import create_app
-    from twinkle_trainer.service.engine import Samplers
-    from twinkle_trainer.service.state import Service
+    from twinkle_trainer.service.catalog import ModelCatalog
+    from twinkle_trainer.service.memory import MemoryBudget
+    from twinkle_trainer.service.sampler_engine import Samplers
+    from twinkle_trainer.service.server import serve
+    from twinkle_trainer.service.service import Service
+    from twinkle_trainer.service.settings import ServiceSettings
 
+    torch.set_num_threads(threads)
     kind = chosen_sampler(args.sampler)
-    service = Service(twinkle_home(), Samplers(kind, args.gpu_memory_utilization))
-    app = create_app(service, key, compress_fwdbwd=args.zstd)
+    roots = [Path(r) for r in args.model_root] if args.model_root else None
+    service = Service(twinkle_home(), Samplers(kind, args.gpu_memory_utilization), args.gap_timeout,
+                      ModelCatalog(roots), MemoryBudget(budget))
+    app = create_app(service, ServiceSettings(args.host, args.port, key, args.zstd))
     url = f"http://{args.host}:{args.port}"
     own = os.environ.get(RUN_ID_ENV)
     if own:  # started as a run (twinkle-tui serve, the agent's start_server)
         service.announce(RunPaths(service.home / own), url, kind)
     print(f"[twinkle] training service on {url} (runs in {service.home}; sampling with "
-          f"{'vLLM' if kind == 'vllm' else 'HF generate'})", flush=True)
+          f"{'vLLM' if kind == 'vllm' else 'HF generate'}; {threads} thread{'s' if threads > 1 else ''}; memory "
+          f"budget {budget / GiB:.1f} GB)",
+          flush=True)
     print(f"[twinkle] clients: TINKER_BASE_URL={url} TINKER_API_KEY="
           + ("<the key you set>" if key else "tml-local (any key that starts with tml-)"), flush=True)
-    Server = server_class()
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="off",
-                            timeout_graceful_shutdown=5)
-    server = Server(config)
     try:
-        server.run()
+        started = serve(app, args.host, args.port, args.max_connections, args.idle_timeout)
     finally:
-        service.shutdown()
-    if not server.started:
+        finished = service.shutdown()
+    if not started:
         print(f"twinkle service: could not listen on {args.host}:{args.port}", file=sys.stderr)
         return 1
     print("[twinkle] training service stopped", flush=True)
+    if not finished:  # the worker is still inside a computation: leave without running torch's teardown under it
+        print("[twinkle] the current request did not finish in time; it was abandoned", flush=True)
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

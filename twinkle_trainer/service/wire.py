@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from tinker.proto import tinker_public_pb2 as pb
 
+from twinkle_trainer.service.errors import EngineError
+
 PROTO = "application/x-protobuf"
 
 _DTYPES: dict[int, np.dtype] = {
@@ -19,14 +21,40 @@ _DTYPES: dict[int, np.dtype] = {
 }
 
 
-class WireError(ValueError):
+class WireError(EngineError):
     """The request cannot be read, or asks for something this service does not do; the text says which."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of a datum's positions and where its tokens came from: a sample's prompt or its sampled tokens."""
+
+    sampled: bool
+    sequence_id: str
+    offset: int
+    length: int
 
 
 @dataclass
 class Datum:
     tokens: np.ndarray  # int64, the model input
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # loss_fn_inputs, by name
+    input_spans: list[Span] | None = None  # provenance of the model input's positions
+    target_spans: list[Span] | None = None  # provenance of target_tokens' positions
+
+
+def _spans(items: Any, what: str, expected: int, i: int) -> list[Span]:
+    out = []
+    for item in items:
+        kind = item.WhichOneof("span")
+        span = item.sampled_tokens if kind == "sampled_tokens" else item.prompt_tokens
+        if kind is None or not span.sequence_id or span.offset < 0 or span.length < 0:
+            raise WireError(f"datum {i}: a provenance span of {what} has no sequence_id or a negative size")
+        out.append(Span(kind == "sampled_tokens", span.sequence_id, int(span.offset), int(span.length)))
+    if sum(s.length for s in out) != expected:
+        raise WireError(f"datum {i}: the provenance spans of {what} cover {sum(s.length for s in out)} positions; "
+                        f"it has {expected}")
+    return out
 
 
 @dataclass
@@ -39,29 +67,89 @@ class ForwardBackward:
     data: list[Datum]
 
 
-def _tensor(msg: pb.Tensor, name: str) -> np.ndarray:
+MAX_ELEMENTS = 1 << 24  # values in one loss_fn_inputs tensor (a datum has one per token; 16M is far beyond that)
+
+
+def _tensor(msg: pb.Tensor, name: str, tokens: int) -> np.ndarray:
+    """One loss_fn_inputs tensor, dense. Every size is checked against the declared shape and the datum's token
+    count before anything is allocated; a sparse (CSR) tensor is checked whole, then scattered in one step."""
     dtype = _DTYPES.get(msg.dtype)
     if dtype is None:
         raise WireError(f"loss_fn_inputs[{name!r}]: unsupported dtype {msg.dtype}")
+    shape = [int(d) for d in msg.shape]
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > max(MAX_ELEMENTS, tokens):
+        raise WireError(f"loss_fn_inputs[{name!r}]: shape {shape} is too large (a datum has {tokens} tokens)")
     if msg.HasField("sparse_csr"):
-        shape = list(msg.shape)
         if len(shape) != 2:
             raise WireError(f"loss_fn_inputs[{name!r}]: a sparse tensor must be 2-D")
-        values = np.frombuffer(msg.sparse_csr.values, dtype=dtype)
-        crow = np.frombuffer(msg.sparse_csr.crow_indices, dtype=np.int64)
-        col = np.frombuffer(msg.sparse_csr.col_indices, dtype=np.int64)
+        rows, cols = shape
+        csr = msg.sparse_csr
+        if len(csr.values) % dtype.itemsize or len(csr.crow_indices) % 8 or len(csr.col_indices) % 8:
+            raise WireError(f"loss_fn_inputs[{name!r}]: a sparse tensor's buffers are not whole numbers")
+        values = np.frombuffer(csr.values, dtype=dtype)
+        crow = np.frombuffer(csr.crow_indices, dtype=np.int64)
+        col = np.frombuffer(csr.col_indices, dtype=np.int64)
+        if len(crow) != rows + 1 or crow[0] != 0 or np.any(np.diff(crow) < 0) or crow[-1] != len(col) \
+                or len(col) != len(values):
+            raise WireError(f"loss_fn_inputs[{name!r}]: the sparse tensor's crow_indices do not fit its {rows} rows "
+                            f"and {len(col)} values")
+        if len(col) and (col.min() < 0 or col.max() >= cols):
+            raise WireError(f"loss_fn_inputs[{name!r}]: a sparse column index is outside 0 to {cols - 1}")
         dense = np.zeros(shape, dtype=dtype)
-        for row in range(shape[0]):
-            lo, hi = int(crow[row]), int(crow[row + 1])
-            dense[row, col[lo:hi]] = values[lo:hi]
-        return dense
+        dense[np.repeat(np.arange(rows), np.diff(crow)), col] = values
+        return dense.astype(np.int64) if dtype == np.int32 else dense
+    if len(msg.dense) % dtype.itemsize:
+        raise WireError(f"loss_fn_inputs[{name!r}]: {len(msg.dense)} bytes are not whole {dtype} values")
     array = np.frombuffer(msg.dense, dtype=dtype)
-    if msg.shape:
+    if shape:
         try:
-            array = array.reshape(list(msg.shape))
+            array = array.reshape(shape)
         except ValueError:
-            raise WireError(f"loss_fn_inputs[{name!r}]: {array.size} values do not fit shape {list(msg.shape)}") from None
+            raise WireError(f"loss_fn_inputs[{name!r}]: {array.size} values do not fit shape {shape}") from None
     return array.astype(np.int64) if dtype == np.int32 else array
+
+
+def salvage_ids(body: bytes) -> tuple[str | None, int | None]:
+    """The model_id and seq_id of a ForwardBackwardRequest that cannot be read whole (from its leading fields, as
+    far as they are intact), so that its refusal still uses up its seq_id."""
+    model_id: str | None = None
+    seq_id: int | None = None
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value, shift = 0, 0
+        while i < len(body) and shift < 64:
+            byte = body[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        raise ValueError("truncated")
+
+    try:
+        while i < len(body) and (model_id is None or seq_id is None):
+            tag = varint()
+            field, kind = tag >> 3, tag & 7
+            if kind == 0:
+                value = varint()
+                if field == 2:
+                    seq_id = value
+            elif kind == 2:
+                size = varint()
+                if field == 1 and i + size <= len(body):
+                    model_id = body[i : i + size].decode("utf-8")
+                i += size
+            elif kind == 1:
+                i += 8
+            elif kind == 5:
+                i += 4
+            else:
+                break
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return model_id, seq_id
 
 
 def read_forward_backward(body: bytes) -> ForwardBackward:
@@ -77,8 +165,6 @@ def read_forward_backward(body: bytes) -> ForwardBackward:
         config[key] = v2.text if v2.WhichOneof("value") == "text" else float(v2.number)
     data = []
     for i, d in enumerate(msg.data):
-        if len(d.model_input_spans) or len(d.loss_fn_input_spans):
-            raise WireError(f"datum {i}: provenance spans (stability info) are not supported by this service")
         parts = []
         for chunk in d.model_input:
             kind = chunk.WhichOneof("chunk")
@@ -86,7 +172,13 @@ def read_forward_backward(body: bytes) -> ForwardBackward:
                 raise WireError(f"datum {i}: {kind} inputs are not supported (text tokens only)")
             parts.append(np.frombuffer(chunk.encoded_text.tokens, dtype=np.int32))
         tokens = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-        data.append(Datum(tokens, {name: _tensor(t, name) for name, t in d.loss_fn_inputs.items()}))
+        datum = Datum(tokens, {name: _tensor(t, name, len(tokens)) for name, t in d.loss_fn_inputs.items()})
+        if len(d.model_input_spans) or len(d.loss_fn_input_spans):
+            datum.input_spans = _spans(d.model_input_spans, "the model input", len(tokens), i)
+            target = datum.inputs.get("target_tokens")
+            datum.target_spans = _spans(d.loss_fn_input_spans, "target_tokens",
+                                        len(target) if target is not None else len(tokens), i)
+        data.append(datum)
     return ForwardBackward(msg.model_id, int(msg.seq_id), msg.loss_fn, config, bool(msg.forward_only), data)
 
 

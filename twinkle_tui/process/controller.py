@@ -357,6 +357,10 @@ class ProcessController:
             if self.clock() - float(started) < 10:  # a supervisor that is still starting has not written yet
                 return None
         launch = meta.launches
+        if meta.kind == RunKind.SERVICE_CLIENT:  # its service kept it, and is gone: the client's session with it
+            record_exit(paths, None, launch, error="the training service that served this client ended without "
+                        "closing its session (it was killed or crashed)", note="recovered: the service is gone")
+            return "recorded as ended"
         pid, start = meta.pid, meta.pid_start_time
         if pid and start is None and process_start_time(pid) is not None:
             return None  # an old writer recorded no start time: that pid may or may not be the run; leave it be

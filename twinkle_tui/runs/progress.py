@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,3 +92,19 @@ def format_value(value: float) -> str:
     if magnitude and (magnitude < 1e-3 or magnitude >= 1e5):
         return f"{value:.3e}"
     return f"{value:.4g}"
+
+
+def service_summary(service: dict[str, Any]) -> str:
+    """What a training service is doing, from its run's meta.service: `serving at URL · 1 open session · 2 clients ·
+    14 requests/min` (polls and heartbeats are not counted as requests)."""
+
+    def counted(value: Any, one: str, many: str) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        return f"{value} {one if value == 1 else many}"
+
+    parts = [f"serving at {service.get('url', '?')}",
+             counted(service.get("sessions"), "open session", "open sessions"),
+             counted(service.get("clients"), "client", "clients"),
+             counted(service.get("requests_per_minute"), "request/min", "requests/min")]
+    return " · ".join(p for p in parts if p)

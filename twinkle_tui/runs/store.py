@@ -16,6 +16,7 @@ from typing import Any
 from twinkle_trainer.protocol import (
     InvalidRunId,
     MetaError,
+    RunKind,
     RunMeta,
     RunPaths,
     RunStatus,
@@ -137,6 +138,8 @@ def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bo
     pid, supervisor = meta.pid, meta.supervisor_pid
     if supervisor and alive(supervisor, meta.supervisor_start_time):
         return status
+    if meta.kind == RunKind.SERVICE_CLIENT:  # a training-service client: without its service it has no session
+        return RunStatus.FAILED
     if pid and alive(pid, meta.pid_start_time):
         return status
     if pid and meta.pid_start_time is None and process_start_time(pid) is not None:

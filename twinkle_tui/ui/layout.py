@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.markup import escape
 
 from twinkle_tui.commands.compare import config_diff, format_config_value, run_label, short_names
+from twinkle_tui.runs.progress import service_summary
 from twinkle_tui.runs.store import RunCache
 
 
@@ -33,10 +34,8 @@ def waiting_text(view: RunCache) -> str:
     text = "waiting for the first step…"
     service = view.meta.service
     if isinstance(service, dict) and service.get("url"):  # a training service: it serves, it takes no steps
-        sessions = service.get("sessions")
-        text = (f"tinker training service at {escape(str(service['url']))}"
-                + (f" · {sessions} open session{'s' if sessions != 1 else ''}" if isinstance(sessions, int) else "")
-                + "\nits training clients are runs of their own in the run list")
+        text = (f"tinker training service: {escape(service_summary(service))}"
+                "\nits training clients are runs of their own in the run list")
     return text + (f"\n\n[dim]{escape(last[-300:])}[/]" if last else "")
 
 
