@@ -254,7 +254,7 @@ def test_after_a_reboot_resume_relaunches_the_experiment_that_was_cut_off(home: 
     recs = {r["id"]: r for r in records(home)}
     assert sorted(recs) == ["e001", "e002", "e003"] and recs["e002"]["status"] in ("keep", "discard")
     after = read_meta(paths)
-    assert after["launches"] == 2 and after["status"] == "completed"  # relaunched once, then finished
+    assert after.launches == 2 and after.status == "completed"  # relaunched once, then finished
 
 
 def test_an_improvement_within_the_baselines_noise_is_not_kept(home: Path, tmp_path: Path) -> None:
