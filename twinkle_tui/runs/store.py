@@ -29,6 +29,7 @@ from twinkle_trainer.protocol import (
     validate_run_id,
 )
 from twinkle_tui.runs.metrics import MetricsTable
+from twinkle_tui.runs.metrics_cache import CACHE_DIR, MetricsCache, prune
 from twinkle_tui.runs.tail import FileTail
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,9 @@ def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bo
 class RunView:
     """One run's files, read incrementally: meta, metrics, log tail and events."""
 
-    def __init__(self, paths: RunPaths) -> None:
+    def __init__(self, paths: RunPaths, metrics_cache: MetricsCache | None = None) -> None:
         self.paths = paths
-        self.metrics = MetricsTable(paths.metrics)
+        self.metrics = MetricsTable(paths.metrics, metrics_cache)
         self.log = LogTail(paths.log)
         self.events = EventLog(paths.events)
         self.meta = RunMeta(run_id=paths.run_id)
@@ -282,13 +283,16 @@ class RunStore:
     """All runs under one $TWINKLE_HOME. Views are created on demand and cached.
 
     Views grow as files are read; whoever reads or draws them holds `lock` (readers release it between bounded
-    reads, so drawing never waits long).
+    reads, so drawing never waits long). Parsed metrics are cached under $TWINKLE_HOME/.metrics-cache/ (outside
+    every run directory: the file watcher ignores it), so a run opened again reads only what was appended since.
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, metrics_cache: bool = True) -> None:
         self.home = twinkle_home(home)
         self._views: dict[str, RunView] = {}
         self.lock = threading.RLock()
+        self.metrics_cache = metrics_cache
+        self._pruned = not metrics_cache
 
     def run_ids(self) -> list[str]:
         try:
@@ -312,19 +316,26 @@ class RunStore:
             paths = RunPaths(self.home / run_id)
             if paths.root.is_symlink() or not paths.root.is_dir():
                 raise NoSuchRun(f"no run {run_id!r} under {self.home}")
-            view = self._views[run_id] = RunView(paths)
+            cache = MetricsCache.for_run(self.home, run_id) if self.metrics_cache else None
+            view = self._views[run_id] = RunView(paths, cache)
             view.refresh_meta()
         return view
 
     def forget(self, run_id: str) -> None:
-        """Drop the cached view of a run that was deleted or archived."""
+        """Drop the cached view (and the metrics cache) of a run that was deleted or archived."""
         self._views.pop(run_id, None)
+        if self.metrics_cache:
+            MetricsCache.for_run(self.home, run_id).remove()
 
     def list_runs(self) -> list[RunSummary]:
         """Every run, newest first, from meta.json only (cheap: metrics are read when a run is opened). A run
         whose files cannot be read is listed with its problem; it never hides the others."""
         out = []
-        for run_id in self.run_ids():
+        run_ids = self.run_ids()
+        if not self._pruned:  # once per store: caches of runs removed while no dashboard was open
+            self._pruned = True
+            prune(self.home / CACHE_DIR, run_ids)
+        for run_id in run_ids:
             try:
                 view = self.view(run_id)
                 view.refresh_meta()
