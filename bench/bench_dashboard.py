@@ -1,6 +1,6 @@
 """Dashboard benchmarks, each against a baseline measured in the same run.
 
-    python bench/bench_dashboard.py [chart] [startup] [idle]
+    python bench/bench_dashboard.py [chart] [startup] [idle] [reopen]
 
 chart    redraw of one full-width chart as the series grows 1k -> 1M points (target: 1M within 1.5x of 1k), and the
          ratio against handing the raw series to plotext (the textual-plotext default).
@@ -8,6 +8,10 @@ startup  launch to first full frame with 50 runs of 100k steps on disk vs an emp
          2x, and under 1.5 s).
 idle     CPU used by the dashboard while one run appends 10 metric lines a second (target: under 10% of one
          core), vs the same dashboard with nothing being written.
+reopen   a finished 1M-step run opened in a fresh dashboard, launch to its full chart on screen: the first open
+         (no metrics cache) and a reopen (from the cache), each against a plain json.loads loop over its
+         metrics.jsonl (target: reopen <= 0.3x), and the reopen against the first frame of an empty home plus one
+         draw of its full charts (decimation and plotext build, timed in the reopen; target: <= 1.0x). Rounds interleave the sides; medians are printed.
 """
 
 from __future__ import annotations
@@ -216,7 +220,105 @@ def bench_idle(seconds: float = 20.0) -> None:
           f"ratio {busy / max(quiet, 1e-9):.1f}x   [target < 10%]")
 
 
+# ---------------------------------------------------------------------------------------------------- reopen
+REOPEN_CHILD = r"""
+import asyncio, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+from twinkle_tui.runs.store import RunStore
+store = RunStore({home!r})
+store.prefetch()  # as twinkle-tui does: the first run is read while the UI's modules load
+from twinkle_tui.gpu import GpuSnapshot
+from twinkle_tui.ui.app import TwinkleApp
+from twinkle_tui.ui.widgets.charts import MetricChart
+
+drawing = {{}}  # per chart: its latest draw (decimation) and the plotext builds (renders) after it
+chart_draw, chart_render = MetricChart.draw, MetricChart.render
+
+def draw(self, *args):
+    t = time.perf_counter()
+    chart_draw(self, *args)
+    drawing[id(self)] = time.perf_counter() - t
+
+def render(self):
+    t = time.perf_counter()
+    out = chart_render(self)
+    drawing[id(self)] = drawing.get(id(self), 0.0) + time.perf_counter() - t
+    return out
+
+MetricChart.draw, MetricChart.render = draw, render
+
+async def main():
+    app = TwinkleApp(store=store, watch=False, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"))
+    async with app.run_test(size=(160, 48)) as pilot:
+        want = {last_step}
+        while True:
+            view = app.current_view()
+            charts = app.chart_grid.charts()
+            if want == 0:  # the empty home: its first frame, as in the startup bench
+                done = not app.run_list._rows
+            else:
+                done = (view is not None and view.metrics.last_step() == want and charts
+                        and all(c.x_range[1] >= want and c._built is not None for c in charts))
+            if done:
+                break
+            await pilot.pause(0.005)
+        print(time.perf_counter() - t0, sum(drawing.values()))
+asyncio.run(main())
+"""
+
+
+def bench_reopen(steps: int = 1_000_000, rounds: int = 7) -> None:
+    import statistics
+
+    from twinkle_tui.runs.metrics_cache import CACHE_DIR
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home, empty = Path(tmp) / "home", Path(tmp) / "empty"
+        empty.mkdir()
+        write_run(home, "big", steps)
+        metrics = home / "big" / "metrics.jsonl"
+        size_mb = metrics.stat().st_size / 1e6
+
+        def child(h: Path, last_step: int) -> tuple[float, float]:
+            code = REOPEN_CHILD.format(repo=str(REPO), home=str(h), last_step=last_step)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            total, drawing = out.stdout.strip().splitlines()[-1].split()
+            return float(total), float(drawing)
+
+        def json_loop() -> float:
+            t = time.perf_counter()
+            with open(metrics, "rb") as f:
+                for line in f:
+                    json.loads(line)
+            return time.perf_counter() - t
+
+        json_loop()  # the page cache holds the file for every side
+        child(empty, 0)  # and the import caches
+        loops, firsts, reopens, empties, draws = [], [], [], [], []
+        for _ in range(rounds):
+            loops.append(json_loop())
+            shutil.rmtree(home / CACHE_DIR, ignore_errors=True)
+            firsts.append(child(home, steps)[0])  # no cache: parses the whole file (and writes the cache)
+            assert (home / CACHE_DIR / "big.metrics").is_file(), "the first open wrote no cache"
+            total, drawing = child(home, steps)
+            reopens.append(total)
+            draws.append(drawing)
+            empties.append(child(empty, 0)[0])
+    loop, first, reopen = statistics.median(loops), statistics.median(firsts), statistics.median(reopens)
+    empty_frame, draw = statistics.median(empties), statistics.median(draws)
+    print(f"reopen a finished {steps:,}-step run ({size_mb:.0f} MB of metrics.jsonl), launch to its full chart on "
+          f"screen, median of {rounds} interleaved rounds:")
+    print(f"  json.loads loop over the file: {loop:.2f} s   first open (no cache): {first:.2f} s = {first / loop:.2f}x   "
+          f"reopen (cache): {reopen:.2f} s = {reopen / loop:.2f}x   [target reopen <= 0.3x]")
+    print(f"  empty home, first frame: {empty_frame:.2f} s   one draw of the full charts: {draw * 1000:.0f} ms   "
+          f"reopen / (empty + draw): {reopen / (empty_frame + draw):.2f}x   [target <= 1.0x]")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["chart", "startup", "idle"]
+    which = sys.argv[1:] or ["chart", "startup", "idle", "reopen"]
     for name in which:
-        {"chart": bench_chart, "startup": bench_startup, "idle": bench_idle}[name]()
+        if name.startswith("reopen="):  # reopen=STEPS, for a quick look at a smaller run
+            bench_reopen(int(name.split("=", 1)[1]))
+            continue
+        {"chart": bench_chart, "startup": bench_startup, "idle": bench_idle, "reopen": bench_reopen}[name]()

@@ -18,7 +18,7 @@ from twinkle_tui.runs.metrics_cache import CACHE_DIR, MetricsCache
 from twinkle_tui.runs.store import RunStore
 from twinkle_tui.ui.feed import RunFilesFilter
 
-from run_factory import make_run
+from run_factory import T0, make_run
 
 
 class CountingTable(MetricsTable):
@@ -237,3 +237,18 @@ def test_the_store_drops_caches_of_runs_that_are_gone(home: Path) -> None:
     os.rmdir(home / "deleted")  # removed by hand, while no dashboard was open
     store.list_runs()
     assert sorted(p.name for p in (home / CACHE_DIR).iterdir()) == ["kept.metrics"]
+
+
+def test_prefetch_reads_the_run_the_dashboard_shows_first(home: Path) -> None:
+    make_run(home, "older", start=T0)
+    make_run(home, "newest", start=T0 + 100)
+    store = RunStore(home)
+    store.prefetch().join(timeout=30)
+    assert store.view("newest").metrics.last_step() == 200
+    assert store.view("older").metrics.last_step() is None  # only the run on screen is read
+    other = RunStore(home)
+    other.prefetch("older").join(timeout=30)  # --run-id chooses it
+    assert other.view("older").metrics.last_step() == 200
+    empty = RunStore(home / "nothing-here")
+    empty.prefetch().join(timeout=30)
+    assert empty.list_runs() == []

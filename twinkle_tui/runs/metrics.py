@@ -111,7 +111,9 @@ class MetricSeries:
         self._n = need
 
     def adopt(self, steps: np.ndarray, values: np.ndarray, non_numeric: list[tuple[int, Any]]) -> None:
-        """Take over arrays read from a cache (steps in order, one value each) as this series' points."""
+        """Take over arrays read from a cache (steps in order, one value each) as this series' points. Several series
+        may share one steps array: a series never writes into its first n slots, and a buffer of exactly n slots is
+        replaced (copied into a larger one) on the first append."""
         self._steps, self._values, self._n = steps, values, len(steps)
         self.non_numeric = non_numeric
         self.version += 1

@@ -306,8 +306,8 @@ def _read_body(f: io.BufferedReader, header: dict[str, Any], data_start: int, si
         shared = steps[int(e["steps"])]
         if len(shared) != len(values):
             raise CacheMiss("cache series lengths disagree")
-        # Every series grows on its own buffer: shared steps are copied.
-        return CachedSeries(str(e["name"]), shared.copy(), values, [(int(p[0]), p[1]) for p in e["non_numeric"]])
+        # Series may share one steps array: each holds exactly its points, so its first append reallocates.
+        return CachedSeries(str(e["name"]), shared, values, [(int(p[0]), p[1]) for p in e["non_numeric"]])
 
     table = header["table"]
     return CachedMetrics(mark, reader_version, [series(e) for e in header["series"]], series(header["ts"]),

@@ -46,6 +46,7 @@ ANSI_RE = re.compile(
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 LOG_TAIL_BYTES = 512 * 1024
 LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
+PREFETCH_BYTES = 2 * 1024 * 1024  # metrics parsed before the first frame (beyond a cache); the rest streams in
 
 
 def clean_log_line(raw: bytes) -> str:
@@ -348,6 +349,26 @@ class RunStore:
                                       problem=f"unreadable: {exc}"))
         out.sort(key=lambda s: s.sort_key, reverse=True)
         return out
+
+    def prefetch(self, run_id: str | None = None, budget: int | None = PREFETCH_BYTES) -> threading.Thread:
+        """Read the run list and the run a dashboard shows first (run_id, else the newest) in a background thread
+        while the caller goes on: loading the UI's modules takes most of a second, and a run reopened from its
+        metrics cache is in memory before the first frame. Whoever reads the store meanwhile waits on `lock`."""
+
+        def read() -> None:
+            try:
+                with self.lock:
+                    runs = self.list_runs()
+                    ids = {r.run_id for r in runs}
+                    first = run_id if run_id in ids else (runs[0].run_id if runs else None)
+                    if first is not None:
+                        self.view(first).refresh(budget)
+            except Exception:  # the dashboard reads again anyway; a failure here must not stop it
+                log.exception("prefetch of %s failed", self.home)
+
+        thread = threading.Thread(target=read, name="twinkle-prefetch", daemon=True)
+        thread.start()
+        return thread
 
     def run_ids_for_paths(self, paths: Iterable[str | os.PathLike[str]]) -> set[str]:
         """Which runs a batch of changed file paths (from watchfiles) belongs to."""

@@ -108,9 +108,10 @@ class TwinkleApp(App[int]):
         auto_yes: bool = False,
         monitor_interval: float | None = DEFAULT_INTERVAL,
         fix_mode: str = "ask",
+        store: RunStore | None = None,
     ) -> None:
         super().__init__()
-        store = RunStore(home)
+        store = store or RunStore(home)  # a store given is one already reading (RunStore.prefetch)
         self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
         self.session = Session(store, ProcessController(store.home, grace=grace), clock, self.recipe_dirs,
                                resources=lambda: Resources(self.gpus, self.usage))
