@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ ANSI_RE = re.compile(
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 LOG_TAIL_BYTES = 512 * 1024
 LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
+LISTING_SLACK_NS = 1_000_000_000  # a listing is reused only if taken this long after the home last changed
 PREFETCH_BYTES = 2 * 1024 * 1024  # metrics parsed before the first frame (beyond a cache); the rest streams in
 
 
@@ -174,16 +176,33 @@ def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bo
 
 
 class RunView:
-    """One run's files, read incrementally: meta, metrics, log tail and events."""
+    """One run's files, read incrementally: meta, metrics, log tail and events. The readers of metrics, log and
+    events are made when first used: listing a thousand runs reads only their meta.json."""
 
     def __init__(self, paths: RunPaths, metrics_cache: MetricsCache | None = None) -> None:
         self.paths = paths
-        self.metrics = MetricsTable(paths.metrics, metrics_cache)
-        self.log = LogTail(paths.log)
-        self.events = EventLog(paths.events)
+        self._metrics_cache = metrics_cache
         self.meta = RunMeta(run_id=paths.run_id)
         self.meta_problem: str | None = None
         self._meta_key: tuple[int, int, int] | None = None
+
+    @cached_property
+    def metrics(self) -> MetricsTable:
+        return MetricsTable(self.paths.metrics, self._metrics_cache)
+
+    @cached_property
+    def log(self) -> LogTail:
+        return LogTail(self.paths.log)
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.paths.events)
+
+    def _opened(self) -> list[tuple[str, FileTail]]:
+        """The readers made so far, by file name."""
+        made = self.__dict__
+        return [(name, made[attr].tail) for name, attr in (("metrics.jsonl", "metrics"), ("output.log", "log"),
+                                                           ("events.jsonl", "events")) if attr in made]
 
     @property
     def run_id(self) -> str:
@@ -195,7 +214,8 @@ class RunView:
 
     @property
     def last_step(self) -> int:
-        return max(self.meta.progress.last_step, self.metrics.last_step() or 0)
+        read = self.metrics.last_step() if "metrics" in self.__dict__ else None
+        return max(self.meta.progress.last_step, read or 0)
 
     @property
     def total_steps(self) -> int | None:
@@ -206,8 +226,7 @@ class RunView:
     def problem(self) -> str | None:
         """What is wrong with the run's files, in one line (None when nothing is)."""
         found = [self.meta_problem] if self.meta_problem else []
-        for name, tail in (("metrics.jsonl", self.metrics.tail), ("output.log", self.log.tail),
-                           ("events.jsonl", self.events.tail)):
+        for name, tail in self._opened():
             if tail.problem:
                 found.append(f"{name}: {tail.problem}")
         return " · ".join(found) or None
@@ -215,7 +234,7 @@ class RunView:
     @property
     def pending(self) -> bool:
         """A bounded refresh left data to read."""
-        return self.metrics.pending or self.log.tail.pending or self.events.tail.pending
+        return any(tail.pending for _, tail in self._opened())
 
     def refresh_meta(self) -> bool:
         try:
@@ -294,8 +313,21 @@ class RunStore:
         self.lock = threading.RLock()
         self.metrics_cache = metrics_cache
         self._pruned = not metrics_cache
+        self._ids: tuple[tuple[int, int], list[str]] | None = None
 
     def run_ids(self) -> list[str]:
+        """The ids of the run directories. The listing is reused while $TWINKLE_HOME's modification time says no
+        entry was added, removed or renamed, provided it was taken clearly after that time (a change within the same
+        clock tick as the listing could not be told apart)."""
+        try:
+            st = os.stat(self.home)
+        except OSError:
+            return []
+        key = (st.st_ino, st.st_mtime_ns)
+        cached = self._ids
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        listed_at = time.time_ns()
         try:
             entries = list(os.scandir(self.home))
         except FileNotFoundError:
@@ -307,7 +339,8 @@ class RunStore:
                     ids.append(validate_run_id(entry.name))
                 except InvalidRunId:
                     continue  # not ours: a stray folder under $TWINKLE_HOME
-        return ids
+        self._ids = (key, ids) if listed_at - st.st_mtime_ns > LISTING_SLACK_NS else None
+        return list(ids)
 
     def view(self, run_id: str) -> RunView:
         """The view of one run; a bad run id raises InvalidRunId, a missing run NoSuchRun."""

@@ -47,7 +47,7 @@ from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart, default_metric
 from twinkle_tui.ui.widgets.chat import ChatPanel
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
-from twinkle_tui.ui.widgets.run_list import RunList
+from twinkle_tui.ui.widgets.run_list import RunFilter, RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class TwinkleApp(App[int]):
         Binding("u", "command('undo_fix')", "Undo fix", id="undo_fix", show=False),
         Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
         Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
+        Binding("f", "filter_runs", "Filter runs", id="filter_runs", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
         Binding("q", "quit", "Quit", id="quit"),
@@ -162,7 +163,8 @@ class TwinkleApp(App[int]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Static("runs", classes="panel-title")
+                yield Static("runs", classes="panel-title", id="runs-title")
+                yield RunFilter(id="run-filter")
                 yield RunList(id="runs")
                 yield Static("resources", classes="panel-title")
                 yield GpuPanel(id="gpu")
@@ -179,6 +181,7 @@ class TwinkleApp(App[int]):
     def on_mount(self) -> None:
         # Kept once: while a modal is open, App.query_one would search the modal, not the dashboard.
         self.run_list = self.query_one(RunList)
+        self.run_filter = self.query_one(RunFilter)
         self.status_bar = self.query_one(RunStatusBar)
         self.chart_grid = self.query_one(ChartGrid)
         self.run_log = self.query_one(RunLog)
@@ -283,8 +286,8 @@ class TwinkleApp(App[int]):
         if self.session.selected is None and self.summaries:
             self.select(self.summaries[0].run_id)
             return
-        if self.session.selected is not None and self.summaries and \
-                self.session.selected not in {s.run_id for s in self.summaries} and message.summaries is not None:
+        if message.summaries is not None and self.session.selected is not None and self.summaries and \
+                self.session.selected not in {s.run_id for s in self.summaries}:
             gone, self.session.selected = self.session.selected, None  # deleted or archived elsewhere
             self.say(f"run {gone} is gone", error=True)
             self.select(self.summaries[0].run_id)
@@ -310,6 +313,21 @@ class TwinkleApp(App[int]):
     def _run_selected(self, message: RunList.Selected) -> None:
         if message.run_id != self.session.selected:
             self.select(message.run_id)
+
+    @on(Input.Changed, "#run-filter")
+    def _filter_changed(self, message: Input.Changed) -> None:
+        self.run_list.set_filter(message.value)
+
+    @on(RunFilter.Leave)
+    def _filter_left(self, message: RunFilter.Leave) -> None:
+        if message.choose:
+            self.run_list.choose_cursor()
+        self.run_list.focus()
+
+    @on(RunList.Filtered)
+    def _list_filtered(self, message: RunList.Filtered) -> None:
+        title = f"runs · {message.shown:,} of {message.total:,}" if message.text.strip() else "runs"
+        self.query_one("#runs-title", Static).update(title)
 
     @on(MetricChart.ZoomRequest)
     def _zoom_request(self, message: MetricChart.ZoomRequest) -> None:
@@ -484,7 +502,7 @@ class TwinkleApp(App[int]):
 
     def _selection_changed(self) -> None:
         self._drawn = None
-        self.refresh_runs(run_ids=self._on_screen())
+        self.refresh_runs(run_ids=self._on_screen(), inline=True)  # the run's first bytes in this very frame
         self.sample_resources()
         self.scheduler.now()
         self.flush()
@@ -508,6 +526,12 @@ class TwinkleApp(App[int]):
             self.panels_override = True
             self.apply_layout(self.size.width, self.size.height)
         self.chat.query_one("#chat-input", Input).focus()
+
+    def action_filter_runs(self) -> None:
+        if self.has_class("panels-hidden"):
+            self.panels_override = True
+            self.apply_layout(self.size.width, self.size.height)
+        self.run_filter.focus()
 
     def action_leave_chat(self) -> None:
         self.run_list.focus()
