@@ -12,7 +12,7 @@ from pathlib import Path
 from twinkle_trainer.config import Args, ConfigError
 
 BUILTIN_MODELS = ("builtin:smollm2-135m-instruct", "builtin:tiny-llama", "builtin:tiny-qwen2")
-BUILTIN_DATASETS = ("builtin:self-cognition", "builtin:arith")
+BUILTIN_DATASETS = ("builtin:self-cognition", "builtin:arith", "builtin:mixed-lengths")
 BUILTIN_REWARDS = ("match", "math", "format")
 
 
