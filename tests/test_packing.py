@@ -3,6 +3,7 @@ exactly as it would be alone (its loss does not change), and the trainer's losse
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from twinkle_trainer.dataset import Example, collate, collate_packed, load_records, pack_rows, tokenize_sft
+from twinkle_trainer.packed_attention import packed_attention_in, segments
 from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_trainer.sft import completion_loss_sum
 from twinkle_tui.process.controller import ProcessController
@@ -46,14 +48,17 @@ def alone(model: Any, e: Example) -> torch.Tensor:
         return model(input_ids=torch.tensor([e.input_ids])).logits[0]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "per example"])
 def test_a_packed_example_is_computed_as_if_it_were_alone(tiny: Path, attn: str) -> None:
-    model, tok = load(tiny, attn)
+    """A block-diagonal mask (sdpa, eager) or attention example by example (what the trainer runs on sdpa)."""
+    model, tok = load(tiny, "sdpa" if attn == "per example" else attn)
     ex = examples(tok)
     batch = collate_packed(ex)
     assert batch["position_ids"][0].tolist() == [p for e in ex for p in range(len(e.input_ids))]
-    with torch.no_grad():  # as the trainer calls it: without a KV cache (with one, the positions are not read)
+    with torch.no_grad(), packed_attention_in(model) if attn == "per example" else contextlib.nullcontext(False) as on:
+        # as the trainer calls it: without a KV cache (with one, the positions are not read)
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+    assert on == (attn == "per example") and model.config._attn_implementation == ("sdpa" if on else attn)
     start = 0
     for e in ex:
         span = packed[start : start + len(e.input_ids)]
@@ -85,6 +90,11 @@ def test_packing_does_not_change_the_loss_of_a_single_example(tiny: Path) -> Non
     assert count == kept_count == sum(sum(x != -100 for x in e.labels[1:]) for e in ex)
     assert loss.item() == pytest.approx(total, rel=1e-5) and kept.item() == pytest.approx(total, rel=1e-5)
     assert len(row["logits_to_keep"]) == count < row["input_ids"].shape[1]  # no logits for prompt positions
+
+
+def test_segments_are_where_positions_restart() -> None:
+    assert segments(torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])) == [(0, 3), (3, 5), (5, 6), (6, 10)]
+    assert segments(torch.tensor([[0, 1, 2]])) == [(0, 3)]
 
 
 def test_rows_hold_every_example_once_within_the_length() -> None:
@@ -123,5 +133,6 @@ def test_the_trainer_learns_the_same_with_and_without_packing(home: Path) -> Non
     packed, padded = metrics("packed"), metrics("padded")
     assert [r["loss"] for r in packed] == pytest.approx([r["loss"] for r in padded], rel=1e-4)
     assert [r["grad_norm"] for r in packed] == pytest.approx([r["grad_norm"] for r in padded], rel=1e-3)
-    assert "packed rows of up to" in RunPaths.of("packed").log.read_text()
+    assert "packed rows of up to 1024 tokens, one per forward, attention example by example" in \
+        RunPaths.of("packed").log.read_text()
     assert "4 per forward, padded" in RunPaths.of("padded").log.read_text()

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twinkle_trainer.dataset import DataError, DataOrder, Example, collate, collate_packed, pack_rows, tokenize_sft
+from twinkle_trainer.packed_attention import packed_attention_in
 
 if TYPE_CHECKING:
     from twinkle_trainer.train import Trainer
 
 LOG_EVERY = 5  # a line in the run's log every few steps, so the log panel shows progress too
-CPU_PACK_LENGTH = 1024  # on CPU the attention mask is dense: its cost grows with the row, so rows stay short
+CPU_PACK_LENGTH = 1024  # rows under a dense mask on CPU: its cost grows with the row's length squared
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ def forward_arguments(model: Any) -> set[str]:
     return set(inspect.signature(inner.forward).parameters)
 
 
-def choose_batching(t: Trainer, micro: int) -> Batching:
-    """Packing as configured, where the model can take it (position_ids); otherwise padded micro-batches."""
+def choose_batching(t: Trainer, micro: int, per_example_attention: bool) -> Batching:
+    """Packing as configured, where the model can take it (position_ids); otherwise padded micro-batches. A row
+    holds what a padded micro-batch could (micro x max_length tokens), unless attention over it is a dense mask on
+    a CPU: then rows stay short."""
     a = t.args.template
     pad_id = t.tokenizer.pad_token_id
     accepted = forward_arguments(t.model)
@@ -67,7 +70,7 @@ def choose_batching(t: Trainer, micro: int) -> Batching:
             t.log("note: this model's forward takes no position_ids; SFT pads micro-batches instead of packing")
         return Batching(0, micro, pad_id)
     length = a.pack_length or micro * a.max_length
-    if not a.pack_length and t.accelerator.device.type == "cpu":
+    if not a.pack_length and not per_example_attention and t.accelerator.device.type == "cpu":
         length = max(a.max_length, min(length, CPU_PACK_LENGTH))
     return Batching(length, micro, pad_id, logits_where_needed="logits_to_keep" in accepted)
 
@@ -124,8 +127,6 @@ def sft_step(t: Trainer, examples: list[Example], batching: Batching) -> StepRes
 
 
 def train_sft(t: Trainer) -> None:
-    import torch
-
     a = t.args
     records = t.records()
     tokenized = [tokenize_sft(r, t.tokenizer, a.template.max_length, a.template.truncation_strategy,
@@ -134,14 +135,26 @@ def train_sft(t: Trainer) -> None:
     if not examples:
         raise DataError("every example was dropped by truncation; raise max_length")
     order = DataOrder(len(examples), a.training.seed, a.dataset.shuffle)
-    world, rank = t.accelerator.num_processes, t.accelerator.process_index
+    world = t.accelerator.num_processes
     if a.training.batch_size % world:
         raise DataError(f"batch_size {a.training.batch_size} must be a multiple of the {world} processes")
-    batching = choose_batching(t, min(a.training.micro_batch_size, a.training.batch_size // world))
+    # The model's config (its attention implementation included) is never saved by a LoRA or full checkpoint as
+    # this one: transformers leaves the implementation out of config.json.
+    with packed_attention_in(t.model) if a.template.packing else contextlib.nullcontext(False) as per_example:
+        batching = choose_batching(t, min(a.training.micro_batch_size, a.training.batch_size // world), per_example)
+        t.model.train()
+        t.log(f"SFT on {len(examples)} examples, batch {a.training.batch_size} ({batching.describe()}"
+              f"{', attention example by example' if per_example and batching.pack_length else ''} x {world} "
+              f"process(es))")
+        _loop(t, examples, order, batching)
+
+
+def _loop(t: Trainer, examples: list[Example], order: DataOrder, batching: Batching) -> None:
+    import torch
+
+    a = t.args
+    world, rank = t.accelerator.num_processes, t.accelerator.process_index
     device = t.accelerator.device
-    t.model.train()
-    t.log(f"SFT on {len(examples)} examples, batch {a.training.batch_size} ({batching.describe()} x {world} "
-          f"process(es))")
     while t.step < a.training.max_steps:
         started = time.perf_counter()
         indices = list(order.take(t.data_position, a.training.batch_size))[rank::world]
