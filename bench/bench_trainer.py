@@ -6,8 +6,9 @@ sft   useful tokens/s (every non-padding token of a step's examples) of the embe
       as configured by default) vs a plain hand-written HF + PEFT loop that pads each batch to its longest example,
       on the same batches of builtin:mixed-lengths (long-tailed lengths), with the same LoRA. Steps of the two
       alternate in one process, so load on the machine hits both; the median of the rounds (target: >= 1.5x).
-trl   the same against TRL's SFTTrainer with packing (needs `pip install trl`, the `bench` extra): one of our steps
-      runs after each of TRL's, from a callback, and TRL's tokens are its own count of the tokens it trained on.
+trl   the same against TRL's SFTTrainer with packing (its defaults, less gradient checkpointing, which ours does not
+      do; needs `pip install trl`, the `bench` extra): one of our steps runs after each of TRL's, from a callback,
+      and TRL's tokens are its own count of the tokens it trained on.
 grpo  the time split of a GRPO step (generate / reward / train / sync) for examples/grpo_arith.yaml, as shares of
       the step time.
 """
@@ -243,7 +244,8 @@ def bench_trl(rounds: int, device: str) -> None:
                         learning_rate=args.optimizer.learning_rate, logging_steps=1, report_to=[], save_strategy="no",
                         use_cpu=device == "cpu", bf16=device == "cuda", max_length=args.template.max_length,
                         packing=True, lr_scheduler_type="constant", max_grad_norm=args.optimizer.max_grad_norm,
-                        disable_tqdm=True, dataloader_num_workers=0)
+                        disable_tqdm=True, dataloader_num_workers=0,
+                        gradient_checkpointing=False)  # TRL's default recomputes; ours does not: same work on both
         lora = LoraConfig(**args.get_lora_args(), layers_to_transform=args.lora_layers(base.config.num_hidden_layers))
         trainer = SFTTrainer(model=base, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora,
                              callbacks=[Interleave()])

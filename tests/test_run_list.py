@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from textual import events
 
 from twinkle_tui.gpu import GpuSnapshot
 from twinkle_tui.runs.store import RunStore
@@ -116,3 +117,18 @@ def test_the_listing_sees_runs_come_and_go_at_once(home: Path) -> None:
     assert sorted(store.run_ids()) == ["a", "b", "c"]
     os.rmdir(home / "c")
     assert sorted(store.run_ids()) == ["a", "b"]
+
+
+async def test_a_list_scrolled_away_stays_put_while_its_runs_update(many: Path) -> None:
+    app = app_for(many)
+    async with app.run_test(size=(160, 40)) as pilot:
+        runs = app.query_one(RunList)
+        await settle(pilot, lambda: charted(app, "run-59"), what="the newest run")
+        for _ in range(6):  # the wheel, away from the selected run at the top
+            runs.post_message(events.MouseScrollDown(runs, 5, 5, 0, 1, 0, False, False, False))
+        await settle(pilot, lambda: runs.scroll_y >= 6, what="the wheel to scroll the list")
+        away = runs.scroll_y
+        app.scheduler.now("list")  # what the periodic refresh does every few seconds
+        app.flush()
+        await pilot.pause()
+        assert runs.scroll_y == away and app.selected == "run-59"

@@ -100,6 +100,7 @@ class RunList(ScrollView, can_focus=True):
     RunList {
         background: $surface;
         color: $foreground;
+        overflow-x: hidden;
         & > .run-list--cursor {
             background: $block-cursor-blurred-background;
             color: $block-cursor-blurred-foreground;
@@ -142,15 +143,19 @@ class RunList(ScrollView, can_focus=True):
         self._words: list[str] = []
         self._filter_text = ""
         self._drawn: dict[str, _Drawn] = {}
+        self._laid_out_width = 0
 
     # ------------------------------------------------------------------ data
     def show(self, runs: list[RunSummary], selected: str | None, now: float) -> None:
-        """Replace the runs (newest first) and put the cursor on the selected one if it is listed."""
+        """Replace the runs (newest first) and put the cursor on the selected one if it is listed. The list scrolls
+        only when the cursor's row moved: a list the user scrolled away stays where it is as its runs update."""
         self._all, self._selected, self._now = runs, selected, now
+        before = self._cursor
         self._apply_filter()
         if selected in self._rows:
             self._cursor = self._rows.index(selected)
-            self._scroll_to_cursor()
+            if self._cursor != before:
+                self._scroll_to_cursor()
         self.refresh()
 
     def set_filter(self, text: str) -> None:
@@ -223,7 +228,13 @@ class RunList(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self.virtual_size = Size(self._content_width, max(1, ROW_HEIGHT * len(self._rows)))
-        self._scroll_to_cursor()
+        # The cursor's row stays in view on a new width (or the first layout), and when it was (about) in view; a list
+        # the user scrolled away from it stays where it is when a panel beside it changes height.
+        top, height = round(self.scroll_y), self.scrollable_content_region.height
+        near = top - ROW_HEIGHT < (self._cursor + 1) * ROW_HEIGHT and self._cursor * ROW_HEIGHT < top + height + 1
+        if self.size.width != self._laid_out_width or near:
+            self._laid_out_width = self.size.width
+            self._scroll_to_cursor()
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
