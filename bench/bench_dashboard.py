@@ -11,7 +11,8 @@ idle     CPU used by the dashboard while one run appends 10 metric lines a secon
 reopen   a finished 1M-step run opened in a fresh dashboard, launch to its full chart on screen: the first open
          (no metrics cache) and a reopen (from the cache), each against a plain json.loads loop over its
          metrics.jsonl (target: reopen <= 0.3x), and the reopen against the first frame of an empty home plus one
-         draw of its full charts (decimation and plotext build, timed in the reopen; target: <= 1.0x). Rounds interleave the sides; medians are printed.
+         draw of its full charts (decimation and plotext build, timed in the reopen; target: <= 1.0x). Rounds
+         interleave the sides; medians are printed.
 many     a home of 1,000 runs (most ended, a few live): launch to first full frame vs an empty home (target: within
          1.5x), and the run list's lag, key to frame, against a home of 20 runs: moving down the list (each key
          selects and draws another run), a page down, and typing a filter (target: within 1.2x of 20 runs).
@@ -62,7 +63,7 @@ def write_run(home: Path, run_id: str, steps: int, metrics_file: Path | None = N
 def bench_chart() -> None:
     from textual.app import App
 
-    from twinkle_tui.commands.view import ChartSettings
+    from twinkle_tui.commands.chart_settings import ChartSettings
     from twinkle_tui.runs.store import RunStore
     from twinkle_tui.ui.widgets.charts import MetricChart
 

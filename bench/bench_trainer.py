@@ -77,8 +77,8 @@ def embedded_trainer(args: Any, device: str) -> Any:
     run directory: sft_step on it is exactly the step a run takes."""
     from accelerate import Accelerator
 
+    from twinkle_trainer.loop import Trainer
     from twinkle_trainer.optim import build_optimizer, build_scheduler
-    from twinkle_trainer.train import Trainer
 
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
     model, tok = lora_model(args, device)

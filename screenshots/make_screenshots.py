@@ -1,6 +1,7 @@
 """Regenerate screenshots/ from the real app over real runs of the bundled example.
 
-    python screenshots/make_screenshots.py
+    python screenshots/make_screenshots.py            # all of them
+    python screenshots/make_screenshots.py research   # only the research view (a real research of examples/research)
 
 Runs are made in a temporary $TWINKLE_HOME: one finished, one that crashed, one live (for the stop confirmation),
 and one that crashes while the dashboard watches it (the monitor's finding in the chat). The app is driven with
@@ -146,13 +147,53 @@ def to_png(svgs: list[Path]) -> None:
                          write_to=str(svg.with_suffix(".png")), output_width=1600)
 
 
+async def shoot_research(home: Path, out: Path) -> list[Path]:
+    """The research view over a real research of examples/research (Optuna, two lanes), taken while its last
+    experiments run, so the live chart has something to show."""
+    import json
+    import subprocess
+
+    from twinkle_tui.gpu import GpuSnapshot
+    from twinkle_tui.ui.app import TwinkleApp
+
+    program = REPO / "examples" / "research" / "PROGRAM.md"
+    loop = subprocess.Popen([sys.executable, "-m", "twinkle_tui.research", str(program), "--proposer", "optuna",
+                             "--experiments", "12", "--lanes", "2"], stdout=subprocess.DEVNULL, cwd=REPO)
+    state = home / "research" / "toy-regression" / "state.json"
+    results = home / "research" / "toy-regression" / "results.tsv"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        rows = len(results.read_text().splitlines()) - 1 if results.exists() else 0
+        inflight = json.loads(state.read_text()).get("inflight") if state.exists() else None
+        if rows >= 8 and inflight and all((home / s["run_id"] / "metrics.jsonl").exists() for s in inflight.values()):
+            break
+        time.sleep(0.3)
+    time.sleep(2.5)
+    app = TwinkleApp(home=home, gpu_probe=lambda: GpuSnapshot(error="no GPU detected"), data_interval=0.0,
+                     monitor_interval=None, watch=False)
+    path = out / "research.svg"
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause(1.0)
+        await pilot.press("R")
+        await pilot.pause(2.0)
+        await pilot.press("down")  # the second best: its knobs in the diff panel
+        await pilot.pause(1.0)
+        app.save_screenshot(filename=path.name, path=str(out))
+    loop.wait(timeout=600)
+    return [path]
+
+
 def main() -> None:
+    only_research = sys.argv[1:] == ["research"]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         os.environ["TWINKLE_HOME"] = str(home)
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        make_runs(home)
-        shots = asyncio.run(shoot(home, HERE))
+        shots = []
+        if not only_research:
+            make_runs(home)
+            shots += asyncio.run(shoot(home, HERE))
+        shots += asyncio.run(shoot_research(home, HERE))
         to_png(shots)
     for s in shots:
         print(f"wrote {s.relative_to(REPO)}")

@@ -53,6 +53,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     kill_live_runs(h)
 
 
+def quiescent(app: object) -> bool:
+    """The dashboard has nothing left to read and nothing waiting to be drawn (tests wait for this, not sleep)."""
+    return not app.reader.running and app.scheduler.idle  # type: ignore[attr-defined]
+
+
+def process_alive(ctl: object, run_id: str) -> bool:
+    """The run's recorded process is alive and is the same process (pid and start time)."""
+    from twinkle_trainer.protocol import process_is
+
+    meta = ctl.meta(run_id)  # type: ignore[attr-defined]
+    return process_is(meta.pid, meta.pid_start_time)
+
+
 def patch_meta(paths: object, **fields: object) -> None:
     """Set fields of a run's meta.json (as another writer would), under the protocol's lock."""
     from twinkle_trainer.protocol import RunMeta, RunStatus, update_meta

@@ -16,7 +16,8 @@ from twinkle_trainer.config import CLI, ConfigError
 from twinkle_trainer.protocol import RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.metrics import MetricsTable
-from twinkle_tui.runs.store import RunStore, clean_log_line
+from twinkle_tui.runs.store import RunStore
+from twinkle_tui.runs.tail import clean_log_line
 
 from conftest import patch_meta, wait_for
 from run_factory import make_run

@@ -87,3 +87,94 @@ def test_no_module_outside_ui_mentions_textual_in_source(package: str) -> None:
         if "ui" not in p.relative_to(root).parts and ("import textual" in p.read_text() or "from textual" in p.read_text())
     ]
     assert offenders == []
+
+
+# ------------------------------------------------------------------ the layers (ARCHITECTURE.md)
+# Lowest floor first. A module may import from its own floor and the floors below it, never from a floor above;
+# and no two modules may import each other through any chain (function-level and type-only imports count too).
+FLOORS = [
+    ("twinkle_trainer", 0), ("trainer", 0),
+    ("twinkle_tui.runs", 1), ("twinkle_tui.gpu", 1),
+    ("twinkle_tui.process", 2),
+    ("twinkle_tui.commands", 3),
+    ("twinkle_tui.agent", 4),
+    ("twinkle_tui.monitor", 5),
+    ("twinkle_tui.research", 6),
+    ("twinkle_tui.ui", 7), ("twinkle_tui.headless", 7),
+    ("twinkle_tui.cli", 8), ("twinkle_tui.__main__", 9), ("twinkle_tui", 0),
+]
+
+
+def floor_of(module: str) -> int:
+    for prefix, floor in FLOORS:
+        if module == prefix or module.startswith(prefix + "."):
+            return floor
+    raise AssertionError(f"{module} is on no floor of ARCHITECTURE.md: add it to FLOORS")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its source (top level, in functions, for types)."""
+    import ast
+
+    files = {}
+    for package in ("twinkle_tui", "twinkle_trainer", "trainer"):
+        for path in (REPO / package).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def resolve(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{node.module}.{a.name}" for a in node.names] \
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                target = resolve(name)
+                if target and target != module and not module.startswith(target + "."):
+                    graph[module].add(target)
+    return graph
+
+
+def test_no_import_points_up_a_floor() -> None:
+    graph = import_graph()
+    assert len(graph) > 80
+    up = sorted((m, t) for m, targets in graph.items() for t in targets if floor_of(t) > floor_of(m))
+    assert up == []
+
+
+def test_no_circle_of_modules() -> None:
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for module in graph:
+        if module not in index:
+            visit(module)
+    assert circles == []

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from twinkle_tui.charts import BlockSummary, EmaState, SmoothedSeries, decimate, ema_extend
-from twinkle_tui.ui.widgets.charts import default_metrics, step_ticks
+from twinkle_tui.commands.chart_commands import default_metrics
+from twinkle_tui.runs.chart_data import BlockSummary, EmaState, SmoothedSeries, decimate, ema_extend
+from twinkle_tui.ui.widgets.charts import step_ticks
 
 
 def series(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,3 +148,36 @@ def test_default_metrics_prefer_loss_reward_grad_norm_and_lr() -> None:
     names = ["tokens/s", "train/accuracy_reward", "grad_norm", "kl", "loss", "learning rate", "entropy"]
     assert default_metrics(names) == ["loss", "train/accuracy_reward", "grad_norm", "learning rate"]
     assert default_metrics(["a", "b"]) == ["a", "b"]
+
+
+def test_log_y_ticks_are_values_a_log_axis_shows() -> None:
+    from twinkle_tui.ui.widgets.charts import log_ticks
+
+    assert log_ticks(0.3, 4.8, 4) == ([0.5, 1.0, 2.0], ["0.5", "1", "2"])  # not 4.28 3.80 3.38
+    assert log_ticks(1e-5, 10, 4)[1] == ["1e-05", "0.001", "0.1", "10"]  # a wide range: decades
+    ticks, labels = log_ticks(3.3, 4.3, 4)  # less than a decade with no 1-2-5 value: round linear steps
+    assert labels == ["3.4", "3.6", "3.8", "4.0", "4.2"]
+
+
+async def test_a_log_y_chart_labels_its_axis_with_round_values(home: Path) -> None:
+    import re
+
+    from twinkle_tui.gpu import GpuSnapshot
+    from twinkle_tui.ui.app import TwinkleApp
+    from twinkle_tui.ui.widgets.charts import ChartGrid
+
+    from conftest import quiescent, settle
+    from run_factory import make_run
+
+    make_run(home, "r", steps=300, metrics=("loss",))
+    app = TwinkleApp(home=home, gpu_probe=lambda: GpuSnapshot(error="no GPU"), watch=False, data_interval=0.0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: quiescent(app) and app.query_one(ChartGrid).charts(), what="drawn")
+        await pilot.press("l")
+        await settle(pilot, lambda: "[log]" in app.query_one(ChartGrid).charts()[0].title_text, what="log-y")
+        chart = app.query_one(ChartGrid).charts()[0]
+        await settle(pilot, lambda: chart._built is not None, what="built")
+        built = chart._built[1] if chart._built else ""
+        labels = re.findall(r"([-\d.e+]+)┤", getattr(built, "plain", str(built)))
+        assert len(labels) >= 2 and all(f"{float(label):e}"[0] in "12357" and f"{float(label):e}"[1:8] == ".000000"
+                                        for label in labels), labels  # 1, 2, 3, 5, 7 x 10^k

@@ -43,7 +43,7 @@ async def test_a_question_is_answered_as_a_stream_with_its_tool_calls(home: Path
     with FakeLLM(script, stream_chunk=4).running() as fake:
         app = app_with(home, fake)
         async with app.run_test(size=(160, 48)) as pilot:
-            await settle(pilot, lambda: app.agent is not None, what="the agent")
+            await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
             assert any("LLM: fake-model" in m for m in messages(app, "notice"))
             await send(pilot, "how is the run going?")
             await settle(pilot, lambda: app.query(AgentAnswer) and "it is learning" in
@@ -62,7 +62,7 @@ async def test_a_destructive_tool_asks_in_a_modal_and_a_no_is_reported(home: Pat
         with FakeLLM(script).running() as fake:
             app = app_with(home, fake)
             async with app.run_test(size=(160, 48)) as pilot:
-                await settle(pilot, lambda: app.agent is not None, what="the agent")
+                await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
                 await send(pilot, "stop it")
                 await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
                 assert "Stop run live?" in app.screen.title_text
@@ -83,7 +83,7 @@ async def test_escape_cancels_an_answer_being_written(home: Path) -> None:
     with FakeLLM([slow, text("second answer")], stream_chunk=5).running() as fake:
         app = app_with(home, fake)
         async with app.run_test(size=(160, 48)) as pilot:
-            await settle(pilot, lambda: app.agent is not None, what="the agent")
+            await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
             await send(pilot, "write a lot")
             await settle(pilot, lambda: app.query(AgentAnswer) and
                          len(str(app.query(AgentAnswer).last().markdown._markdown)) > 20, what="streaming")
@@ -101,7 +101,7 @@ async def test_the_conversation_is_back_after_a_restart(home: Path) -> None:
     with FakeLLM([text("First answer.")]).running() as fake:
         app = app_with(home, fake)
         async with app.run_test(size=(160, 48)) as pilot:
-            await settle(pilot, lambda: app.agent is not None, what="the agent")
+            await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
             await send(pilot, "remember this")
             await settle(pilot, lambda: app.query(AgentAnswer) and "First answer" in
                          str(app.query(AgentAnswer).last().markdown._markdown), what="the answer")
@@ -110,7 +110,7 @@ async def test_the_conversation_is_back_after_a_restart(home: Path) -> None:
         async with app.run_test(size=(160, 48)) as pilot:
             await settle(pilot, lambda: "First answer." in messages(app, "agent"), what="the restored chat")
             assert "remember this" in messages(app, "user")
-            await settle(pilot, lambda: app.agent is not None, what="the agent")
+            await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
             await send(pilot, "do you?")
             await settle(pilot, lambda: fake.requests, what="the request")
             sent = [m["content"] for m in fake.requests[0]["messages"] if m["role"] != "system"]
@@ -126,7 +126,7 @@ async def test_an_unreachable_llm_is_said_once_and_slash_commands_still_work(hom
     llm = LLMSettings(base_url="http://127.0.0.1:9/v1", model="m", mode="auto")
     app = TwinkleApp(home=home, gpu_probe=lambda: NO_GPU, llm=llm, watch=False)
     async with app.run_test(size=(160, 48)) as pilot:
-        await settle(pilot, lambda: app.connection is not None, what="the connection attempt")
+        await settle(pilot, lambda: app.agent_chat.connection is not None, what="the connection attempt")
         errors = messages(app, "error")
         assert len(errors) == 1 and errors[0].startswith("cannot reach the LLM at http://127.0.0.1:9/v1")
         await send(pilot, "/status")

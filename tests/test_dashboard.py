@@ -18,7 +18,7 @@ from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import TOY, settle
+from conftest import TOY, process_alive, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -97,8 +97,11 @@ async def test_zoom_reset_and_metric_selection_change_what_is_drawn(home: Path) 
         await settle(pilot, lambda: charts(app)[0].x_range == (1.0, 2000.0), what="reset")
         await pilot.press("m")
         await settle(pilot, lambda: isinstance(app.screen, MetricPicker), what="picker")
+        await pilot.pause(0.2)
+        boxes = [app.screen.query_one("#picker-list").render_line(i).text[:3] for i in range(5)]
+        assert boxes == ["▐✓▌"] * 4 + ["▐ ▌"], boxes  # charted ones ticked, the rest empty: never an X
         await pilot.press("escape")
-        app.set_metrics(["lr2"])
+        app.run_view_command("select_metrics", {"names": ["lr2"]})
         await settle(pilot, lambda: [c.metric for c in charts(app)] == ["lr2"], what="one chart")
         await pilot.press("slash")
         await pilot.press(*"/zoom 100 300", "enter")
@@ -186,7 +189,7 @@ async def test_quitting_the_app_leaves_training_running(home: Path) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot, lambda: app.current_view() is not None and app.current_view().last_step > 2, what="steps")
         await pilot.press("q")
-    assert launched.supervisor.poll() is None and ctl.is_alive("outlive")
+    assert launched.supervisor.poll() is None and process_alive(ctl, "outlive")
     ctl.kill("outlive")
     launched.supervisor.wait(timeout=30)
 
@@ -199,9 +202,29 @@ async def test_new_run_from_a_recipe_starts_and_is_selected(home: Path) -> None:
 
         await settle(pilot, lambda: app.screen.query(OptionList), what="recipes")
         options = app.screen.query_one(OptionList)
+        await pilot.press("down")  # typing goes to the path field; down moves into the list
+        assert options.has_focus
         index = next(i for i in range(options.option_count) if options.get_option_at_index(i).id == str(TOY))
         options.highlighted = index
         await pilot.press("enter")
         await settle(pilot, lambda: app.selected and app.selected.startswith("toy-regression"), what="new run selected")
         run_id = app.selected
         await settle(pilot, lambda: read_meta(RunPaths.of(run_id)).status == "completed", timeout=60, what="done")
+
+
+async def test_the_new_run_dialog_takes_a_typed_path_at_once(home: Path) -> None:
+    """Its title says "type a path": what is typed goes there, without a click or Tab first."""
+    app = app_for(home)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("n")
+        from twinkle_tui.ui.screens.new_run import NewRunScreen
+
+        await settle(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the dialog")
+        await pilot.press("enter")  # a stray Enter starts nothing
+        assert isinstance(app.screen, NewRunScreen)
+        await pilot.press(*f"{TOY} -- --steps 3")
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.selected and app.selected.startswith("toy-regression"), what="started")
+        run_id = app.selected
+        await settle(pilot, lambda: read_meta(RunPaths.of(run_id)).status == "completed", timeout=60, what="done")
+        assert read_meta(RunPaths.of(run_id)).progress.last_step == 3

@@ -19,7 +19,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import RunList
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import TOY, patch_meta, settle
+from conftest import TOY, patch_meta, quiescent, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -51,7 +51,7 @@ async def test_bad_runs_never_stop_the_dashboard_from_starting(home: Path) -> No
         await settle(pilot, lambda: set(app.query_one(RunList)._rows) == {"good", "badtypes", "huge"}, what="list")
         for run_id in ("badtypes", "huge", "good"):
             app.select(run_id)
-            await settle(pilot, lambda: app.quiescent, what=f"{run_id} drawn")
+            await settle(pilot, lambda: quiescent(app), what=f"{run_id} drawn")
         app.select("badtypes")
         await settle(pilot, lambda: "ignored bad values" in status_text(app), what="the problem named")
         await pilot.press("r")  # last_checkpoint was a string: a clean refusal, not a crash
@@ -175,7 +175,7 @@ async def test_log_y_draws_every_chart_of_a_real_looking_run(home: Path) -> None
         await settle(pilot, lambda: len(app.query_one(ChartGrid).charts()) == 3, what="charts")
         for keys in (["l"], ["z"], ["e"], ["l"]):
             await pilot.press(*keys)
-            await settle(pilot, lambda: app.quiescent, what="drawn")
+            await settle(pilot, lambda: quiescent(app), what="drawn")
             for chart in app.query_one(ChartGrid).charts():
                 rendered = str(chart.render())
                 assert "cannot draw" not in rendered and rendered.strip(), chart.metric

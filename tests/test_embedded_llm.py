@@ -43,12 +43,12 @@ async def test_the_app_answers_with_the_embedded_llm_and_stops_it_on_quit(home: 
                      llm=LLMSettings(mode="embedded"))
     async with app.run_test(size=(160, 48)) as pilot:
         deadline = time.monotonic() + 120
-        while app.agent is None:
+        while app.agent_chat.loop is None:
             assert time.monotonic() < deadline, "the embedded LLM did not start"
             await pilot.pause(0.2)
         notices = [str(m._markdown) for m in app.query(ChatMessage) if m.has_class("notice")]
         assert any("embedded LLM" in n and "smoke-test model" in n for n in notices)
-        server = app.connection.embedded.proc.pid
+        server = app.agent_chat.connection.embedded.proc.pid
         assert server in llama_servers() - before
         await pilot.press("slash", *"Say hello in one short sentence.", "enter")
         deadline = time.monotonic() + 180

@@ -89,3 +89,19 @@ def test_headless_runs_a_recipe_through_the_trainer(home: Path, tmp_path: Path) 
 def test_version_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "twinkle_tui", "-V"], capture_output=True, text=True, timeout=30)
     assert out.stdout.startswith("twinkle-tui ") and out.returncode == 0
+
+
+def test_headless_prints_a_huge_line_cut_with_a_note_and_a_last_line_without_newline(home: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Plain python prints both; headless used to drop them silently."""
+    script = tmp_path / "loud.py"
+    script.write_text("import sys\nprint('before')\nprint('x' * 3_000_000)\nprint('after')\n"
+                      "sys.stdout.write('the end, no newline')\n")
+    proc = twinkle("--run", str(script), "--run-id", "loud")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    cut = [line for line in lines if line.startswith("xxxx")]
+    assert len(cut) == 1 and "the rest of this line was cut" in cut[0] and len(cut[0]) < 1_100_000
+    assert lines.index("before") < lines.index(cut[0]) < lines.index("after")
+    assert any(line.startswith("the end, no newline") for line in lines), out[-500:]

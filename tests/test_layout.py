@@ -22,7 +22,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import run_duration
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import settle
+from conftest import quiescent, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -47,7 +47,7 @@ async def test_chart_titles_never_cut_a_number(home: Path, size: tuple[int, int]
         f.write(json.dumps({"step": 51, "ts": T0 + 60, "loss": 9.954e-4, "learning rate": 2.7314e-4}) + "\n")
     app = app_for(home)
     async with app.run_test(size=size) as pilot:
-        await settle(pilot, lambda: len(app.query_one(ChartGrid).charts()) == 2 and app.quiescent, what="charts")
+        await settle(pilot, lambda: len(app.query_one(ChartGrid).charts()) == 2 and quiescent(app), what="charts")
         for chart in app.query_one(ChartGrid).charts():
             title = chart.title_text
             match = TITLE.match(title)
@@ -78,12 +78,12 @@ async def test_a_resized_layout_equals_a_fresh_start_at_that_size(home: Path) ->
     for size in ((100, 30), (60, 20), (130, 40)):
         fresh_app = app_for(home)
         async with fresh_app.run_test(size=size) as pilot:
-            await settle(pilot, lambda a=fresh_app: a.quiescent and a.query_one(ChartGrid).charts(), what="drawn")
+            await settle(pilot, lambda a=fresh_app: quiescent(a) and a.query_one(ChartGrid).charts(), what="drawn")
             await pilot.pause(0.2)
             fresh[size] = layout(fresh_app)
     app = app_for(home)
     async with app.run_test(size=(160, 48)) as pilot:
-        await settle(pilot, lambda: app.quiescent and app.query_one(ChartGrid).charts(), what="drawn")
+        await settle(pilot, lambda: quiescent(app) and app.query_one(ChartGrid).charts(), what="drawn")
         for size in ((100, 30), (60, 20), (130, 40)):
             await pilot.resize_terminal(*size)
             await pilot.pause(0.3)
@@ -254,3 +254,49 @@ async def test_select_right_after_new_sticks(home: Path) -> None:
         await settle(pilot, lambda: app.selected == "older", what="the selection")
         await pilot.pause(1.0)  # queued highlights of the list must not undo it
         assert app.selected == "older" and "older" in str(app.query_one(RunStatusBar).render())
+
+
+async def test_shrinking_a_live_dashboard_in_steps_folds_the_panels_even_after_the_chat_was_opened(
+        home: Path) -> None:
+    """As a user does it: a live run, the chat opened with / at 100 columns, then the terminal dragged smaller.
+    The choice made at 100 columns does not pin the panels open at 80 (charts 28 columns wide)."""
+    from twinkle_tui.process.controller import ProcessController
+
+    from conftest import TOY
+
+    ctl = ProcessController(home, grace=5)
+    launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.02"], run_id="live")
+    app = TwinkleApp(home=home, grace=5, gpu_probe=lambda: NO_GPU, data_interval=0.0)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot, lambda: app.query_one(ChartGrid).charts(), what="live charts", timeout=60)
+            for size in ((140, 40), (120, 34), (100, 30)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause(0.2)
+            await pilot.press("slash")  # the chat unfolds at 100 columns
+            await pilot.pause(0.2)
+            assert not app.has_class("chat-folded")
+            await pilot.press("escape")
+            for size in ((90, 28), (80, 24)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause(0.3)
+            assert app.has_class("panels-hidden") and not app.query_one("#left").display
+            assert app.query_one(ChartGrid).size.width >= 76  # the charts have the width, as at a fresh start
+    finally:
+        ctl.kill("live")
+        launched.supervisor.wait(timeout=30)
+
+
+async def test_keys_are_remapped_from_the_keymap_file_the_help_names(home: Path) -> None:
+    make_run(home, "r", steps=10)
+    (home / "keymap.toml").write_text('help = "h"\npauze = "P"\n')
+    app = app_for(home)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: app.selected == "r", what="selection")
+        assert any("keymap.toml: unknown binding id 'pauze' (did you mean pause?)" in n.message
+                   for n in app._notifications)  # a bad line is named, the good one still applies
+        await pilot.press("h")
+        await settle(pilot, lambda: isinstance(app.screen, HelpScreen), what="help on the remapped key")
+        assert "h" in app.screen.keys_shown
+        footer = " ".join(str(w.render()) for w in app.screen.query("Static"))
+        assert str(home / "keymap.toml") in footer and 'pause = "P"' in footer

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from twinkle_trainer.protocol import RunPaths, read_meta
-from twinkle_tui.monitor import FixPipeline, FixRefused, TrainingMonitor, parse_review, rules, run_rules, take_snapshot
+from twinkle_tui.commands import CommandError, Session, execute, prepare
+from twinkle_tui.monitor import Report, ReviewFlow, TrainingMonitor, parse_review, rules, run_rules, take_snapshot
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.runs.store import RunStore
 
@@ -187,9 +188,8 @@ def test_a_run_the_user_stops_gets_no_finding_and_no_fix(ctl: ProcessController,
     launched.supervisor.wait(timeout=60)
     monitor = TrainingMonitor(home, interval=0.1)
     assert monitor.check(["user"]) == []
-    snapshot = take_snapshot(RunStore(home).view("user"))
-    with pytest.raises(FixRefused, match="stopped by the user"):
-        FixPipeline(ctl).propose(snapshot, "print('x')\n", "x", [])
+    with pytest.raises(CommandError, match="stopped by the user"):
+        prepare(Session.open(home), "apply_fix", {"run_id": "user", "content": "print('x')\n", "reason": "x"})
 
 
 @pytest.mark.parametrize("recipe", ["toy", "sft", "grpo"])
@@ -302,27 +302,24 @@ def test_the_fourth_attempt_is_refused_and_attempts_survive_restarts(ctl: Proces
     (tmp_path / "broken.py").write_text(BROKEN)
     run(ctl, tmp_path / "broken.py", "stubborn")
     for attempt in range(1, 4):
-        pipeline = FixPipeline(ProcessController(home, grace=10), "auto")  # a fresh one each time: a restart
-        snapshot = take_snapshot(RunStore(home).view("stubborn"))
-        found = run_rules(snapshot)
-        proposal = pipeline.propose(snapshot, BROKEN + f"\n# attempt {attempt}\n", "try", found)
-        launched = pipeline.apply(proposal)
-        assert launched is not None and launched.supervisor.wait(timeout=120) == 1
+        session = Session.open(home, grace=10)  # a fresh one each time: a restart
+        args = {"run_id": "stubborn", "content": BROKEN + f"\n# attempt {attempt}\n", "reason": "try"}
+        prepare(session, "apply_fix", args)
+        assert execute(session, "apply_fix", args).data["relaunched"]
+        assert session.services.launched[-1].supervisor.wait(timeout=120) == 1
         assert read_meta(ctl.paths("stubborn")).fix_attempts == attempt
-    snapshot = take_snapshot(RunStore(home).view("stubborn"))
-    with pytest.raises(FixRefused, match="had 3 fix attempts already"):
-        FixPipeline(ctl, "auto").propose(snapshot, FIXED, "fourth", run_rules(snapshot))
+    with pytest.raises(CommandError, match="had 3 fix attempts already"):
+        prepare(Session.open(home), "apply_fix", {"run_id": "stubborn", "content": FIXED, "reason": "fourth"})
 
 
 def test_undo_restores_the_previous_script(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
     (tmp_path / "broken.py").write_text(BROKEN)
     run(ctl, tmp_path / "broken.py", "undo")
-    pipeline = FixPipeline(ctl, "auto")
-    snapshot = take_snapshot(RunStore(home).view("undo"))
-    launched = pipeline.apply(pipeline.propose(snapshot, FIXED, "typo", run_rules(snapshot)))
-    assert launched is not None and launched.supervisor.wait(timeout=120) == 0
+    session = Session.open(home, grace=10)
+    execute(session, "apply_fix", {"run_id": "undo", "content": FIXED, "reason": "typo"})
+    assert session.services.launched[-1].supervisor.wait(timeout=120) == 0
     assert ctl.paths("undo").script.read_text() == FIXED
-    assert pipeline.undo("undo") == 3
+    assert "as version 3" in execute(session, "undo_fix", {"run_id": "undo"}).text
     assert ctl.paths("undo").script.read_text() == BROKEN
     kinds = [json.loads(line)["kind"] for line in ctl.paths("undo").events.read_text().splitlines()]
     assert "fix" in kinds and kinds[-1] == "undo"
@@ -331,10 +328,11 @@ def test_undo_restores_the_previous_script(ctl: ProcessController, tmp_path: Pat
 def test_a_nan_is_never_fixed_automatically(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
     body = "for s in range(1, 41):\n    rt.log_metrics(step=s, loss=float('nan') if s > 30 else 1.0)\nsys.exit(1)\n"
     run(ctl, script(tmp_path, "diverged", body, 40), "diverged")
-    snapshot = take_snapshot(RunStore(home).view("diverged"))
-    proposal = FixPipeline(ctl, "auto").propose(snapshot, snapshot.script + "\n# lower lr\n", "lr",
-                                               run_rules(snapshot))
-    assert not proposal.automatic
+    view = RunStore(home).view("diverged")
+    view.refresh()
+    snapshot = take_snapshot(view)
+    automatic, why = ReviewFlow.automatic(Report(snapshot, run_rules(snapshot)), snapshot.script + "\n# lower lr\n")
+    assert not automatic and "divergence or a NaN" in why
 
 
 def test_doctor_prints_findings_and_exits_non_zero(ctl: ProcessController, tmp_path: Path, home: Path) -> None:
@@ -365,7 +363,7 @@ async def test_the_dashboard_shows_findings_and_asks_before_a_fix(home: Path, tm
                          data_interval=0.0)
         async with app.run_test(size=(160, 48)) as pilot:
             deadline = time.monotonic() + 30
-            while app.agent is None and time.monotonic() < deadline:
+            while app.agent_chat.loop is None and time.monotonic() < deadline:
                 await pilot.pause(0.1)
             ctl.launch_script(tmp_path / "broken.py", run_id="dash").supervisor.wait(timeout=60)
             while not isinstance(app.screen, ConfirmScreen) and time.monotonic() < deadline + 30:
@@ -382,3 +380,16 @@ async def test_the_dashboard_shows_findings_and_asks_before_a_fix(home: Path, tm
     assert paths.script.read_text() == FIXED
     kinds = [json.loads(line)["kind"] for line in paths.events.read_text().splitlines()]
     assert "error" in kinds and "fix" in kinds  # the finding and the fix are chart markers
+
+
+def test_a_grpo_loss_near_zero_is_explained_once_where_it_first_appears(ctl: ProcessController, tmp_path: Path,
+                                                                        home: Path) -> None:
+    body = "for s in range(1, 31):\n    rt.log_metrics(step=s, loss=4.967e-08 * (-1) ** s, reward=0.1 + s / 100)\n"
+    run(ctl, script(tmp_path, "grpo", body, 30), "grpo")
+    found = by_rule(findings_of(home, "grpo"))
+    explained = found["rl-loss-near-zero"]
+    assert explained.severity == "info" and explained.step == 1 and "normal for GRPO" in explained.summary
+    assert any("judge learning by the reward" in e for e in explained.evidence)
+    body = "for s in range(1, 31):\n    rt.log_metrics(step=s, loss=2.0 / s)\n"  # an SFT loss: nothing to explain
+    run(ctl, script(tmp_path, "sft", body, 30), "sft")
+    assert "rl-loss-near-zero" not in by_rule(findings_of(home, "sft"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from twinkle_trainer.protocol import InvalidRunId, RunPaths, process_is, read_me
 from twinkle_tui.process.controller import ProcessController, RunControlError
 from twinkle_tui.runs.store import RunStore
 
-from conftest import TOY, wait_for, write_sigterm_ignoring_script
+from conftest import TOY, process_alive, wait_for, write_sigterm_ignoring_script
 
 
 def steps_logged(paths: RunPaths) -> list[int]:
@@ -49,7 +50,7 @@ def test_a_crash_is_recorded_failed_with_exit_code_and_traceback(ctl: ProcessCon
     log = paths.log.read_text()
     assert "Traceback (most recent call last)" in log and "injected failure at step 7" in log
     traceback = log[log.index("Traceback (most recent call last)"):]
-    assert "bootstrap.py" not in traceback and "train.py" in traceback  # as python would show it
+    assert "bootstrap.py" not in traceback and f'File "{TOY}"' in traceback  # as python would show it: the user's file
     assert exits(paths)[-1]["code"] == 1
 
 
@@ -146,7 +147,7 @@ def test_a_new_controller_reattaches_to_a_live_run(home: Path) -> None:
     wait_for(lambda: len(steps_logged(paths)) > 3, what="steps")
     del first
     second = ProcessController(home, grace=10)
-    assert second.is_alive("live") and second.status("live").value == "running"
+    assert process_alive(second, "live") and second.status("live").value == "running"
     second.stop("live")
     launched.supervisor.wait(timeout=60)
     assert status(paths) == "stopped"
@@ -207,3 +208,74 @@ def test_a_script_that_does_not_compile_is_refused_before_launch(ctl: ProcessCon
     with pytest.raises(RunControlError, match="bad.py does not compile"):
         ctl.launch_script(bad, run_id="bad")
     assert not ctl.paths("bad").root.exists()
+
+
+SLOW_STEPS = """
+import sys, time
+from twinkle_trainer.runtime import TrainingRuntime
+
+step_seconds = float(sys.argv[1])
+rt = TrainingRuntime().start(model_id="slow", total_steps=1000)
+start = rt.get_resume_info().step if rt.get_resume_info() else 0
+rt.register_graceful_shutdown(save_fn=lambda path: (path / "state.txt").write_text("saved"))
+for step in range(start + 1, 1001):
+    time.sleep(step_seconds)  # a slow step (GRPO on a CPU takes minutes)
+    rt.log_metrics(step=step, loss=1.0 / step)
+    rt.flush_progress()
+    rt.step_boundary(step)
+"""
+
+
+def test_a_stop_gives_a_slow_run_time_to_finish_its_step_and_keep_its_checkpoint(home: Path, tmp_path: Path) -> None:
+    """Steps of 2 s with --grace 1: the grace grows to fit three steps and a save, so the stop still ends in a
+    checkpoint (it used to end in a kill with none)."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_STEPS)
+    ctl = ProcessController(home, grace=1.0)
+    launched = ctl.launch_script(script, ["2.0"], run_id="slow")
+    paths = ctl.paths("slow")
+    wait_for(lambda: (read_meta(paths).progress.step_seconds or 0) > 1.5, timeout=60, what="two timed steps")
+    time.sleep(0.3)  # now inside a step
+    ctl.stop("slow")
+    wait_for(lambda: read_meta(paths).stop_deadline is not None, what="the stop deadline")
+    meta = read_meta(paths)
+    assert meta.stop_deadline - time.time() > 5  # 3 steps of 2 s and the exit, not the 1 s of --grace
+    assert launched.supervisor.wait(timeout=60) == 0
+    meta = read_meta(paths)
+    assert meta.status == "stopped" and meta.last_checkpoint is not None
+    assert meta.last_checkpoint.step == meta.progress.last_step  # the step it was on was finished and saved
+
+
+def test_a_run_that_cannot_finish_its_step_is_told_before_it_is_killed(home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text("import signal, time\nfrom twinkle_trainer.runtime import TrainingRuntime\n"
+                      "rt = TrainingRuntime().start(model_id='x')\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                      "for s in range(1, 4):\n    rt.log_metrics(step=s, v=1.0); time.sleep(0.05)\nrt.flush_progress()\n"
+                      "time.sleep(600)  # step 4 never ends\n")
+    ctl = ProcessController(home, grace=1.0)
+    launched = ctl.launch_script(script, run_id="stuck")
+    paths = ctl.paths("stuck")
+    wait_for(lambda: read_meta(paths).progress.last_step == 3, what="three steps")
+    ctl.stop("stuck")
+    launched.supervisor.wait(timeout=60)
+    log = paths.log.read_text()
+    assert "[twinkle] stop: still finishing step 4" in log and "without a checkpoint (give it longer with --grace)" in log
+    assert read_meta(paths).status == "killed"
+
+
+def test_paused_time_is_not_running_time_nor_step_time(ctl: ProcessController) -> None:
+    launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.05"], run_id="pausy")
+    paths = ctl.paths("pausy")
+    wait_for(lambda: len(steps_logged(paths)) > 10, what="steps")
+    ctl.pause("pausy")
+    time.sleep(3.0)
+    ctl.resume("pausy")
+    wait_for(lambda: (read_meta(paths).progress.step_seconds or 0) > 0 and len(steps_logged(paths)) > 60,
+             timeout=60, what="steps after the pause")
+    meta = read_meta(paths)
+    assert 2.5 < meta.paused_seconds < 6 and meta.paused_at is None
+    wall = time.time() - meta.launch_time
+    assert meta.running_seconds(time.time()) < wall - 2.5  # the pause is not running time
+    assert meta.progress.step_seconds < 1.0  # nor step time: a step that spans a pause is not a 3 s step
+    ctl.kill("pausy")
+    launched.supervisor.wait(timeout=30)

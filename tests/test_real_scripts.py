@@ -224,3 +224,39 @@ async def test_every_key_from_the_repository_root(home: Path, monkeypatch: pytes
         await pilot.press("escape")
         await pilot.pause(0.2)
         assert app.is_running
+
+
+SPAWNS = """
+import multiprocessing as mp
+VERSION = "v1"
+
+
+def work(_):
+    return VERSION
+
+
+if __name__ == "__main__":
+    with mp.get_context("spawn").Pool(1) as pool:
+        print("worker", pool.map(work, [0])[0], "main", VERSION, flush=True)
+    raise SystemExit(1 if VERSION == "v1" else 0)
+"""
+
+
+def test_after_a_fix_spawned_workers_run_the_fixed_code_and_tracebacks_name_the_users_file(
+        home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "spawns.py"
+    script.write_text(SPAWNS)
+    ctl = ProcessController(home, grace=10)
+    assert ctl.launch_script(script, run_id="spawns").supervisor.wait(timeout=120) == 1
+    log = RunPaths.of("spawns").log.read_text()
+    assert "worker v1 main v1" in log
+    ctl.update_script("spawns", SPAWNS.replace('VERSION = "v1"', 'VERSION = "v2"'), "fix")
+    relaunch = ctl.resume("spawns")
+    assert relaunch is not None and relaunch.supervisor.wait(timeout=120) == 0
+    assert "worker v2 main v2" in RunPaths.of("spawns").log.read_text()  # not "worker v1": the worker ran v2 too
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = 1\nraise ValueError('from the users file')\n")
+    proc = twinkle("--run", str(broken), "--run-id", "tb")
+    assert proc.returncode == 1
+    frames = [line for line in proc.stdout.splitlines() if line.strip().startswith('File "')]
+    assert frames == [f'  File "{broken}", line 2, in <module>']  # the user's file, not the run's archived copy

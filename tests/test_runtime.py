@@ -153,3 +153,19 @@ print("stopped" if rt.should_stop else "not stopped")
 def test_the_stop_handler_is_safe_against_a_second_signal_inside_it(home: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", REENTRANT], capture_output=True, text=True, timeout=20)
     assert proc.stdout.strip().endswith("stopped") and "not stopped" not in proc.stdout, proc.stderr
+
+
+def test_the_runtime_page_documents_every_public_member() -> None:
+    """docs/runtime.md is the runtime's reference: a public method without an entry there is a defect."""
+    import inspect
+
+    from twinkle_trainer.integrations.hf import TwinkleCallback
+    from twinkle_trainer.runtime import ResumeInfo
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text()
+    members = [n for n, _ in inspect.getmembers(TrainingRuntime) if not n.startswith("_")]
+    assert len(members) >= 14
+    missing = [n for n in members if f"`{n}" not in page]
+    assert missing == []
+    assert all(f"`{n}" in page for n in ("step", "path", "next_step", "resume_from_checkpoint"))
+    assert ResumeInfo.__doc__ and TwinkleCallback.__doc__

@@ -274,7 +274,7 @@ def test_save_and_load_state_resume_to_the_same_loss(client: tinker.ServiceClien
         tc.optim_step(adam)
     path = tc.save_state("three").result(timeout=60).path
     assert path == f"tinker://{run_id_of(service.home, tc.model_id)}/weights/three"
-    assert run_of(service.home, tc.model_id)["last_checkpoint"]["tinker_path"] == path
+    assert run_of(service.home, tc.model_id).last_checkpoint.tinker_path == path
     # one more step on the original
     tc.forward_backward([datum], "cross_entropy")
     tc.optim_step(adam).result(timeout=60)
@@ -545,7 +545,7 @@ def test_twinkle_tui_serve_follows_the_service_and_ctrl_c_stops_it(tmp_path: Pat
     service_run = next(p for p in home.iterdir() if p.name.startswith(f"service-{port}"))
     assert read_meta(RunPaths(service_run)).status == "stopped"
     client_run = run_of(home, model_id)
-    assert client_run["status"] == "completed" and steps_of(home, run_id_of(home, model_id)) == 2
+    assert client_run.status == "completed" and steps_of(home, run_id_of(home, model_id)) == 2
 
 
 def test_on_policy_distillation_through_the_service(service: Server) -> None:
@@ -646,6 +646,6 @@ def test_closing_the_service_client_ends_its_runs_with_its_reason(service: Serve
         tc.optim_step(types.AdamParams(learning_rate=1e-3)).result(timeout=60)
         sc.close(reason, detail=f"{reason} from the test").result(timeout=30)  # type: ignore[arg-type]
         ended[reason] = run_of(service.home, tc.model_id)
-    assert ended["success"]["status"] == "completed" and ended["errored"]["status"] == "failed"
+    assert ended["success"].status == "completed" and ended["errored"].status == "failed"
     events = (service.home / run_id_of(service.home, tc.model_id) / "events.jsonl").read_text()
     assert "errored from the test" in events

@@ -13,6 +13,7 @@ from twinkle_trainer.protocol import process_start_time
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
 from twinkle_tui.ui.app import TwinkleApp
 
+from conftest import quiescent
 from run_factory import T0, make_run
 
 NOW = T0 + 3600
@@ -48,7 +49,7 @@ async def _settle(pilot) -> None:
     app = pilot.app
     for _ in range(400):
         view = app.current_view()
-        if view is not None and app.quiescent and (app.chart_grid.charts() or not view.metrics.names()):
+        if view is not None and quiescent(app) and (app.chart_grid.charts() or not view.metrics.names()):
             break
         await pilot.pause(0.02)
     await pilot.wait_for_scheduled_animations()
@@ -131,6 +132,10 @@ def test_new_run_picker(snap_compare, runs_home: Path) -> None:
     async def run_before(pilot) -> None:
         await _settle(pilot)
         await pilot.press("n")
+        await pilot.pause(0.1)
+        from textual.widgets import Input
+
+        pilot.app.screen.query_one(Input).cursor_blink = False  # the path field has the focus: no blink timing
         await pilot.pause(0.3)
 
     app = make_app(runs_home)

@@ -86,7 +86,7 @@ def test_a_reward_plugin_by_dotted_path(ctl: ProcessController, tmp_path: Path, 
 def test_stop_then_resume_reproduces_the_uninterrupted_losses(ctl: ProcessController) -> None:
     args = ["--max_steps", "40", "--batch_size", "4", "--micro_batch_size", "2", "--lr", "3e-3", "--save_steps", "1000",
             "--lora_dropout", "0.1", "--seed", "11"]
-    assert train(ctl, "whole", *args)["status"] == "completed"
+    assert train(ctl, "whole", *args).status == "completed"
     reference = {r["step"]: r["loss"] for r in metrics("whole")}
 
     launched = ctl.launch_module("twinkle_trainer", [*TINY, *args], run_id="parts")
@@ -121,7 +121,7 @@ GKD_METRICS = {"loss", "kl/teacher", "entropy", "grad_norm", "learning rate", "c
 def test_gkd_student_moves_toward_a_teacher_trained_first(ctl: ProcessController) -> None:
     teacher = train(ctl, "teacher", "--max_steps", "30", "--batch_size", "8", "--lr", "1e-2", "--no-use-lora",
                     "--save_steps", "100")
-    assert teacher["status"] == "completed", teacher.get("error")
+    assert teacher.status == "completed", teacher.error
     teacher_dir = RunPaths.of("teacher").root / "adapter"  # the whole fine-tuned model, with its tokenizer
     meta = train(ctl, "gkd", "--task", "gkd", "--teacher_model_id", str(teacher_dir), "--max_steps", "16",
                  "--batch_size", "4", "--num_generations", "2", "--max_tokens", "16", "--lr", "5e-3",
@@ -138,7 +138,7 @@ def test_gkd_student_moves_toward_a_teacher_trained_first(ctl: ProcessController
 def test_gkd_teacher_from_a_lora_run(ctl: ProcessController) -> None:
     lora = train(ctl, "lora-teacher", "--max_steps", "3", "--batch_size", "4", "--lr", "1e-1", "--save_steps", "100",
                  "--lora_target_modules", "all-linear")
-    assert lora["status"] == "completed", lora.get("error")
+    assert lora.status == "completed", lora.error
     meta = train(ctl, "gkd-lora", "--task", "gkd", "--teacher_model_id", str(RunPaths.of("lora-teacher").root),
                  "--max_steps", "1", "--batch_size", "4", "--num_generations", "1", "--max_tokens", "8",
                  "--gkd_beta", "1")

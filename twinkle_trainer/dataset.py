@@ -25,10 +25,13 @@ class DataError(Exception):
 
 
 # ------------------------------------------------------------------ sources
+def is_local_data_path(dataset_id: str) -> bool:
+    """A dataset id that names a local JSON Lines file rather than a hub dataset."""
+    return dataset_id.lower().endswith((".jsonl", ".json")) and not dataset_id.startswith(("hf://", "ms://"))
+
+
 def load_records(dataset_id: str | None, data_file: str | None, split: str = "train", subset: str | None = None,
                  max_examples: int | None = None, system: str | None = None) -> list[dict[str, Any]]:
-    from twinkle_trainer.preflight import is_local_data_path
-
     if not data_file and dataset_id and is_local_data_path(dataset_id):
         data_file = dataset_id  # a .jsonl path given as dataset_id is a data file
     if data_file:
@@ -185,7 +188,7 @@ def prompt_ids(record: dict[str, Any], tokenizer: Any, max_length: int, enable_t
         msgs = msgs[:-1]
     kw = {"enable_thinking": enable_thinking} if enable_thinking else {}
     text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids: list[int] = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return ids[-max_length:]
 
 

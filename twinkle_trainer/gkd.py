@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twinkle_trainer.dataset import DataError, DataOrder
-from twinkle_trainer.grpo import advance, padded_batch, record_step, sample_prompts
+from twinkle_trainer.loop import base_dtype
 from twinkle_trainer.models import ModelError, load_model_and_tokenizer
+from twinkle_trainer.rl import advance, padded_batch, record_step, sample_prompts
 from twinkle_trainer.samplers import make_sampler
 
 if TYPE_CHECKING:
-    from twinkle_trainer.train import Trainer
+    from twinkle_trainer.loop import Trainer
 
 
 def log_probs(logits: Any, temperature: float = 1.0) -> Any:
@@ -96,8 +97,6 @@ def load_teacher(model_id: str, student_tokenizer: Any, dtype: Any, attn_impleme
 
 def train_gkd(t: Trainer) -> None:
     import torch
-
-    from twinkle_trainer.train import base_dtype
 
     a = t.args
     records = t.records()

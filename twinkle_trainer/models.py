@@ -130,8 +130,9 @@ def make_tiny_model(target: Path, arch: str = "llama", seed: int = 0, hidden: in
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|pad|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call,unused-ignore]
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(str(tmp))
     common: dict[str, Any] = dict(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
@@ -141,7 +142,7 @@ def make_tiny_model(target: Path, arch: str = "llama", seed: int = 0, hidden: in
                                   pad_token_id=fast.pad_token_id)
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call,unused-ignore]
     model.save_pretrained(str(tmp))
     _publish(tmp, target, "config.json")
     return target

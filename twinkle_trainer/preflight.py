@@ -1,7 +1,7 @@
 """Checks that need no model: run before a run starts (and before the model loads), so a missing data file, an
 unknown model or reward, or a dataset that needs an absent package is one line at once, not a failure a minute in.
 
-Standard library only (+ the config package): importing it never imports torch.
+Standard library only (+ the config package and the dataset readers): importing it never imports torch.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from twinkle_trainer.config import Args, ConfigError
+from twinkle_trainer.dataset import DataError, is_local_data_path, load_records
 
 BUILTIN_MODELS = ("builtin:smollm2-135m-instruct", "builtin:tiny-llama", "builtin:tiny-qwen2")
 BUILTIN_DATASETS = ("builtin:self-cognition", "builtin:arith", "builtin:mixed-lengths")
@@ -24,10 +25,6 @@ def data_file_of(args: Args) -> Path | None:
     if d.dataset_id and is_local_data_path(d.dataset_id):
         return Path(d.dataset_id).expanduser()
     return None
-
-
-def is_local_data_path(dataset_id: str) -> bool:
-    return dataset_id.lower().endswith((".jsonl", ".json")) and not dataset_id.startswith(("hf://", "ms://"))
 
 
 def model_problems(model: str, adapter_ok: bool = False) -> list[str]:
@@ -78,8 +75,6 @@ def problems(args: Args) -> list[str]:
 
 def _data_problems(args: Args) -> list[str]:
     """Read and check every example of a local data file (each line a known format)."""
-    from twinkle_trainer.dataset import DataError, load_records
-
     d = args.dataset
     try:
         records = load_records(d.dataset_id, d.data_file, d.split, d.subset_name, d.max_examples, args.template.system)

@@ -103,6 +103,7 @@ class RunKind(str, enum.Enum):
 class Progress:
     last_step: int = 0
     total_steps: int | None = None
+    step_seconds: float | None = None  # median running seconds of the recent steps (pauses not counted)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class CheckpointRef:
     path: str
     external: bool = False  # written by the script's own code (a Hugging Face Trainer checkpoint), not by ours
     tinker_path: str | None = None  # a training-service client's name for it (tinker://...)
+    seconds: float | None = None  # how long saving it took
 
 
 def as_int(value: Any, lo: int = -MAX_STEP, hi: int = MAX_STEP) -> int | None:
@@ -155,8 +157,13 @@ class RunMeta:
     pgid: int | None = None
     supervisor_pid: int | None = None
     supervisor_start_time: int | None = None
-    start_time: float | None = None
+    start_time: float | None = None  # when the first launch started
     end_time: float | None = None
+    launch_time: float | None = None  # when the current launch started
+    ran_seconds: float = 0.0  # running time of the earlier launches (pauses not counted)
+    paused_seconds: float = 0.0  # time the current launch spent paused so far
+    paused_at: float | None = None  # when the current pause began
+    stop_deadline: float | None = None  # a stopping run is killed at this time if it has not exited
     exit_code: int | None = None
     exit_signal: str | None = None
     exit_launch: int | None = None  # the launch whose exit is recorded above
@@ -166,6 +173,7 @@ class RunMeta:
     fix_attempts: int = 0
     launches: int = 0
     service: dict[str, Any] | None = None  # the training service's own run: its address and open sessions
+    research: dict[str, Any] | None = None  # a research experiment's mark: the research, the experiment, the node
     schema: int = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know: kept, written back
     invalid: tuple[str, ...] = ()  # fields a reader had to ignore (bad types); never written
@@ -212,6 +220,9 @@ class RunMeta:
         for key in ("run_id", "model_id", "display_name", "cwd", "script_path", "exit_signal", "error"):
             setattr(meta, key, text(key))
         meta.start_time, meta.end_time = timestamp("start_time"), timestamp("end_time")
+        meta.launch_time, meta.paused_at = timestamp("launch_time"), timestamp("paused_at")
+        meta.stop_deadline = timestamp("stop_deadline")
+        meta.ran_seconds, meta.paused_seconds = timestamp("ran_seconds") or 0.0, timestamp("paused_seconds") or 0.0
         config = raw.get("config")
         if isinstance(config, dict):
             meta.config = dict(config)
@@ -223,12 +234,13 @@ class RunMeta:
                 meta.command = list(command)
             else:
                 invalid.append("command")
-        service = raw.get("service")
-        if service is not None:
-            if isinstance(service, dict):
-                meta.service = dict(service)
-            else:
-                invalid.append("service")
+        for key in ("service", "research"):
+            value = raw.get(key)
+            if value is not None:
+                if isinstance(value, dict):
+                    setattr(meta, key, dict(value))
+                else:
+                    invalid.append(key)
         meta.progress = _progress(raw.get("progress"), invalid)
         meta.last_checkpoint = _checkpoint(raw.get("last_checkpoint"), invalid)
         meta.status = RunStatus.parse(raw.get("status"))
@@ -252,10 +264,12 @@ class RunMeta:
             if isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, Progress):
-                value = {"last_step": value.last_step, "total_steps": value.total_steps}
+                value = {"last_step": value.last_step, "total_steps": value.total_steps,
+                         **({"step_seconds": value.step_seconds} if value.step_seconds else {})}
             elif isinstance(value, CheckpointRef):
                 value = {"step": value.step, "path": value.path, **({"external": True} if value.external else {}),
-                         **({"tinker_path": value.tinker_path} if value.tinker_path else {})}
+                         **({"tinker_path": value.tinker_path} if value.tinker_path else {}),
+                         **({"seconds": value.seconds} if value.seconds is not None else {})}
             out[f.name] = value
         for key, value in self.extra.items():
             out.setdefault(key, value)
@@ -265,6 +279,31 @@ class RunMeta:
     @property
     def saves_on_stop(self) -> bool:
         return self.kind.saves_on_stop
+
+    def running_seconds(self, now: float) -> float | None:
+        """How long the run has trained, over all its launches: paused time and the time between an exit and a
+        relaunch are not counted (None when it never started)."""
+        began = self.launch_time if self.launch_time is not None else self.start_time
+        if began is None:
+            return None
+        until = self.end_time if not self.status.is_active and self.end_time is not None else now
+        current = max(0.0, until - began - self.paused_seconds)
+        if self.paused_at is not None and self.status.is_active:
+            current = max(0.0, current - max(0.0, until - self.paused_at))
+        return self.ran_seconds + current
+
+    def end_launch_time(self, now: float) -> None:
+        """Fold the launch that ended into ran_seconds (before a relaunch resets the launch's clock)."""
+        if self.launch_time is not None:
+            until = self.end_time if self.end_time is not None and self.end_time >= self.launch_time else now
+            self.ran_seconds += max(0.0, until - self.launch_time - self.paused_seconds)
+        self.launch_time, self.paused_seconds, self.paused_at, self.stop_deadline = None, 0.0, None, None
+
+    def pause_ended(self, now: float) -> None:
+        """A pause ended (resume, stop or kill of a paused run): its time is paused time."""
+        if self.paused_at is not None:
+            self.paused_seconds += max(0.0, now - self.paused_at)
+            self.paused_at = None
 
 
 _KNOWN = {f.name for f in fields(RunMeta)} - {"extra", "invalid"}
@@ -288,6 +327,7 @@ def _progress(raw: Any, invalid: list[str]) -> Progress:
         progress.total_steps = as_int(raw.get("total_steps"), 1)
         if progress.total_steps is None:
             invalid.append("progress.total_steps")
+    progress.step_seconds = as_time(raw.get("step_seconds"))
     return progress
 
 
@@ -297,6 +337,6 @@ def _checkpoint(raw: Any, invalid: list[str]) -> CheckpointRef | None:
     if isinstance(raw, dict) and as_int(raw.get("step"), 0) is not None and isinstance(raw.get("path"), str):
         tinker = raw.get("tinker_path")
         return CheckpointRef(as_int(raw["step"], 0) or 0, raw["path"], bool(raw.get("external")),
-                             tinker if isinstance(tinker, str) else None)
+                             tinker if isinstance(tinker, str) else None, as_time(raw.get("seconds")))
     invalid.append("last_checkpoint")
     return None

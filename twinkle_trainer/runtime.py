@@ -23,15 +23,19 @@ import os
 import pickle
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from twinkle_trainer.clock import running_time
+from twinkle_trainer.manifest import STATE_FILE, file_manifest, verify_manifest
 from twinkle_trainer.protocol import (
     RUN_ID_ENV,
     CheckpointRef,
@@ -50,7 +54,6 @@ from twinkle_trainer.protocol import (
 log = logging.getLogger(__name__)
 
 SUPERVISED_ENV = "TWINKLE_SUPERVISED"
-STATE_FILE = "twinkle_state.json"
 FINAL_STATUSES = {RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.FAILED}
 
 SaveFn = Callable[[Path], None]
@@ -85,6 +88,9 @@ class ResumeInfo:
 
     def keys(self) -> list[str]:
         return list(self._as_dict())
+
+
+STEP_WINDOW = 20  # steps whose median time meta.json's progress.step_seconds reports
 
 
 def _to_number(value: Any) -> Any:
@@ -127,6 +133,8 @@ class TrainingRuntime:
         self._stop_requested = False
         self._last_step = 0
         self._total_steps: int | None = None
+        self._step_times: deque[float] = deque(maxlen=STEP_WINDOW)
+        self._timed: tuple[int, float] | None = None  # the last step logged, and the running time then
         self._progress_written_at = 0.0
         self._progress_dirty = False
         self._finished = False
@@ -167,6 +175,9 @@ class TrainingRuntime:
             if script and not meta.script_path:
                 meta.script_path = str(Path(script).resolve())
             meta.start_time = meta.start_time or now
+            if not self.supervised:  # the supervisor times the launches it makes
+                meta.end_launch_time(now)
+                meta.launch_time = now
             meta.end_time = None
             meta.exit_code = None
             meta.exit_signal = None
@@ -219,6 +230,10 @@ class TrainingRuntime:
             record[name] = _to_number(value)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.paths.metrics, record)
+        now = running_time()
+        if self._timed is not None and step > self._timed[0]:
+            self._step_times.append((now - self._timed[1]) / (step - self._timed[0]))
+        self._timed = (step, now)
         self._last_step = step
         self._progress_dirty = True
         if self.clock() - self._progress_written_at >= self.progress_interval:
@@ -234,6 +249,7 @@ class TrainingRuntime:
                 f.write(line + "\n")
 
     def set_total_steps(self, total_steps: int) -> None:
+        """The run's length when it is known only after start (the dashboard's progress bar and ETA use it)."""
         self._total_steps = int(total_steps)
         def change(meta: RunMeta) -> None:
             meta.progress.total_steps = self._total_steps
@@ -243,9 +259,12 @@ class TrainingRuntime:
     def flush_progress(self) -> None:
         """Write the last step to meta.json now (log_metrics does it at most once per progress_interval)."""
         step = self._last_step
+        step_seconds = statistics.median(self._step_times) if self._step_times else None
 
         def change(meta: RunMeta) -> None:
             meta.progress.last_step = step
+            if step_seconds is not None:
+                meta.progress.step_seconds = step_seconds
 
         self._update_meta(change)
         self._progress_written_at = self.clock()
@@ -274,6 +293,7 @@ class TrainingRuntime:
         return self._stop_requested
 
     def request_stop(self) -> None:
+        """Ask for a graceful stop from the script itself: the next step_boundary() checkpoints and stops."""
         self._stop_requested = True
 
     def register_graceful_shutdown(
@@ -298,6 +318,7 @@ class TrainingRuntime:
     def save_checkpoint(self, step: int, save_fn: SaveFn | None = None, **state: Any) -> Path:
         """Save a checkpoint to checkpoints/step-<step>/ atomically and record it as the resume point."""
         save_fn = save_fn or self._save_fn
+        started = running_time()
         final = self.paths.checkpoint(step)
         tmp = final.with_name(f".{final.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -312,7 +333,7 @@ class TrainingRuntime:
         self._last_step = max(self._last_step, int(step))
 
         def change(meta: RunMeta) -> None:
-            meta.last_checkpoint = CheckpointRef(int(step), str(final))
+            meta.last_checkpoint = CheckpointRef(int(step), str(final), seconds=round(running_time() - started, 3))
             meta.progress.last_step = max(meta.progress.last_step, self._last_step)
 
         self._update_meta(change)
@@ -461,42 +482,6 @@ class TrainingRuntime:
             self.finish(RunStatus.FAILED, error=f"{exc_type.__name__}: {exc}".splitlines()[0])
 
 
-MANIFEST_HASH_LIMIT = 64 * 1024 * 1024  # files up to this size are also hashed; larger ones are checked by size
-
-
-def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """Size (and sha256 for files up to 64 MB) of every file under `folder`, by relative path."""
-    import hashlib
-
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name == STATE_FILE:
-            continue
-        entry: dict[str, Any] = {"size": path.stat().st_size}
-        if entry["size"] <= MANIFEST_HASH_LIMIT:
-            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-        out[str(path.relative_to(folder))] = entry
-    return out
-
-
-def verify_manifest(folder: Path, manifest: Any) -> str | None:
-    """None if every file of the manifest is there, whole and unchanged; else what is wrong, in a few words."""
-    if not isinstance(manifest, dict):
-        return None  # written before manifests existed: nothing to check against
-    import hashlib
-
-    for name, entry in manifest.items():
-        path = folder / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} is missing"
-        if size != entry.get("size"):
-            return f"{name} is {size} bytes, {entry.get('size')} were saved"
-        digest = entry.get("sha256")
-        if digest and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            return f"{name} has changed since it was saved"
-    return None
 
 
 def _default_saver(model: Any, dataloader: Any) -> SaveFn:

@@ -18,7 +18,7 @@ from twinkle_trainer.dataset import DataError, DataOrder, Example, collate, coll
 from twinkle_trainer.packed_attention import packed_attention_in
 
 if TYPE_CHECKING:
-    from twinkle_trainer.train import Trainer
+    from twinkle_trainer.loop import Trainer
 
 LOG_EVERY = 5  # a line in the run's log every few steps, so the log panel shows progress too
 CPU_PACK_LENGTH = 1024  # rows under a dense mask on CPU: its cost grows with the row's length squared

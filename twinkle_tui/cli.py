@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twinkle_trainer.protocol import HOME_ENV, InvalidRunId, twinkle_home, validate_run_id
 from twinkle_tui import __version__
+from twinkle_tui.agent.flags import add_llm_arguments, llm_settings
+from twinkle_tui.runs.home import home_problem, setup_logging
 
-
-def add_llm_arguments(p: argparse.ArgumentParser) -> None:
-    """The agent's and the monitor's LLM (flag > environment > default), for the dashboard and doctor alike."""
-    env = os.environ.get
-    p.add_argument("--llm", choices=("auto", "embedded", "none"), default=env("TWINKLE_LLM", "auto"),
-                   help="auto: the endpoint below if it answers, else the embedded llama.cpp LLM; none: slash only")
-    p.add_argument("--llm-base-url", default=env("TWINKLE_LLM_BASE_URL", "http://localhost:11434/v1"),
-                   help="an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, OpenAI)")
-    p.add_argument("--llm-model", default=env("TWINKLE_LLM_MODEL", "qwen3.5"))
-    p.add_argument("--llm-api-key", default=env("TWINKLE_LLM_API_KEY", "not-needed"))
-    p.add_argument("--llm-gguf", metavar="PATH", default=env("TWINKLE_LLM_GGUF"),
-                   help="the embedded LLM's GGUF model (default: the bundled SmolLM2-135M-Instruct)")
-
-
-def llm_settings(ns: argparse.Namespace) -> Any:
+if TYPE_CHECKING:
     from twinkle_tui.agent.endpoint import LLMSettings
-
-    return LLMSettings(ns.llm_base_url, ns.llm_model, ns.llm_api_key, mode=ns.llm, gguf=ns.llm_gguf)
+    from twinkle_tui.runs.store import RunSummary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="twinkle-tui",
         description="Dashboard for local LLM fine-tuning runs. `twinkle-tui --run train.py [-- args]` runs headless.",
+        epilog="other commands:\n"
+               "  twinkle-tui doctor RUN_ID     the monitor's findings for one run (a unique prefix is enough);\n"
+               "                                exit 1 on a warning or worse (twinkle-tui doctor --help)\n"
+               "  twinkle-tui serve [--port P]  the tinker-compatible training service (twinkle-tui serve --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", metavar="SCRIPT", help="run SCRIPT as a managed run without the dashboard")
     p.add_argument("--start", metavar="RECIPE",
@@ -60,25 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(home: str | None, verbose: bool) -> str:
-    """Log to a rotating file (5 MB x 3), never to the terminal the dashboard draws on."""
-    log_dir = twinkle_home(home) / ".logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "twinkle-tui.log"
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024 * 1024, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    return str(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["doctor"]:
         return doctor_main(argv[1:])
     if argv[:1] == ["serve"]:
         return serve_main(argv[1:])
+    if argv[:1] == ["research"]:
+        from twinkle_tui.research.cli import research_main
+
+        return research_main(argv[1:])
     script_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -104,21 +86,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.prefetch(ns.run_id)  # the first run shown is read while the UI's modules load
     llm = llm_settings(ns)
     if ns.run:
-        from twinkle_tui.headless import MonitorLoop, run_headless
-        from twinkle_tui.process.controller import ProcessController
+        from twinkle_tui.commands import Session
+        from twinkle_tui.headless import run_headless
+        from twinkle_tui.monitor.headless import HeadlessMonitor
 
         if ns.auto_fix and not ns.monitor:
             parser.error("--auto-fix goes with --monitor")
-        controller = ProcessController(ns.home, grace=ns.grace)
+        session = Session.open(ns.home, grace=ns.grace)
         watch = None
         if ns.monitor:
             reviewer = monitor_llm(llm, twinkle_home(ns.home))
-            watch = MonitorLoop(controller, ns.monitor_interval, reviewer, ns.auto_fix)
-        return run_headless(ns.run, script_args, ns.run_id, watch=watch, controller=controller)
+            watch = HeadlessMonitor(session, ns.monitor_interval, reviewer, ns.auto_fix)
+        return run_headless(ns.run, script_args, ns.run_id, watch=watch, controller=session.controller)
     if ns.ask is not None:
         import asyncio
 
         from twinkle_tui.agent.ask import ask_once
+        from twinkle_tui.research import commands as _research_commands  # noqa: F401  (start_research for the agent)
 
         return asyncio.run(ask_once(ns.ask, llm, twinkle_home(ns.home), yes=ns.yes, run_id=ns.run_id))
     if script_args and not ns.start:
@@ -138,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.return_code or 0
 
 
-def monitor_llm(llm: Any, home: Any) -> Any:
+def monitor_llm(llm: LLMSettings, home: Path) -> LLMSettings | None:
     """The LLM the monitor reviews with outside the dashboard: the configured endpoint if it answers; the embedded
     one only when asked for (--llm embedded), since it competes with training for the CPU; None otherwise."""
     import asyncio
@@ -171,63 +155,52 @@ def doctor_main(argv: list[str]) -> int:
     parser.add_argument("--home", default=None)
     add_llm_arguments(parser)
     ns = parser.parse_args(argv)
-    from twinkle_tui.monitor import run_rules, take_snapshot
-    from twinkle_tui.runs.store import NoSuchRun, RunStore
+    import asyncio
 
+    from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Session
+    from twinkle_tui.monitor import Notice, Report, ReviewFlow, run_rules, take_snapshot
+
+    session = Session.open(ns.home)
     try:
-        view = RunStore(ns.home).view(validate_run_id(ns.run_id))
-    except (InvalidRunId, NoSuchRun) as exc:
+        run_id = session.resolve_run(ns.run_id)
+    except CommandError as exc:
         print(f"twinkle-tui: {exc}", file=sys.stderr)
         return 2
-    view.refresh()
+    view = session.view(run_id)
     snapshot = take_snapshot(view)
     findings = sorted(run_rules(snapshot), key=lambda f: -f.level)
-    print(f"{ns.run_id}: {snapshot.status.value}, step {snapshot.last_step}"
+    print(f"{run_id}: {snapshot.status.value}, step {snapshot.last_step}"
           + (f"/{snapshot.total_steps}" if snapshot.total_steps else "")
           + (f", {snapshot.error}" if snapshot.error else ""))
-    for finding in findings:
-        print(finding.line())
-        for line in finding.evidence[:4]:
-            print(f"    evidence: {line}")
+
+    class PrintPort:
+        def say(self, notice: Notice) -> None:
+            print("\n".join(notice.plain()))
+
+    async def decline(confirmation: Confirmation) -> bool:
+        return False
+
+    flow = ReviewFlow(CommandRunner(session, decline), PrintPort(), "off",
+                      off_note="doctor only reports: a fix is applied by the dashboard or --run --monitor")
+    report = Report(snapshot, findings)
+    asyncio.run(flow.findings(report))
     if not findings:
         print("no findings")
     worst = max((f.level for f in findings), default=-1)
     reviewer = monitor_llm(llm_settings(ns), twinkle_home(ns.home))
     if reviewer is not None:
-        import asyncio
-
-        from twinkle_tui.monitor import review
-
-        result = asyncio.run(review(reviewer, snapshot, findings))
-        if result is not None:
-            print(f"review: {result.decision}: {result.summary}")
-            if result.diagnosis:
-                print(f"    {result.diagnosis}")
-            if result.decision != "LGTM":
-                worst = max(worst, 1)
+        outcome = asyncio.run(flow.review(report, reviewer))
+        if outcome.decision in ("WARNING", "FIX"):
+            worst = max(worst, 1)
     return 1 if worst >= 1 else 0
 
 
-def live_runs_message(summaries: Sequence[Any]) -> str | None:
+def live_runs_message(summaries: Sequence[RunSummary]) -> str | None:
     live = [s.run_id for s in summaries if s.status.is_active]
     if not live:
         return None
     shown = ", ".join(live[:3]) + (" …" if len(live) > 3 else "")
     return f"twinkle-tui: {len(live)} run(s) keep training ({shown}); run twinkle-tui again to watch them"
-
-
-def home_problem(home: str | None) -> str | None:
-    """Why the runs directory cannot be used, in one line (None if it can)."""
-    path = twinkle_home(home)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot create the runs directory {path}: {exc.strerror or exc}"
-    if not path.is_dir():
-        return f"the runs directory {path} is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"the runs directory {path} is not writable (set --home or TWINKLE_HOME to another one)"
-    return None
 
 
 def serve_main(argv: list[str]) -> int:

@@ -12,13 +12,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from types import FrameType
+from typing import TextIO
 
-from twinkle_trainer.protocol import RunStatus
+from twinkle_trainer.protocol import RunKind, RunStatus
+from twinkle_tui.monitor.headless import HeadlessMonitor
 from twinkle_tui.process.controller import Launched, ProcessController, RunControlError
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
-from twinkle_tui.runs.store import NoSuchRun, RunStore, RunView, clean_log_line
-from twinkle_tui.runs.tail import FileTail
+from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore
+from twinkle_tui.runs.tail import FileTail, clean_log_line
 
 PROGRESS_METRICS = ("loss", "reward", "train/loss", "train/reward")
 LAUNCH_MARK = "===== twinkle launch"
@@ -37,7 +39,25 @@ def progress_line(progress: RunProgress, metrics: dict[str, float], active: bool
     return " · ".join(parts)
 
 
-def last_metrics(view: RunView) -> dict[str, float]:
+def status_line(view: RunCache, now: float) -> str:
+    """The progress line of a run: its steps and metrics; while it stops, what it is finishing and how long it has
+    left before it is killed; for the training service, what it serves."""
+    meta = view.meta
+    if view.status == RunStatus.STOPPING and meta.stop_deadline is not None:
+        left = max(0.0, meta.stop_deadline - now)
+        return (f"stopping: finishing step {view.last_step + 1}, about {format_duration(left)} left before it is "
+                "killed (--grace sets the least it gets)")
+    if meta.kind == RunKind.SERVICE and meta.service:
+        service = meta.service
+        parts = [f"serving at {service.get('url', '?')}", f"{service.get('sessions', 0)} open session(s)"]
+        for key, label in (("clients", "client(s)"), ("requests_per_minute", "requests/min")):
+            if isinstance(service.get(key), int | float):
+                parts.append(f"{service[key]:g} {label}")
+        return " · ".join(parts)
+    return progress_line(RunProgress.of(view, now), last_metrics(view), active=view.status.is_active)
+
+
+def last_metrics(view: RunCache) -> dict[str, float]:
     """The newest values of the metrics a progress line shows."""
     out = {}
     for name in PROGRESS_METRICS:
@@ -55,7 +75,7 @@ class HeadlessRun:
     """Follows one run: prints every new log line and a progress line until the run ends."""
 
     def __init__(self, controller: ProcessController, out: TextIO = sys.stdout, poll: float = 0.2,
-                 watch: MonitorLoop | None = None) -> None:
+                 watch: HeadlessMonitor | None = None) -> None:
         self.controller = controller
         self.watch = watch
         self.store = RunStore(controller.home)
@@ -80,7 +100,7 @@ class HeadlessRun:
             return 2
         self.run_id = launched.run_id
         view = self.store.view(launched.run_id)
-        log = FileTail(view.paths.log)  # every line of this launch, from the first byte
+        log = FileTail(view.paths.log, keep_head=True)  # every line of this launch, from the first byte
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             self._say(f"twinkle-tui: run {launched.run_id} · log {view.paths.log}")
@@ -90,7 +110,7 @@ class HeadlessRun:
                 if self.watch is not None:
                     self.watch.tick(self.run_id, self._say)
                 if not self._active(view):
-                    self._follow(view, log)
+                    self._follow(view, log, final=True)
                     # A last look at how it ended; an applied fix relaunches it, and we follow the new launch.
                     if self.watch is not None and self.watch.tick(self.run_id, self._say, final=True):
                         continue
@@ -102,7 +122,7 @@ class HeadlessRun:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def _active(self, view: RunView) -> bool:
+    def _active(self, view: RunCache) -> bool:
         view.refresh_meta()
         if view.status.is_active:
             return True
@@ -116,10 +136,11 @@ class HeadlessRun:
             return view.status.is_active
         return False
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
-            self._say("twinkle-tui: stopping gracefully (checkpoint, then exit); Ctrl-C again to kill")
+            self._say("twinkle-tui: stopping gracefully: the run finishes its step, saves a checkpoint and exits "
+                      "(Ctrl-C again to kill it now)")
             self._stop_pending = True
         else:
             self._say("twinkle-tui: killing the run")
@@ -128,29 +149,31 @@ class HeadlessRun:
             except (RunControlError, NoSuchRun) as exc:
                 self._say(f"twinkle-tui: {exc}")
 
-    def _follow(self, view: RunView, log: FileTail) -> None:
+    def _follow(self, view: RunCache, log: FileTail, final: bool = False) -> None:
+        """Print what the run wrote since the last look; `final` (the run has ended) includes a last line that
+        never got its newline."""
         if self._stop_pending:
             try:
                 self.controller.stop(self.run_id)
                 self._stop_pending = False
             except RunControlError:
                 pass  # not started yet: try again on the next poll
-        lines = log.read_lines() if log.has_new_data() else []
+        lines = log.read_final_lines() if final else log.read_lines() if log.has_new_data() else []
         changed = view.refresh()
         if lines:
             self._clear_status()
             self._write("".join(clean_log_line(line) + "\n" for line in lines
                                 if not line.startswith(LAUNCH_MARK.encode())))
-        if lines or changed:
+        if lines or changed or view.status == RunStatus.STOPPING:  # a stop counts down
             self._progress(view)
 
-    def _progress(self, view: RunView) -> None:
-        progress = RunProgress.of(view)
-        line = progress_line(progress, last_metrics(view))
+    def _progress(self, view: RunCache) -> None:
+        line = status_line(view, time.time())
         if self.tty:
             self._status_shown = line
             self._write("\r\x1b[2K" + line)
-        elif line != self._status_shown and time.monotonic() - self._last_progress_print >= 5.0 and progress.step:
+        elif line != self._status_shown and time.monotonic() - self._last_progress_print >= 5.0 and \
+                (view.last_step or view.status == RunStatus.STOPPING or view.meta.kind == RunKind.SERVICE):
             self._status_shown = line
             self._last_progress_print = time.monotonic()
             self._write(line + "\n")
@@ -188,7 +211,7 @@ class HeadlessRun:
             pass
         return EXIT_SIGPIPE
 
-    def _finish(self, view: RunView) -> int:
+    def _finish(self, view: RunCache) -> int:
         view.refresh()
         meta = view.meta
         status = view.status
@@ -206,73 +229,9 @@ class HeadlessRun:
         return {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 0, RunStatus.KILLED: 128 + signal.SIGKILL}.get(status, 1)
 
 
-class MonitorLoop:
-    """--monitor: the monitor's rules every interval (and once more at the end), an LLM review of what they find
-    when an endpoint is configured and reachable, and with --auto-fix the fixes it proposes applied (the run is
-    relaunched and followed to its end)."""
-
-    def __init__(self, controller: ProcessController, interval: float, llm: Any = None, auto_fix: bool = False,
-                 clock: Any = time.monotonic) -> None:
-        from twinkle_tui.monitor import FixPipeline, TrainingMonitor
-
-        self.monitor = TrainingMonitor(controller.home, interval)
-        self.fixes = FixPipeline(controller, "auto" if auto_fix else "ask")
-        self.llm = llm
-        self.auto_fix = auto_fix
-        self.clock = clock
-        self._next = 0.0
-
-    def tick(self, run_id: str, say: Any, final: bool = False) -> bool:
-        """Check now if it is time (or final); True if a fix was applied and the run relaunched."""
-        now = self.clock()
-        if not final and now < self._next:
-            return False
-        self._next = now + self.monitor.interval
-        relaunched = False
-        for report in self.monitor.check([run_id]):
-            for finding in report.findings:
-                say(f"twinkle-tui: monitor: {finding.line()}")
-                for line in finding.evidence[:3]:
-                    say(f"twinkle-tui: monitor:   evidence: {line}")
-            if self.llm is not None and self.monitor.needs_review(report):
-                relaunched |= self._review(report, say)
-        return relaunched
-
-    def _review(self, report: Any, say: Any) -> bool:
-        import asyncio
-
-        from twinkle_tui.monitor import FixRefused, review
-
-        result = asyncio.run(review(self.llm, report.snapshot, report.findings))
-        if result is None:
-            return False
-        say(f"twinkle-tui: monitor review: {result.decision}: {result.summary}")
-        if result.decision != "FIX":
-            return False
-        try:
-            proposal = self.fixes.propose(report.snapshot, result.script or "", result.summary, report.findings)
-        except FixRefused as exc:
-            say(f"twinkle-tui: monitor: the proposed fix is not used: {exc}")
-            return False
-        say("twinkle-tui: monitor: proposed fix:\n" + proposal.diff.rstrip())
-        if not self.auto_fix:
-            say("twinkle-tui: monitor: not applied (run with --auto-fix to apply fixes)")
-            return False
-        if not proposal.automatic:
-            say("twinkle-tui: monitor: not applied automatically: only code errors and out-of-memory are")
-            return False
-        try:
-            launched = self.fixes.apply(proposal)
-        except (FixRefused, RunControlError) as exc:
-            say(f"twinkle-tui: monitor: the fix could not be applied: {exc}")
-            return False
-        say("twinkle-tui: monitor: fix applied; the run is relaunched from its last checkpoint")
-        return launched is not None
-
-
 def run_headless(
     spec: str, args: Sequence[str], run_id: str | None, home: str | None = None, grace: float = 30.0,
-    watch: MonitorLoop | None = None, controller: ProcessController | None = None,
+    watch: HeadlessMonitor | None = None, controller: ProcessController | None = None,
 ) -> int:
     if not os.path.isfile(spec):
         print(f"twinkle-tui: no such script or recipe: {spec}", file=sys.stderr)

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import yaml
 from dotenv import dotenv_values
 
-from twinkle_trainer.config.schema import GROUPS, Args
+from twinkle_trainer.config.schema import GROUPS, Args, ConfigError
+from twinkle_trainer.config.validate import validate_args
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ RESERVED_FLAT = {"config"}  # on the command line --config names the config file
 TRUE_WORDS = {"1", "true", "yes", "on", "y", "t"}
 FALSE_WORDS = {"0", "false", "no", "off", "n", "f"}
 NONE_WORDS = {"none", "null", "~", ""}
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message says which key, which source and what to do."""
 
 
 @dataclass(frozen=True)
@@ -380,8 +377,6 @@ class CLI:
         validate: bool = True,
     ) -> Args:
         import sys
-
-        from twinkle_trainer.config.validate import validate_args
 
         argv = list(sys.argv[1:] if argv is None else argv)
         env = os.environ if env is None else env

@@ -9,6 +9,10 @@ from typing import Any
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
 
+class ConfigError(ValueError):
+    """A configuration problem; the message says which key, which source and what to do."""
+
+
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A config field: default, one-line help, and optionally the allowed string values."""
     meta = {"help": help, "choices": choices}
@@ -206,15 +210,6 @@ class Args:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain data (JSON-ready), as stored in meta.json `config`."""
         return {name: dataclasses.asdict(getattr(self, name)) for name in GROUPS}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Args:
-        """Rebuild from to_dict() output (or any nested/flat mapping), with the same casting and checks."""
-        from twinkle_trainer.config.resolve import ConfigResolver
-
-        resolver = ConfigResolver(cls())
-        resolver.apply(data, source="dict")
-        return resolver.args
 
     def get(self, key: str) -> Any:
         group, name = key.split(".", 1)

@@ -6,11 +6,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from twinkle_trainer.config.resolve import CLI, FIELDS, ConfigError
-from twinkle_trainer.config.schema import GROUPS
+from twinkle_trainer.config.resolve import CLI, FIELDS
+from twinkle_trainer.config.schema import GROUPS, Args, ConfigError
 
 
-def render(args) -> str:
+def render(args: Args) -> str:
     lines = []
     width = max(len(info.name) for info in FIELDS.values())
     for group in GROUPS:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from twinkle_trainer.config.resolve import ConfigError
-from twinkle_trainer.config.schema import GROUPS, Args
+from twinkle_trainer.config.schema import GROUPS, Args, ConfigError
 
 
 def problems(args: Args) -> list[str]:

@@ -26,6 +26,9 @@ SKIPPED = ("step", "total_flos")
 
 
 class TwinkleCallback(TrainerCallback):
+    """A transformers TrainerCallback that makes the Trainer's run a twinkle-tui run (see the module's docstring);
+    `runtime` is an existing TrainingRuntime to use, else one is started for `run_id` (or the managed run)."""
+
     def __init__(self, run_id: str | None = None, runtime: TrainingRuntime | None = None) -> None:
         self.run_id = run_id
         self.runtime = runtime

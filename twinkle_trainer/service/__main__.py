@@ -87,7 +87,7 @@ def quiet_libraries() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call,unused-ignore]
     except ImportError:
         pass
 

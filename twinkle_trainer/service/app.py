@@ -35,7 +35,7 @@ INFO = "a local twinkle training service: every training client is a run in twin
 
 
 def _json(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True)
+    return dict(model.model_dump(mode="json", exclude_none=True))
 
 
 def _error(message: str, status: int = 400, category: str = "user") -> JSONResponse:

@@ -169,7 +169,7 @@ class SamplingSession:
     base_model: str
     model_path: str | None
     folder: Path | None
-    clients: itertools.count = field(default_factory=lambda: itertools.count(1))
+    clients: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     queues: dict[int, CompletionQueue] = field(default_factory=dict)  # clone number -> its completions
 
     def queue(self, clone: int) -> CompletionQueue:

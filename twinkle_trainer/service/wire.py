@@ -109,7 +109,7 @@ def write_forward_backward(outputs: list[dict[str, np.ndarray]], metrics: dict[s
         record.num_datums = len(outputs)
         for name in outputs[0]:
             record.fields[name].CopyFrom(_batched([o[name] for o in outputs], pb.DTYPE_FLOAT32))
-    return msg.SerializeToString()
+    return bytes(msg.SerializeToString())
 
 
 @dataclass
@@ -141,4 +141,4 @@ def write_sample(sequences: list[Sequence], prompt_logprobs: np.ndarray | None,
         msg.prompt_logprobs = np.asarray(prompt_logprobs, dtype=np.float32).tobytes()
     if topk_prompt is not None:
         msg.topk_prompt_logprobs.CopyFrom(_topk(*topk_prompt))
-    return msg.SerializeToString()
+    return bytes(msg.SerializeToString())

@@ -3,21 +3,14 @@ as it uses them, then the answer; destructive tools run only with --yes."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from twinkle_tui.agent import tools as _tools  # noqa: F401  (registers the agent's own tools)
-from twinkle_tui.agent.connect import connect
 from twinkle_tui.agent.endpoint import EndpointError, LLMSettings
-from twinkle_tui.agent.history import History
-from twinkle_tui.agent.loop import AgentLoop, describe_call
-from twinkle_tui.agent.skills import SkillLibrary
-from twinkle_tui.commands import REGISTRY, Confirmation, Session
-from twinkle_tui.commands.runner import CommandRunner, Outcome
-from twinkle_tui.process.controller import ProcessController
-from twinkle_tui.runs.store import RunStore
+from twinkle_tui.agent.loop import describe_call
+from twinkle_tui.agent.setup import connect_agent
+from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Outcome, Session
 
 
 class PrintEvents:
@@ -46,28 +39,27 @@ class PrintEvents:
 
 async def ask_once(text: str, settings: LLMSettings, home: Path, yes: bool = False, run_id: str | None = None,
                    out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    connection = await connect(settings, home)
-    if connection.settings is None:
-        err.write(f"twinkle-tui: {connection.notice}\n")
-        return 1
-    try:
-        if connection.embedded is not None:
-            err.write(f"twinkle-tui: {connection.notice}\n")
-        session = Session(RunStore(home), ProcessController(home))
-        if run_id:
+    session = Session.open(home)
+    if run_id:
+        try:
             session.select(run_id)
+        except CommandError as exc:
+            err.write(f"twinkle-tui: {exc}\n")
+            return 2
 
-        async def confirm(c: Confirmation) -> bool:
-            err.write(f"twinkle-tui: not done: {c.title} (rerun with --yes to allow it)\n")
-            return False
+    async def confirm(c: Confirmation) -> bool:
+        err.write(f"twinkle-tui: not done: {c.title} (rerun with --yes to allow it)\n")
+        return False
 
-        runner = CommandRunner(session, confirm, auto_yes=yes)
-        skills = SkillLibrary(home, os.environ.get("TWINKLE_SKILLS_GIT")).load()
-        session.services.update(skills=skills, llm_models=connection.models)
-        loop = AgentLoop(connection.settings, runner, History(), skills, tools=[n for n in REGISTRY if n != "help"])
+    agent = await connect_agent(CommandRunner(session, confirm, auto_yes=yes), settings)
+    try:
+        if agent.loop is None or agent.connection.embedded is not None:
+            err.write(f"twinkle-tui: {agent.connection.notice}\n")
+        if agent.loop is None:
+            return 1
         events = PrintEvents(out, err)
         try:
-            answer = await loop.ask(text, events)
+            answer = await agent.loop.ask(text, events)
         except EndpointError as exc:
             err.write(f"twinkle-tui: {exc}\n")
             return 1
@@ -76,4 +68,4 @@ async def ask_once(text: str, settings: LLMSettings, home: Path, yes: bool = Fal
         out.write("\n")
         return 0
     finally:
-        connection.close()
+        agent.close()

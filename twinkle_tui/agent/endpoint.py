@@ -3,7 +3,6 @@ llama.cpp's server, OpenAI) reached with the openai client."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,15 +38,6 @@ class LLMSettings:
     gguf: str | None = None  # the embedded LLM's model file (default: the bundled SmolLM2-135M-Instruct)
     quirks: Quirks = Quirks()
     embedded: bool = False  # this endpoint is the embedded llama.cpp server
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> LLMSettings:
-        env = os.environ.get
-        values: dict[str, Any] = {"base_url": env("TWINKLE_LLM_BASE_URL", DEFAULT_BASE_URL),
-                  "model": env("TWINKLE_LLM_MODEL", DEFAULT_MODEL),
-                  "api_key": env("TWINKLE_LLM_API_KEY", DEFAULT_API_KEY)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
     def client(self, timeout: float = 120.0) -> Any:
         from openai import AsyncOpenAI

@@ -141,6 +141,9 @@ class SkillLibrary:
             used += len(skill.text)
         return out
 
+    def names(self) -> list[str]:
+        return sorted(self.skills)
+
     def get(self, name: str) -> Skill | None:
         if name in self.skills:
             return self.skills[name]

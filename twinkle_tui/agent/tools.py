@@ -1,7 +1,6 @@
 """The agent's own tools, registered beside the dashboard's commands: models, hub search, local servers, skills.
 
-They find what they need in Session.services: "skills" (SkillLibrary), "llm_models" (the endpoint's model list),
-"servers" (ServerManager).
+They find what they need in the session's typed Services: the skills, the endpoint's model list, the servers.
 """
 
 from __future__ import annotations
@@ -10,19 +9,20 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from twinkle_tui.agent.servers import ServerError, ServerManager
 from twinkle_tui.agent.skills import SkillLibrary
-from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command
+from twinkle_tui.commands.registry import command
+from twinkle_tui.commands.results import CommandError, Confirmation, Reply
+from twinkle_tui.commands.services import SkillIndex
 from twinkle_tui.commands.session import Session
+from twinkle_tui.process.servers import ServerError, ServerManager, gpu_count
 
 HUB_TIMEOUT = 8.0
 
 
-def _skills(s: Session) -> SkillLibrary:
-    skills = s.services.get("skills")
-    if skills is None:
-        skills = s.services["skills"] = SkillLibrary(s.store.home).load()
-    return skills  # type: ignore[no-any-return,unused-ignore]
+def _skills(s: Session) -> SkillIndex:
+    if s.services.skills is None:
+        s.services.skills = SkillLibrary(s.store.home).load()
+    return s.services.skills
 
 
 @command("load_skill", "Read a skill (a short guide bundled with twinkle-tui) in full; the system prompt lists them.",
@@ -30,7 +30,7 @@ def _skills(s: Session) -> SkillLibrary:
 def load_skill(s: Session, a: dict[str, Any]) -> Reply:
     skill = _skills(s).get(a["name"])
     if skill is None:
-        raise CommandError(f"no skill {a['name']!r}; the skills are: {', '.join(sorted(_skills(s).skills))}")
+        raise CommandError(f"no skill {a['name']!r}; the skills are: {', '.join(_skills(s).names())}")
     return Reply(skill.text)
 
 
@@ -57,7 +57,7 @@ def offline_models() -> list[tuple[str, str]]:
 def list_supported_models(s: Session, a: dict[str, Any]) -> Reply:
     lines = ["Trainable offline (model_id):"] + [f"- `{mid}` — {desc}" for mid, desc in offline_models()]
     lines.append("- a local Hugging Face model directory or a .gguf file, by path")
-    served = s.services.get("llm_models") or []
+    served = s.services.llm_models
     if served:
         lines.append(f"\nThe agent's LLM endpoint serves: {', '.join(served)}")
     return Reply("\n".join(lines), data={"offline": [m for m, _ in offline_models()], "endpoint": served})
@@ -130,10 +130,7 @@ command("search_datasets", "Search the Hugging Face Hub (or ModelScope) for data
 
 
 def _servers(s: Session) -> ServerManager:
-    servers = s.services.get("servers")
-    if servers is None:
-        servers = s.services["servers"] = ServerManager(s.store.home, s.controller)
-    return servers  # type: ignore[no-any-return,unused-ignore]
+    return s.services.servers
 
 
 def _lora_of(s: Session, run_id: str | None) -> tuple[str, Path, int] | None:
@@ -165,8 +162,6 @@ def _start_server_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
                             f"127.0.0.1:{port or 'a free port'}, as a run; each training client becomes a run.",
                             "Start")
     lora = _lora_of(s, a.get("run_id"))
-    from twinkle_tui.agent.servers import gpu_count
-
     if gpu_count() == 0:
         raise CommandError("start_server kind vllm needs an NVIDIA GPU, and none is visible on this machine; kind "
                            "training (the training service) runs on CPU")

@@ -8,7 +8,8 @@ from typing import Any
 
 import psutil
 
-from twinkle_tui.commands.registry import CommandError, Reply, command, slash, slash_help
+from twinkle_tui.commands.registry import command, slash, slash_help
+from twinkle_tui.commands.results import CommandError, Reply
 from twinkle_tui.commands.session import Session
 from twinkle_tui.gpu import GpuProbe, format_bytes
 from twinkle_tui.runs.tail import read_last_lines
@@ -59,7 +60,7 @@ def get_cluster_info(s: Session, a: dict[str, Any]) -> Reply:
     return Reply("\n\n".join(lines), data={"gpus": [g.__dict__ for g in gpus.gpus], "gpu_error": gpus.error})
 
 
-@command("help", "The chat commands and what they do.", "read")
+@command("help", "The chat commands and what they do.", "read", agent=False)
 def help_(s: Session, a: dict[str, Any]) -> Reply:
     rows = "\n".join(f"- `{usage}` {text}" for usage, text in slash_help())
     return Reply(rows + "\n\nAnything else goes to the LLM agent (when one is connected).")

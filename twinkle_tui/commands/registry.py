@@ -10,44 +10,29 @@ Destructive commands (stop, kill, start, update_script, delete, ...) are confirm
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import jsonschema
 
-if TYPE_CHECKING:
-    from twinkle_tui.commands.session import Session
+from twinkle_trainer.config import ConfigError
+from twinkle_trainer.protocol import InvalidRunId, MetaError
+from twinkle_tui.commands.results import CommandError, Confirmation, Reply
+from twinkle_tui.commands.session import Session
+from twinkle_tui.process.controller import RunControlError
+from twinkle_tui.process.scripts import ScriptError
+from twinkle_tui.runs.store import NoSuchRun
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["view", "read", "control"]
 
 
-class CommandError(Exception):
-    """A command that cannot run, or that failed; the message is one line a user (or an LLM) can act on."""
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    """What the user is asked before a destructive command runs."""
-
-    title: str
-    detail: str
-    action: str = "Yes"
-
-
-@dataclass
-class Reply:
-    """What a command did: text for the chat (Markdown), and what the front end should update."""
-
-    text: str
-    select: str | None = None  # the front end selects this run (e.g. a run just started)
-    redraw: set[str] = field(default_factory=set)  # parts of the screen that changed: list, status, charts, log
-    data: Any = None  # structured result, for callers that want more than text
-
-
-Handler = Callable[["Session", dict[str, Any]], Reply]
-Confirm = Callable[["Session", dict[str, Any]], Confirmation | None]
+Handler = Callable[[Session, dict[str, Any]], Reply]
+Confirm = Callable[[Session, dict[str, Any]], Confirmation | None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +45,7 @@ class Command:
     kind: Kind
     destructive: bool = False
     confirm: Confirm | None = None
+    agent: bool = True  # offered to the agent as a tool (help lists slash commands; apply_fix is the monitor's)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -90,13 +76,13 @@ REGISTRY: dict[str, Command] = {}
 
 def command(name: str, summary: str, kind: Kind, properties: dict[str, Any] | None = None,
             required: tuple[str, ...] = (), destructive: bool = False,
-            confirm: Confirm | None = None) -> Callable[[Handler], Handler]:
+            confirm: Confirm | None = None, agent: bool = True) -> Callable[[Handler], Handler]:
     """Register a handler under `name` with the JSON schema of its arguments."""
 
     def register(handler: Handler) -> Handler:
         if name in REGISTRY:
             raise ValueError(f"command {name} registered twice")
-        REGISTRY[name] = Command(name, summary, properties or {}, required, handler, kind, destructive, confirm)
+        REGISTRY[name] = Command(name, summary, properties or {}, required, handler, kind, destructive, confirm, agent)
         return handler
 
     return register
@@ -107,6 +93,49 @@ def get(name: str) -> Command:
         return REGISTRY[name]
     except KeyError:
         raise CommandError(f"unknown tool {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def prepare(session: Session, name: str, args: dict[str, Any] | None = None) -> tuple[dict[str, Any], Confirmation | None]:
+    """Validate the arguments and say whether the user must confirm; raises CommandError when the command cannot
+    run at all (so the user is never asked about something that would fail)."""
+    cmd = get(name)
+    valid = cmd.validate(args)
+    confirm = cmd.confirm
+    if confirm is None:
+        return valid, None
+    return valid, _guard(name, lambda: confirm(session, valid))
+
+
+def execute(session: Session, name: str, args: dict[str, Any] | None = None) -> Reply:
+    """Run a command (already confirmed if it needed that). Every failure is a CommandError with one line: a bad
+    run id, a missing meta.json, an OSError from a launch, a signal that is not permitted; never a traceback."""
+    cmd = get(name)
+    valid = cmd.validate(args)
+    return _guard(name, lambda: cmd.handler(session, valid))
+
+
+T = TypeVar("T")
+
+
+def _guard(name: str, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except CommandError:
+        raise
+    except (RunControlError, ScriptError, InvalidRunId, MetaError, NoSuchRun, ConfigError) as exc:
+        raise CommandError(_one_line(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"{name}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
+    except Exception as exc:
+        log.exception("command %s failed", name)
+        raise CommandError(f"{name} failed: {type(exc).__name__}: {_one_line(exc)} (details in the log)") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+    return text.splitlines()[0]
 
 
 # ------------------------------------------------------------------ slash commands
@@ -129,6 +158,26 @@ SLASH: dict[str, Slash] = {}
 
 def slash(name: str, command_name: str, usage: str, help: str, parse: SlashParse | None = None) -> None:
     SLASH[name] = Slash(name, command_name, usage, help, parse or (lambda args: no_args(name, args)))
+
+
+def optional_arg(key: str, usage: str) -> SlashParse:
+    """/name [VALUE]: at most one argument, given to the command as `key`."""
+    def parse(args: list[str]) -> dict[str, Any]:
+        if len(args) > 1:
+            raise CommandError(f"usage: {usage}")
+        return {key: args[0]} if args else {}
+
+    return parse
+
+
+def required_arg(key: str, usage: str) -> SlashParse:
+    """/name VALUE: exactly one argument, given to the command as `key`."""
+    def parse(args: list[str]) -> dict[str, Any]:
+        if len(args) != 1:
+            raise CommandError(f"usage: {usage}")
+        return {key: args[0]}
+
+    return parse
 
 
 def no_args(name: str, args: list[str]) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twinkle_tui.commands.registry import REGISTRY, CommandError, Confirmation, Reply
+from twinkle_tui.commands.registry import REGISTRY, execute, prepare
+from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
 
-Ask = Callable[[Confirmation], Awaitable[bool]]
+Confirm = Callable[[Confirmation], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class Outcome:
 
 
 class CommandRunner:
-    """Runs registered commands for one Session; `ask` shows a confirmation and returns the user's answer."""
+    """Runs registered commands for one Session; `confirm` shows a confirmation and returns the user's answer."""
 
-    def __init__(self, session: Session, ask: Ask, apply: Callable[[Reply], None] | None = None,
+    def __init__(self, session: Session, confirm: Confirm, apply: Callable[[Reply], None] | None = None,
                  auto_yes: bool = False) -> None:
         self.session = session
-        self.ask = ask
+        self.confirm = confirm
         self.apply = apply or session.apply
         self.auto_yes = auto_yes
 
@@ -54,17 +55,17 @@ class CommandRunner:
         blocking = cmd.kind != "view"
         try:
             if blocking:
-                valid, confirmation = await asyncio.to_thread(self.session.prepare, name, args)
+                valid, confirmation = await asyncio.to_thread(prepare, self.session, name, args)
             else:
-                valid, confirmation = self.session.prepare(name, args)
+                valid, confirmation = prepare(self.session, name, args)
             if confirmation is not None and not (confirmed or self.auto_yes):
-                if not await self.ask(confirmation):
+                if not await self.confirm(confirmation):
                     return Outcome(f"not done: the user declined ({confirmation.title.rstrip('?')})", ok=False,
                                    refused=True)
             if blocking:
-                reply = await asyncio.to_thread(self.session.execute, name, valid)
+                reply = await asyncio.to_thread(execute, self.session, name, valid)
             else:
-                reply = self.session.execute(name, valid)
+                reply = execute(self.session, name, valid)
         except CommandError as exc:
             return Outcome(str(exc), ok=False)
         self.apply(reply)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-import difflib
 import shlex
 from pathlib import Path
 from typing import Any
 
 from twinkle_trainer.protocol import RunKind, RunStatus, validate_run_id
-from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, command, slash
+from twinkle_tui.commands.compare import (
+    MAX_DIFFS,
+    config_diff,
+    format_config_value,
+    last_common_step,
+    overrides,
+    short_names,
+    value_at,
+)
+from twinkle_tui.commands.registry import command, optional_arg, required_arg, slash
+from twinkle_tui.commands.results import CommandError, Confirmation, Reply
 from twinkle_tui.commands.session import Session
-from twinkle_tui.process.controller import CONFIG_SUFFIXES, SCRIPT_SUFFIXES, Launched
+from twinkle_tui.process import scripts
+from twinkle_tui.process.controller import CONFIG_SUFFIXES, launchable
+from twinkle_tui.process.supervisor import stop_grace
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate, format_value
-from twinkle_tui.runs.store import RunSummary, RunView
+from twinkle_tui.runs.store import RunCache, RunSummary
 
 RUN_ID = {"type": "string", "description": "run id or a unique prefix of it (default: the selected run)"}
 MAX_LISTED = 30
@@ -26,12 +37,11 @@ def run_label(summary: RunSummary) -> str:
 def run_line(summary: RunSummary, now: float) -> str:
     step = f"{summary.last_step}/{summary.total_steps}" if summary.total_steps else f"step {summary.last_step}"
     model = (summary.model_id or "?").split("/")[-1].removeprefix("builtin:")
-    if summary.status.is_active:
-        when = f"running for {format_duration(now - summary.start_time)}" if summary.start_time else ""
-    elif summary.start_time and summary.end_time:
-        when = f"took {format_duration(summary.end_time - summary.start_time)}"
-    else:
+    ran = summary.meta.running_seconds(now)  # pauses and the gaps between launches are not running time
+    if ran is None:
         when = ""
+    else:
+        when = f"running for {format_duration(ran)}" if summary.status.is_active else f"ran {format_duration(ran)}"
     return " · ".join(p for p in (run_label(summary), f"**{summary.status.value}**", step, model, when) if p)
 
 
@@ -53,7 +63,7 @@ def list_training_runs(s: Session, a: dict[str, Any]) -> Reply:
     return Reply("\n".join(lines), data=[r.run_id for r in runs[:limit]])
 
 
-def status_text(view: RunView, now: float, selected: bool = False) -> str:
+def status_text(view: RunCache, now: float, selected: bool = False) -> str:
     p = RunProgress.of(view, now)
     meta = view.meta
     head = f"**{view.run_id}** · {view.status.value} · step {p.step}" + (f"/{p.total}" if p.total else "")
@@ -105,20 +115,42 @@ def select_run(s: Session, a: dict[str, Any]) -> Reply:
     return Reply(f"selected `{s.selected}`", redraw={"list", "status", "charts", "log"})
 
 
-def _compare_table(s: Session, a_id: str, b_id: str) -> str:
+def compare_text(s: Session, a_id: str, b_id: str) -> str:
+    """Two runs side by side: their metrics at the last step both logged and at each one's final step, and the
+    configuration keys whose values differ. Runs are named by the shortest form that tells them apart."""
     a, b = s.view(a_id), s.view(b_id)
+    short = short_names([a_id, b_id])
+    na, nb = (f"`{short[i]}`" + (" " + " ".join(overrides(v.meta)[:2]) if overrides(v.meta) else "")
+              for i, v in ((a_id, a), (b_id, b)))
+    out = []
     with s.store.lock:
         names = [n for n in a.metrics.names() if n in b.metrics.series][:8]
-        if not names:
-            return "the two runs log no metric in common"
-        rows = ["| metric | " + a_id + " | " + b_id + " |", "|---|---|---|"]
-        for name in names:
-            cells = []
-            for view in (a, b):
-                last = view.metrics.series[name].last()
-                cells.append(f"{format_value(last[1])} @ {last[0]}" if last else "–")
-            rows.append(f"| {name} | {cells[0]} | {cells[1]} |")
-        return "\n".join(rows)
+        if names:
+            rows = [f"| metric | {na} | {nb} |", "|---|---|---|"]
+            for name in names:
+                sa, sb = a.metrics.series[name], b.metrics.series[name]
+                step = last_common_step(sa, sb)
+                if step is not None:
+                    va, vb = value_at(sa, step), value_at(sb, step)
+                    rows.append(f"| {name} @ step {step} | {_cell(va)} | {_cell(vb)} |")
+                la, lb = sa.last(), sb.last()
+                if la and lb and not (la[0] == lb[0] == step):
+                    rows.append(f"| {name}, final | {_cell(la[1])} @ {la[0]} | {_cell(lb[1])} @ {lb[0]} |")
+            out.append("\n".join(rows))
+        else:
+            out.append("the two runs log no metric in common")
+    diff = config_diff(a.meta, b.meta)
+    if diff:
+        shown = [f"| {key} | {format_config_value(va)} | {format_config_value(vb)} |" for key, va, vb in diff[:MAX_DIFFS]]
+        more = f"\n\n… and {len(diff) - MAX_DIFFS} more" if len(diff) > MAX_DIFFS else ""
+        out.append(f"| config that differs | {na} | {nb} |\n|---|---|---|\n" + "\n".join(shown) + more)
+    else:
+        out.append("their configurations do not differ")
+    return "\n\n".join(out)
+
+
+def _cell(value: float | None) -> str:
+    return format_value(value) if value is not None else "–"
 
 
 @command("compare_runs", "Overlay another run on the charts of the selected run and compare their latest metric "
@@ -135,7 +167,7 @@ def compare_runs(s: Session, a: dict[str, Any]) -> Reply:
         raise CommandError(f"`{other}` is the selected run; compare it with another one")
     s.settings.compare = other
     s.save_settings()
-    return Reply(f"comparing `{base}` (cyan) with `{other}` (orange)\n\n" + _compare_table(s, base, other),
+    return Reply(f"comparing `{base}` (cyan) with `{other}` (orange)\n\n" + compare_text(s, base, other),
                  redraw={"charts"})
 
 
@@ -149,18 +181,26 @@ def pause_training(s: Session, a: dict[str, Any]) -> Reply:
 
 
 def _resume_confirm(s: Session, a: dict[str, Any]) -> Confirmation | None:
+    """A paused run continues without a question; a run that ended is relaunched only after a yes: it spends
+    compute, and for a stopped run it reverses what the user decided."""
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
-    meta = s.view(run_id).meta
-    if plan.relaunch and plan.from_step is None and meta.kind == RunKind.SERVICE:
+    if not plan.relaunch:
+        return None
+    view = s.view(run_id)
+    meta, status = view.meta, view.status
+    if meta.kind == RunKind.SERVICE:
         url = (meta.service or {}).get("url") or "its address"
         return Confirmation(f"Start the training service {run_id} again?", f"It listens at {url} again; its "
                             "clients start new sessions.", "Start")
-    if plan.relaunch and plan.from_step is None:
-        return Confirmation(f"Restart {run_id} from step 0?",
-                            "It has no checkpoint to resume from, so a relaunch starts over from the beginning.",
-                            "Restart")
-    return None
+    ended = {RunStatus.STOPPED: "You stopped it", RunStatus.KILLED: "It was killed",
+             RunStatus.FAILED: "It failed"}.get(status, f"It is {status.value}")
+    if plan.from_step is None:
+        return Confirmation(f"Restart {run_id} from step 0?", f"{ended}, and it has no checkpoint to resume from, "
+                            "so a relaunch starts over from the beginning.", "Restart")
+    return Confirmation(f"Relaunch {run_id} from step {plan.from_step}?", f"{ended} at step {view.last_step}. A "
+                        f"relaunch continues from its checkpoint of step {plan.from_step} and trains again.",
+                        "Relaunch")
 
 
 @command("resume_training", "Resume a run: continue a paused one (SIGCONT), or relaunch a stopped, failed or "
@@ -169,17 +209,11 @@ def resume_training(s: Session, a: dict[str, Any]) -> Reply:
     run_id = s.target(a)
     plan = s.controller.resume_plan(run_id)
     launched = s.controller.resume(run_id)
-    _remember(s, launched)
+    s.services.remember(launched)
     if not plan.relaunch:
         return Reply(f"resumed `{run_id}`", redraw={"list", "status"})
     where = f"from the checkpoint of step {plan.from_step}" if plan.from_step is not None else "from step 0"
     return Reply(f"relaunched `{run_id}` {where}", redraw={"list", "status", "log"})
-
-
-def _remember(s: Session, launched: Launched | None) -> None:
-    """Keep a launch's supervisor handle, so the front end can reap it."""
-    if launched is not None:
-        s.services.setdefault("launched", []).append(launched)
 
 
 def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
@@ -188,10 +222,10 @@ def _stop_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     if view.status not in (RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED):
         hint = "; it can be killed (k)" if view.status == RunStatus.STOPPING else ""
         raise CommandError(f"cannot stop run {run_id!r}: it is {view.status.value}{hint}")
-    return Confirmation(f"Stop run {run_id}?", _what_stop_does(view), "Stop")
+    return Confirmation(f"Stop run {run_id}?", _what_stop_does(s, view), "Stop")
 
 
-def _what_stop_does(view: RunView) -> str:
+def _what_stop_does(s: Session, view: RunCache) -> str:
     kind = view.meta.kind
     if kind == RunKind.SERVICE_CLIENT:
         return ("It is a client of the training service: the client process gets the stop signal and the service "
@@ -199,8 +233,14 @@ def _what_stop_does(view: RunView) -> str:
     if kind == RunKind.SERVICE:
         return ("The training service closes its sessions (their runs end as stopped) and exits; start it again with "
                 "twinkle-tui serve or the agent's start_server.")
-    return (f"It finishes step {view.last_step + 1}, saves a checkpoint and exits. "
-            "Resume it later with r (a relaunch from that checkpoint).")
+    grace = stop_grace(view.meta, s.controller.grace)
+    step = view.meta.progress.step_seconds
+    why = (f" (3 of its {format_duration(step)} steps and its last save; --grace {s.controller.grace:g}s is the least)"
+           if grace > s.controller.grace and step else f" (--grace {s.controller.grace:g}s)")
+    done = f"the last one logged is step {view.last_step}" if view.last_step else "none is logged yet"
+    return (f"It finishes the step it is on ({done}), saves a checkpoint and exits; it has up to "
+            f"{format_duration(grace)} for that{why}, then it is killed. Resume it later with r (a relaunch from "
+            "that checkpoint).")
 
 
 @command("stop_training", "Stop a run gracefully: it finishes the current step, saves a checkpoint and exits "
@@ -250,17 +290,10 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
     args = [str(x) for x in a.get("args") or []] + _to_cli(a.get("overrides") or {})
     run_id = validate_run_id(a["run_id"]) if a.get("run_id") else None
     if a.get("script"):
-        folder = s.store.home / ".scripts"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = (a.get("path") or "agent_script.py").rsplit("/", 1)[-1]
-        if not name.endswith(".py"):
-            name += ".py"
-        path = folder / name
-        from twinkle_tui.process.controller import check_compiles
-
-        check_compiles(a["script"], name)
-        path.write_text(a["script"], encoding="utf-8")
-        return path, args, run_id
+        name = Path(a.get("path") or "agent_script.py").name
+        name = name if name.endswith(".py") else name + ".py"
+        scripts.check_compiles(a["script"], name)
+        return unused_path(s.store.home / ".scripts" / name), args, run_id
     if not a.get("path"):
         raise CommandError("start_training needs a recipe or script path, or the script's content")
     path = Path(a["path"]).expanduser()
@@ -269,12 +302,7 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
             if (folder / path).exists():
                 path = folder / path
                 break
-    suffix = path.suffix.lower()
-    if suffix not in SCRIPT_SUFFIXES + CONFIG_SUFFIXES:
-        raise CommandError(f"{path.name} is not a training script (.py) or a recipe (.toml, .yaml)")
-    if not path.is_file():
-        raise CommandError(f"no such script or recipe: {a['path']}")
-    if suffix in CONFIG_SUFFIXES:
+    if launchable(path, a["path"]) in CONFIG_SUFFIXES:
         from twinkle_trainer.config import CLI
         from twinkle_trainer.preflight import preflight
 
@@ -282,10 +310,24 @@ def _start_plan(s: Session, a: dict[str, Any]) -> tuple[Path, list[str], str | N
     return path, args, run_id
 
 
+def unused_path(path: Path) -> Path:
+    """path, or path-2, path-3 ... whichever does not exist yet: a written script never replaces another."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def _start_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
     path, args, run_id = _start_plan(s, a)
     line = " ".join(shlex.quote(x) for x in [str(path), *args])
-    return Confirmation("Start a training run?", f"{line}" + (f"\nas run {run_id}" if run_id else ""), "Start")
+    detail = line + (f"\nas run {run_id}" if run_id else "")
+    if a.get("script"):
+        return Confirmation("Start a training run from this script?", f"It is written to {path} and run as "
+                            f"{line}" + (f" (run {run_id})" if run_id else "") + ". Read it before you start it:",
+                            "Start", code=a["script"])
+    return Confirmation("Start a training run?", detail, "Start")
 
 
 @command("start_training", "Start a training run from a recipe (.toml/.yaml for the embedded trainer, e.g. "
@@ -300,66 +342,14 @@ def _start_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
          destructive=True, confirm=_start_confirm)
 def start_training(s: Session, a: dict[str, Any]) -> Reply:
     path, args, run_id = _start_plan(s, a)
+    if a.get("script"):  # written only now, after the yes, and never over another file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "xb") as f:
+            f.write(scripts.encode_source(a["script"], path.name))
     launched = s.controller.launch(path, args, run_id)
-    _remember(s, launched)
+    s.services.remember(launched)
     return Reply(f"started `{launched.run_id}` from {path.name}", select=launched.run_id,
                  redraw={"list", "status", "charts", "log"})
-
-
-def script_diff(old: str, new: str, name: str = "train.py") -> str:
-    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a/{name}", f"b/{name}"))
-
-
-def _update_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
-    run_id = s.target(a)
-    paths = s.controller.existing(run_id)
-    if not paths.script.exists():
-        raise CommandError(f"run {run_id!r} has no script to update (it runs a recipe or a module)")
-    from twinkle_tui.process.controller import check_compiles
-
-    check_compiles(a["content"], "train.py")
-    diff = script_diff(paths.script.read_text(encoding="utf-8", errors="replace"), a["content"])
-    if not diff:
-        raise CommandError("the new script is the same as the current one")
-    return Confirmation(f"Update the script of {run_id}?", diff, "Update")
-
-
-@command("update_script", "Replace a run's script (train.py) with new content; the old version is archived as "
-         "train_v{N}.py. The change is shown to the user as a diff first. Resume the run to use it.", "control",
-         {"run_id": RUN_ID, "content": {"type": "string", "description": "the complete new script"},
-          "reason": {"type": "string", "description": "why, in one line"}},
-         ("content",), destructive=True, confirm=_update_confirm)
-def update_script(s: Session, a: dict[str, Any]) -> Reply:
-    run_id = s.target(a)
-    version = s.controller.update_script(run_id, a["content"], a.get("reason"))
-    return Reply(f"`{run_id}`: script updated to version {version} (the old one is train_v{version - 1}.py); "
-                 "resume the run to use it")
-
-
-def _undo_confirm(s: Session, a: dict[str, Any]) -> Confirmation:
-    run_id = s.target(a)
-    paths = s.controller.existing(run_id)
-    current = int(s.view(run_id).meta.script_version or 0)
-    previous = paths.script_version(current - 1)
-    if current < 2 or not previous.is_file():
-        raise CommandError(f"run {run_id!r} has no earlier version of its script to go back to")
-    diff = script_diff(paths.script.read_text(encoding="utf-8", errors="replace"),
-                       previous.read_text(encoding="utf-8", errors="replace"))
-    return Confirmation(f"Undo the last change to {run_id}'s script?", diff or "(the versions are the same)", "Undo")
-
-
-@command("undo_fix", "Put the previous version of a run's script back (undo a fix); resume the run to use it.",
-         "control", {"run_id": RUN_ID}, destructive=True, confirm=_undo_confirm)
-def undo_fix(s: Session, a: dict[str, Any]) -> Reply:
-    from twinkle_tui.monitor.fixes import FixPipeline, FixRefused
-
-    run_id = s.target(a)
-    try:
-        version = FixPipeline(s.controller).undo(run_id)
-    except FixRefused as exc:
-        raise CommandError(str(exc)) from None
-    return Reply(f"`{run_id}`: the previous script is back (as version {version}); resume the run to use it",
-                 redraw={"status", "charts"})
 
 
 # ------------------------------------------------------------------ managing runs
@@ -414,24 +404,6 @@ def rename_run(s: Session, a: dict[str, Any]) -> Reply:
 
 
 # ------------------------------------------------------------------ chat commands
-def _one(name: str, key: str, usage: str) -> Any:
-    def parse(args: list[str]) -> dict[str, Any]:
-        if len(args) > 1:
-            raise CommandError(f"usage: {usage}")
-        return {key: args[0]} if args else {}
-
-    return parse
-
-
-def _required(key: str, usage: str) -> Any:
-    def parse(args: list[str]) -> dict[str, Any]:
-        if len(args) != 1:
-            raise CommandError(f"usage: {usage}")
-        return {key: args[0]}
-
-    return parse
-
-
 def _new_args(args: list[str]) -> dict[str, Any]:
     if not args:
         raise CommandError("usage: /new RECIPE_OR_SCRIPT [-- args]")
@@ -447,22 +419,20 @@ def _rename_args(args: list[str]) -> dict[str, Any]:
 
 slash("runs", "list_training_runs", "/runs", "list runs")
 slash("status", "get_training_status", "/status [RUN_ID]", "status of the selected (or named) run",
-      _one("status", "run_id", "/status [RUN_ID]"))
+      optional_arg("run_id", "/status [RUN_ID]"))
 slash("select", "select_run", "/select RUN_ID", "select a run (a unique prefix is enough; Tab completes)",
-      _required("run_id", "/select RUN_ID"))
+      required_arg("run_id", "/select RUN_ID"))
 slash("compare", "compare_runs", "/compare RUN_ID", "overlay another run on the charts (/compare none: off)",
-      _required("run_id", "/compare RUN_ID"))
-slash("pause", "pause_training", "/pause", "pause the selected run (SIGSTOP)", _one("pause", "run_id", "/pause"))
+      required_arg("run_id", "/compare RUN_ID"))
+slash("pause", "pause_training", "/pause", "pause the selected run (SIGSTOP)", optional_arg("run_id", "/pause"))
 slash("resume", "resume_training", "/resume", "resume: SIGCONT, or relaunch from the last checkpoint",
-      _one("resume", "run_id", "/resume"))
+      optional_arg("run_id", "/resume"))
 slash("stop", "stop_training", "/stop", "stop gracefully: checkpoint, then exit (asks first)",
-      _one("stop", "run_id", "/stop"))
-slash("kill", "kill_training", "/kill", "kill now, no checkpoint (asks first)", _one("kill", "run_id", "/kill"))
+      optional_arg("run_id", "/stop"))
+slash("kill", "kill_training", "/kill", "kill now, no checkpoint (asks first)", optional_arg("run_id", "/kill"))
 slash("new", "start_training", "/new PATH [-- args]", "start a run from a recipe or script (asks first)", _new_args)
 slash("delete", "delete_run", "/delete RUN_ID", "delete an ended run and its files (asks first)",
-      _required("run_id", "/delete RUN_ID"))
+      required_arg("run_id", "/delete RUN_ID"))
 slash("archive", "archive_run", "/archive RUN_ID", "move an ended run to .archive/ (asks first)",
-      _required("run_id", "/archive RUN_ID"))
+      required_arg("run_id", "/archive RUN_ID"))
 slash("rename", "rename_run", "/rename RUN_ID NAME", "give a run a display name", _rename_args)
-slash("undo", "undo_fix", "/undo [RUN_ID]", "put the previous version of the run's script back (asks first)",
-      _one("undo", "run_id", "/undo [RUN_ID]"))

@@ -1,27 +1,28 @@
-"""Session: the UI-free state of one dashboard (or one `--ask`) and the boundary every command passes through.
+"""Session: the UI-free state of one front end (the dashboard, `--ask`, headless, doctor): the run store and the
+process controller it acts through, which run is selected, how its charts are set up, and its services.
 
-It owns which run is selected and how its charts are set up, and runs registered commands over the run store and
-the process controller. Every failure leaves `execute` as a CommandError with one line of text: a bad run id, a
-missing meta.json, an OSError from a launch, a signal that is not permitted. A front end shows that line; it never
-sees a traceback.
+Commands run over a session through the registry (registry.execute) and a CommandRunner; the session itself only
+holds state and resolves run names.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twinkle_trainer.config import ConfigError
-from twinkle_trainer.protocol import InvalidRunId, MetaError, RunStatus
-from twinkle_tui.commands.registry import CommandError, Confirmation, Reply, get
-from twinkle_tui.commands.view import ChartSettings, ViewStore
+from twinkle_trainer.protocol import InvalidRunId, validate_run_id
+from twinkle_tui.commands.chart_settings import ChartSettings, ChartSettingsStore
+from twinkle_tui.commands.results import CommandError, Reply
+from twinkle_tui.commands.services import Services
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
-from twinkle_tui.process.controller import ProcessController, RunControlError
-from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
+from twinkle_tui.process.controller import ProcessController
+from twinkle_tui.process.servers import ServerManager
+from twinkle_tui.runs.store import RunCache, RunStore, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -46,46 +47,27 @@ class Session:
         clock: Callable[[], float] = time.time,
         recipe_dirs: list[Path] | None = None,
         resources: Callable[[], Resources] | None = None,
+        services: Services | None = None,
     ) -> None:
         self.store = store
         self.controller = controller
         self.clock = clock
         self.recipe_dirs = recipe_dirs or []
-        self.views = ViewStore(store.home)
+        self.views = ChartSettingsStore(store.home)
         self.selected: str | None = None
         self.settings = ChartSettings()
         self._resources = resources
-        self.services: dict[str, Any] = {}  # optional parts a front end adds (agent endpoint, LLM server, monitor)
+        self.services = services or Services(ServerManager(store.home, controller))
 
-    # ------------------------------------------------------------------ the command boundary
-    def prepare(self, name: str, args: dict[str, Any] | None = None) -> tuple[dict[str, Any], Confirmation | None]:
-        """Validate the arguments and say whether the user must confirm; raises CommandError when the command
-        cannot run at all (so the user is never asked about something that would fail)."""
-        cmd = get(name)
-        valid = cmd.validate(args)
-        if cmd.confirm is None:
-            return valid, None
-        return valid, self._guard(name, lambda: cmd.confirm(self, valid) if cmd.confirm else None)
-
-    def execute(self, name: str, args: dict[str, Any] | None = None) -> Reply:
-        """Run a command (already confirmed if it needed that); raises only CommandError."""
-        cmd = get(name)
-        valid = cmd.validate(args)
-        reply = self._guard(name, lambda: cmd.handler(self, valid))
-        return reply
-
-    def _guard(self, name: str, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except CommandError:
-            raise
-        except (RunControlError, InvalidRunId, MetaError, NoSuchRun, ConfigError) as exc:
-            raise CommandError(_one_line(exc)) from None
-        except OSError as exc:
-            raise CommandError(f"{name}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
-        except Exception as exc:
-            log.exception("command %s failed", name)
-            raise CommandError(f"{name} failed: {type(exc).__name__}: {_one_line(exc)} (details in the log)") from None
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, grace: float = 30.0,
+             clock: Callable[[], float] = time.time, recipe_dirs: list[Path] | None = None,
+             resources: Callable[[], Resources] | None = None, store: RunStore | None = None) -> Session:
+        """The session every front end starts from (the dashboard, `--ask`, headless, doctor): the run store (the
+        one given, already reading: RunStore.prefetch) and the process controller over one $TWINKLE_HOME, and its
+        services."""
+        store = store or RunStore(home)
+        return cls(store, ProcessController(store.home, grace=grace), clock, recipe_dirs, resources)
 
     def apply(self, reply: Reply) -> None:
         """Apply what a command asks of the view (on the owner thread)."""
@@ -104,6 +86,10 @@ class Session:
         self.settings = self.views.load(run_id)
         if self.settings.compare == run_id:
             self.settings.compare = None
+
+    def clear_selection(self) -> None:
+        """The selected run is gone (deleted or archived elsewhere): nothing is selected until the next select."""
+        self.selected = None
 
     def save_settings(self) -> None:
         if self.selected is not None:
@@ -124,8 +110,6 @@ class Session:
                 shown = ", ".join(sorted(matches)[:5]) + (" …" if len(matches) > 5 else "")
                 raise CommandError(f"{text!r} matches {len(matches)} runs: {shown}; type more of the id")
         try:
-            from twinkle_trainer.protocol import validate_run_id
-
             validate_run_id(text)
         except InvalidRunId as exc:
             raise CommandError(str(exc)) from None
@@ -157,7 +141,7 @@ class Session:
         with self.store.lock:
             return self.store.list_runs()
 
-    def view(self, run_id: str, fresh: bool = True) -> RunView:
+    def view(self, run_id: str, fresh: bool = True) -> RunCache:
         """The run's view, with what is new read first (a bounded read: a huge file streams in over several)."""
         with self.store.lock:
             view = self.store.view(run_id)
@@ -168,12 +152,5 @@ class Session:
     def resources(self) -> Resources | None:
         return self._resources() if self._resources else None
 
-    def status_of(self, run_id: str) -> RunStatus:
-        return self.view(run_id, fresh=False).status
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, KeyError) and text.startswith(("'", '"')):
-        text = text[1:-1]
-    return text.splitlines()[0]

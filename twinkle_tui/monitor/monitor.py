@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twinkle_trainer.protocol import RunPaths, RunStatus, record_event
 from twinkle_tui.monitor.rules import Finding, run_rules
@@ -40,10 +40,11 @@ class RunState:
 
 @dataclass(frozen=True)
 class Report:
-    """What one check found new for one run."""
+    """What one check found new for one run, and whether it is due for an LLM review (decided by the check)."""
 
     snapshot: RunSnapshot
     findings: list[Finding]
+    review: bool = False
 
     @property
     def worst(self) -> int:
@@ -74,8 +75,10 @@ class TrainingMonitor:
                 out.append(summary.run_id)
         return out
 
-    def check(self, run_ids: Iterable[str] | None = None) -> list[Report]:
-        """Check runs (by default the watched ones); returns the new findings of each run that has any."""
+    def check(self, run_ids: Iterable[str] | None = None, review: bool = False) -> list[Report]:
+        """Check runs (by default the watched ones); returns the new findings of each run that has any, marked for
+        an LLM review when `review` is on and the report is serious and new. The monitor's memory is only ever
+        touched here, on the one thread that checks."""
         reports = []
         for run_id in list(run_ids if run_ids is not None else self.watched()):
             try:
@@ -84,7 +87,7 @@ class TrainingMonitor:
                 self.states.pop(run_id, None)
                 continue
             if report is not None and report.findings:
-                reports.append(report)
+                reports.append(replace(report, review=True) if review and self._needs_review(report) else report)
         return reports
 
     def check_run(self, run_id: str) -> Report | None:
@@ -137,7 +140,7 @@ class TrainingMonitor:
                 state.count += 1
         return state
 
-    def needs_review(self, report: Report) -> bool:
+    def _needs_review(self, report: Report) -> bool:
         """Review a report once per snapshot, when it is serious (a warning or worse, or a failure)."""
         state = self.states[report.snapshot.run_id]
         serious = report.worst >= 1 or report.snapshot.status == RunStatus.FAILED

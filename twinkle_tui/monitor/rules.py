@@ -1,150 +1,169 @@
 """Deterministic health rules. Each is a function of a RunSnapshot that returns named findings with a severity
 and the evidence it saw (steps and values). Thresholds are relative to the run's own history and start from what
-the field uses:
+the field uses. Every rule judges the whole run: the snapshot carries each metric's whole-run summary and a window
+of the points not scanned before (see history.py), and what a windowed rule found once is remembered.
 
-- crash: a traceback in the last launch's output, classified (out of memory, CUDA error, import, syntax,
-  name/attribute, shape mismatch, missing file/key, other). Critical.
-- nan: a NaN or Inf in any loss-like metric (Megatron: fatal). Critical. Never fixed automatically.
+- crash: a failed run always gets one, classified from the log reader's root cause (crash_kinds.py: out of memory,
+  killed by SIGKILL, NCCL timeout, device-side assert, ... each with what usually fixes it), else from the signal
+  or the exit code. Critical. A Ctrl-C (KeyboardInterrupt, SIGINT) is info: the user stopped it.
+- nan: a NaN or Inf in a loss-like metric (Megatron: fatal), critical; in any other metric (grad_norm) critical or
+  a warning when it stays non-finite at the end (a stuck fp16 loss scaler; critical with the loss stuck at 0), info
+  when it happened and recovered. Never fixed automatically.
 - loss-spike: llm-foundry's KillLossSpike: the loss at least 2x the mean of the 100 steps before, five times in a
-  row (warning); Megatron's check: a loss above 10x the largest of the last 100 (critical). Not for RL runs, whose
-  policy loss hovers around 0.
-- plateau: the loss has not moved over the last half of at least 200 steps: the medians of its first and last 20
-  steps within 1% of the run's scale (its 5th-95th percentile range, or its level if larger: a loss flat from the
-  start), and its 10th-90th percentiles within 10%. Info.
+  row (warning); Megatron's check: a loss above 10x the largest of the last 100 (critical), with at least 10 steps
+  before it. Not for RL runs, whose policy loss hovers around 0.
+- divergence: the loss's smoothed level (a 9-point rolling median) rose to 3x its best level and its last 20
+  points stay there (and the rise is a quarter of the way back to the early level): warning, critical when it is
+  back at or above its early level or 10x the best. Catches a divergence early in a long run, which is never a
+  spike against its own recent past. Not for RL runs.
+- loss-zero: a loss exactly 0.0 for the last 10 points after it was not (all labels masked, or an fp16 overflow
+  reported as 0). Warning. Not for RL runs (GRPO's loss is 0 by construction).
+- plateau: the loss has not moved over the last half of at least 200 steps (the last 512 points of a longer run):
+  the medians of its first and last 20 steps within 1% of the run's scale (its 5th-95th percentile range, or its
+  level if larger: a loss flat from the start), and its 10th-90th percentiles within 10%. Info.
 - grad-explosion: grad_norm above 10x its median of the last 100 steps, three times in a row. Warning.
-- stall: alive and not paused, and no new step for 10x the median step interval of the last 50 steps (30 s floor).
+- stall: running, and no new step for 10x the median step interval of the last 50 steps (30 s floor), counting
+  running time only: time paused, stopping or starting is not stall time.
 - lr-zero: the learning rate reached 0 with steps still to go (more than 1% of the run). Warning.
-- RL (this trainer's names, TRL's and the original Twinkle's):
-  reward-collapse: the mean reward of the last 20 steps fell below the best 20-step mean by more than half of the
-  reward's range so far. Warning.
-  zero-spread: most groups (80%+) had no reward spread for 20 steps; all correct (too easy) or all wrong (too hard).
+- RL (this trainer's names, TRL's, verl's and the original Twinkle's):
+  reward-collapse: the mean reward of the last 20 steps fell below the run's best 20-step mean by more than half
+  of the reward's range so far. Warning.
+  zero-spread: most groups (80%+) had no reward spread for 20 steps (frac_reward_zero_std, zero_var_ratio,
+  all_correct + all_wrong, or a reward_std of 0); all correct (too easy) or all wrong (too hard).
   kl-explosion (rlwatch): a KL z-score above 3 against the 100 steps before (warning), above 4.5 (critical).
-  entropy-collapse (rlwatch): entropy below 1.0 for 25 steps (warning), 50 (critical).
+  entropy-collapse: entropy below a third of the run's own early level for 25 steps (warning), 50 (critical);
+  the evidence names the step where the drop began.
   reward-variance (rlwatch): the reward's variance over the last 20 steps above 3x its baseline. Warning.
   truncation: over half the completions cut at max_tokens for 20 steps. Warning.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from twinkle_trainer.protocol import RunStatus
-from twinkle_tui.monitor.snapshot import MetricData, RunSnapshot
+from twinkle_tui.monitor.crash_kinds import INTERRUPTED, SIGNAL_KINDS, classify_crash, diagnose
+from twinkle_tui.monitor.rulebook import (
+    GRAD_NAMES,
+    LOSS_NAMES,
+    LR_NAMES,
+    RULES,
+    SEVERITIES,
+    Finding,
+    is_rl,
+    rule,
+    series,
+)
+from twinkle_tui.monitor.snapshot import STARTUP_FLOOR, RunSnapshot
+from twinkle_tui.runs.log_reader import read_failure
 
-SEVERITIES = ("info", "warning", "critical")
+__all__ = ["RULES", "SEVERITIES", "Finding", "classify_crash", "is_rl", "run_rules"]
+
 STALL_FLOOR = 30.0
-
-LR_NAMES = ("learning rate", "learning_rate", "lr", "train/lr", "train/learning_rate")
-GRAD_NAMES = ("grad_norm", "grad norm", "train/grad_norm")
-REWARD_NAMES = ("reward", "train/reward", "rewards/mean", "train/rewards")
-KL_NAMES = ("kl", "train/approx_kl", "objective/kl", "train/kl")
-ENTROPY_NAMES = ("entropy", "train/entropy")
-ZERO_SPREAD_NAMES = ("zero_advantage_groups", "frac_reward_zero_std")
-TRUNCATION_NAMES = ("truncation_rate", "completions/clipped_ratio", "train/truncation_rate")
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    severity: str
-    summary: str
-    evidence: tuple[str, ...] = ()
-    step: int | None = None
-    category: str | None = None  # the kind of a crash
-    fixable: bool = False  # a clear code error or an out-of-memory: a fix may be applied without asking
-    data: dict[str, float] = field(default_factory=dict, compare=False)
-
-    @property
-    def level(self) -> int:
-        return SEVERITIES.index(self.severity)
-
-    def line(self) -> str:
-        where = f" at step {self.step}" if self.step is not None else ""
-        return f"[{self.severity}] {self.rule}{where}: {self.summary}"
-
-
-Rule = Callable[[RunSnapshot], list[Finding]]
-RULES: list[Rule] = []
-
-
-def rule(fn: Rule) -> Rule:
-    RULES.append(fn)
-    return fn
-
+PLATEAU_POINTS = 1024  # the plateau rule looks at a long run's last points (half of them must be flat)
+WINDOWED_RULES = ("loss-spike", "grad-explosion", "lr-zero")  # they find past events in a window: remembered
 
 def run_rules(snapshot: RunSnapshot) -> list[Finding]:
+    """Every rule's findings for this snapshot. With the run's history, what a windowed rule found in earlier
+    checks is reported again once its points left the window, and the points seen now count as scanned."""
     out: list[Finding] = []
     for check in RULES:
         out.extend(check(snapshot))
+    history = snapshot.history
+    if history is None:
+        return out
+    with history.lock:
+        found = {(f.rule, f.category or "") for f in out}
+        for f in out:
+            if f.rule in WINDOWED_RULES:
+                history.remembered[(f.rule, f.category or "")] = f
+        out.extend(f for key, f in history.remembered.items() if key not in found)
+        history.mark_scanned({name: m.total for name, m in snapshot.metrics.items()})
     return out
 
 
 # ------------------------------------------------------------------ crashes
-CRASH_KINDS: list[tuple[str, str, bool]] = [  # (pattern in the exception line or the traceback, kind, fixable)
-    (r"OutOfMemoryError|CUDA out of memory|MemoryError|DefaultCPUAllocator: can't allocate", "out of memory", True),
-    (r"CUDA error|CUBLAS_STATUS|cuDNN error|NCCL error|device-side assert", "CUDA error", False),
-    (r"^(ModuleNotFoundError|ImportError)", "import error", True),
-    (r"^(SyntaxError|IndentationError|TabError)", "syntax error", True),
-    (r"^(NameError|AttributeError|UnboundLocalError)", "name/attribute error", True),
-    (r"size mismatch|shape mismatch|mat1 and mat2 shapes|must match the size|Expected .* size|"
-     r"expected input\[|dimension", "shape mismatch", False),
-    (r"^(FileNotFoundError|KeyError|IsADirectoryError)|No such file", "missing file or key", True),
-]
-
-
-def classify_crash(exception: str, traceback: str) -> tuple[str, bool]:
-    for pattern, kind, fixable in CRASH_KINDS:
-        if re.search(pattern, exception) or (kind in ("out of memory", "CUDA error") and re.search(pattern, traceback)):
-            return kind, fixable
-    return "other", False
-
-
 @rule
 def crash(s: RunSnapshot) -> list[Finding]:
-    if s.status != RunStatus.FAILED or not s.exception:
+    """Every failed run gets a finding that names its cause: the root cause's kind, or the signal, or the exit
+    code, with what usually fixes it."""
+    if s.status != RunStatus.FAILED:
         return []
-    kind, fixable = classify_crash(s.exception, s.log_tail)
-    return [Finding("crash", "critical", f"{kind}: {s.exception[:200]}", (s.exception[:300],), s.last_step, kind,
-                    fixable)]
+    reading = s.reading if s.reading is not None else read_failure([], s.exit_code, s.exit_signal)
+    diagnosis = diagnose(reading)
+    evidence = reading.evidence()
+    if diagnosis.kind == INTERRUPTED:
+        return [Finding("crash", "info", "interrupted (Ctrl-C): the user stopped it; not a crash",
+                        (*evidence[:2], f"what to do: {diagnosis.advice}"), s.last_step, INTERRUPTED,
+                        advice=diagnosis.advice)]
+    generic = s.error is None or s.error.startswith(("exited with code", "killed by", "the process ended"))
+    error = reading.error_line() or (None if generic else s.error)
+    signal = reading.own_signal or reading.signal
+    if diagnosis.kind in {kind for kind, _, _ in SIGNAL_KINDS.values()} and signal:
+        who = "the run" if reading.own_signal else (reading.describe_sources() or "a worker")
+        traceback = "" if reading.root is not None and not reading.own_signal else " with no traceback"
+        killed = f"{who} was killed by {signal}{traceback}: {diagnosis.meaning}"
+        summary = killed if diagnosis.kind.startswith("killed by") else f"{diagnosis.kind}: {killed}"
+    elif error:
+        summary = f"{diagnosis.kind}: {error[:200]}"
+    else:
+        last = reading.last_lines[-1] if reading.last_lines else "no output"
+        code = f"exited with code {s.exit_code}" if s.exit_code is not None else "failed (exit code unknown)"
+        summary = f"{diagnosis.kind}: {code} without a traceback; last line: {last[:150]}"
+        evidence = evidence or [f"last line: {last[:200]}"]
+    lines = [*evidence[:1], f"what usually fixes it: {diagnosis.advice}", *evidence[1:5]]
+    where = f"after step {s.last_step}" if s.last_step else "before its first step"
+    return [Finding("crash", "critical", summary, tuple(lines), s.last_step, diagnosis.kind, diagnosis.fixable,
+                    advice=diagnosis.advice, where=where)]
 
 
 # ------------------------------------------------------------------ losses and gradients
 @rule
 def nan(s: RunSnapshot) -> list[Finding]:
+    """NaN/Inf in any metric, from its whole-run summary: its first occurrence for a loss; for another metric
+    (grad_norm) how it ends: non-finite at every recent step is a stuck fp16 loss scaler or a divergence."""
     out = []
-    for m in s.loss_like():
-        bad = ~m.finite
-        if bad.any():
-            i = int(np.argmax(bad))
-            before = [f"step {int(m.steps[j])}: {m.values[j]:.4g}" for j in range(max(0, i - 3), i)]
-            out.append(Finding("nan", "critical", f"{m.name} is {m.values[i]} at step {int(m.steps[i])}",
-                               (*before, f"step {int(m.steps[i])}: {m.values[i]}"), int(m.steps[i])))
+    loss = s.find(*LOSS_NAMES)
+    for m in s.metrics.values():
+        sm = m.summary
+        if sm.first_bad is None:
+            continue
+        step, value, before = sm.first_bad
+        evidence = (*before, f"step {step}: {value}")
+        if "loss" in m.name.lower():
+            out.append(Finding("nan", "critical", f"{m.name} is {value} at step {step}", evidence, step, m.name))
+            continue
+        if sm.bad_run >= 3 and sm.bad_run_step is not None:
+            stuck_zero = loss is not None and loss.summary.zero_run >= min(3, sm.bad_run)
+            summary = (f"{m.name} is {m.values[-1]} at every step since step {sm.bad_run_step} "
+                       f"({sm.bad_run} in a row)")
+            if stuck_zero:
+                summary += " and the loss is exactly 0: an fp16 overflow (use bf16, or a lower learning rate)"
+            else:
+                summary += ": a stuck fp16 loss scaler or diverged weights (use bf16, or a lower learning rate)"
+            out.append(Finding("nan", "critical" if stuck_zero or sm.bad_run >= 20 else "warning", summary,
+                               (*evidence, f"non-finite for the last {sm.bad_run} points"), sm.bad_run_step, m.name))
+        else:
+            out.append(Finding("nan", "info", f"{m.name} was {value} at step {step} and recovered (an fp16 loss "
+                               "scaler skips such steps; harmless when rare)", evidence, step, m.name))
     return out
 
 
-def _finite(m: MetricData) -> tuple[np.ndarray, np.ndarray]:
-    keep = m.finite
-    return m.steps[keep], m.values[keep]
-
-
-def _series(s: RunSnapshot, *names: str, at_least: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
-    """The finite (steps, values) of the first metric of these names, when it has at least `at_least` of them."""
-    m = s.find(*names)
-    if m is None:
-        return None
-    steps, v = _finite(m)
-    return (steps, v) if len(v) >= at_least else None
-
-
-def is_rl(s: RunSnapshot) -> bool:
-    """An RL run: its "loss" is a policy-gradient objective that hovers around 0 and changes sign, so the rules for
-    a cross-entropy loss (spikes relative to its mean, plateaus) do not apply to it."""
-    return s.find(*REWARD_NAMES) is not None
+@rule
+def loss_zero(s: RunSnapshot) -> list[Finding]:
+    m = s.find(*LOSS_NAMES)
+    if m is None or is_rl(s):
+        return []
+    sm = m.summary
+    if sm.zero_run >= 10 and sm.zero_run_step is not None and sm.finite > sm.zero_run and (sm.vmax or 0) > 0:
+        return [Finding("loss-zero", "warning", f"the loss is exactly 0 for the last {sm.zero_run} points (since "
+                        f"step {sm.zero_run_step}): nothing is learned (all labels masked, or an fp16 overflow "
+                        "reported as 0)", (f"since step {sm.zero_run_step}: 0.0", f"earlier maximum {sm.vmax:.4g}"),
+                        sm.zero_run_step)]
+    return []
 
 
 def _windows(v: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +185,7 @@ def _trailing_mean(v: np.ndarray, window: int) -> np.ndarray:
     i = np.arange(len(v))
     lo = np.maximum(0, i - window)
     with np.errstate(all="ignore"):
-        return (c[i] - c[lo]) / (i - lo)
+        return np.asarray((c[i] - c[lo]) / (i - lo))
 
 
 def _last_streak(hit: np.ndarray, length: int) -> tuple[int, int] | None:
@@ -185,7 +204,7 @@ def _last_streak(hit: np.ndarray, length: int) -> tuple[int, int] | None:
 
 @rule
 def loss_spike(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, "loss", "train/loss", at_least=20)
+    found = series(s, "loss", "train/loss", at_least=20)
     if found is None or is_rl(s):
         return []
     steps, v = found
@@ -212,11 +231,39 @@ def loss_spike(s: RunSnapshot) -> list[Finding]:
 
 
 @rule
+def divergence(s: RunSnapshot) -> list[Finding]:
+    """The loss rose far above its best level and stayed there: judged against the whole run's best, so a
+    divergence at step 40 of a 6,000-step run is seen at every later check."""
+    m = s.find(*LOSS_NAMES)
+    if m is None or is_rl(s):
+        return []
+    sm = m.summary
+    v = m.values[m.finite]
+    if sm.best is None or sm.best_step is None or sm.early is None or len(v) < 20 or sm.best <= 0:
+        return []
+    now = float(np.median(v[-20:]))
+    after_best = int(np.count_nonzero(m.steps[m.finite] > sm.best_step))
+    if now < 3 * sm.best or now - sm.best < 0.25 * (sm.early - sm.best) or after_best < 20 and \
+            after_best < len(v):
+        return []
+    severe = now >= sm.early or now >= 10 * sm.best
+    where = sm.rise_step if sm.rise_step is not None else sm.best_step
+    return [Finding("divergence", "critical" if severe else "warning",
+                    f"the loss rose from its best level {sm.best:.4g} (step {sm.best_step}) to {now:.4g} and stays "
+                    f"there{' (worse than at the start)' if now >= sm.early else ''}: lower the learning rate and "
+                    f"resume from a checkpoint before step {where}",
+                    (f"early level {sm.early:.4g}", f"best level {sm.best:.4g} at step {sm.best_step}",
+                     f"level {3 * sm.best:.4g} (3x the best) reached at step {where}",
+                     f"median of the last 20 points {now:.4g} (step {int(m.steps[-1])})"), where)]
+
+
+@rule
 def plateau(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, "loss", "train/loss", at_least=200)
+    found = series(s, "loss", "train/loss", at_least=200)
     if found is None or not s.alive or is_rl(s):
         return []
     steps, v = found
+    steps, v = steps[-PLATEAU_POINTS:], v[-PLATEAU_POINTS:]  # a long run: its recent stretch
     half = v[len(v) // 2 :]
     # Spread and levels by percentiles and medians: one spike must neither make a moving loss look flat (a
     # range inflated by the spike) nor hide a flat one.
@@ -236,7 +283,7 @@ def plateau(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def grad_explosion(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *GRAD_NAMES, at_least=20)
+    found = series(s, *GRAD_NAMES, at_least=20)
     if found is None:
         return []
     steps, v = found
@@ -256,19 +303,26 @@ def grad_explosion(s: RunSnapshot) -> list[Finding]:
 
 @rule
 def stall(s: RunSnapshot) -> list[Finding]:
-    if s.status not in (RunStatus.RUNNING, RunStatus.STARTING) or s.last_step_age is None or not s.median_interval:
+    """No new step for 10x the median step time, counting running time only (paused, stopping and starting are
+    not stall time); after a relaunch the first step may take as long as the first launch took, 3 times over."""
+    age = s.active_age if s.active_age is not None else s.last_step_age
+    if s.status != RunStatus.RUNNING or age is None or not s.median_interval:
         return []
     limit = max(STALL_FLOOR, 10 * s.median_interval)
-    if s.last_step_age > limit:
-        return [Finding("stall", "warning", f"no new step for {s.last_step_age:.0f}s (the median step takes "
+    if s.relaunched:
+        limit = max(limit, STARTUP_FLOOR, 3 * (s.startup or 0.0))
+    if age > limit:
+        paused = (s.last_step_age or 0.0) - age
+        return [Finding("stall", "warning", f"no new step for {age:.0f}s of running time (the median step takes "
                         f"{s.median_interval:.2f}s); the process is alive and not paused",
-                        (f"last step {s.last_step}", f"limit {limit:.0f}s"), s.last_step)]
+                        (f"last step {s.last_step}", f"limit {limit:.0f}s",
+                         *([f"{paused:.0f}s paused or restarting not counted"] if paused > 1 else [])), s.last_step)]
     return []
 
 
 @rule
 def lr_zero(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *LR_NAMES)
+    found = series(s, *LR_NAMES)
     if found is None or not s.total_steps:
         return []
     steps, v = found
@@ -281,115 +335,4 @@ def lr_zero(s: RunSnapshot) -> list[Finding]:
     return []
 
 
-# ------------------------------------------------------------------ RL
-def _moving(v: np.ndarray, n: int) -> np.ndarray:
-    if len(v) < n:
-        return np.empty(0)
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    return (c[n:] - c[:-n]) / n
-
-
-@rule
-def reward_collapse(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *REWARD_NAMES)
-    if found is None:
-        return []
-    steps, v = found
-    avg = _moving(v, 20)
-    if len(avg) < 10:
-        return []
-    best, now = float(avg.max()), float(avg[-1])
-    span = float(v.max() - v.min())
-    if span > 0 and best - now > 0.5 * span and int(np.argmax(avg)) < len(avg) - 5:
-        return [Finding("reward-collapse", "warning", f"the mean reward fell from {best:.3g} to {now:.3g}",
-                        (f"best 20-step mean {best:.3g}", f"last 20-step mean {now:.3g}"), int(steps[-1]))]
-    return []
-
-
-@rule
-def zero_spread(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *ZERO_SPREAD_NAMES, at_least=20)
-    if found is None:
-        return []
-    steps, v = found
-    if not (v[-20:] >= 0.8).all():
-        return []
-    reward = s.find(*REWARD_NAMES)
-    kind, why = "no signal", "most groups scored all completions alike"
-    if reward is not None:
-        r = reward.values[np.isfinite(reward.values)]
-        if len(r):
-            top, low, recent = float(r.max()), float(r.min()), float(r[-20:].mean())
-            if top > low and recent >= top - 0.1 * (top - low):
-                kind, why = "too easy", "groups are all correct: raise the difficulty"
-            elif top > low and recent <= low + 0.1 * (top - low) or top == low == 0:
-                kind, why = "too hard", "groups are all wrong: the model gets no reward to learn from"
-    return [Finding("zero-spread", "warning", f"{v[-20:].mean():.0%} of groups had no reward spread for 20 steps "
-                    f"({kind}: {why})", (f"steps {int(steps[-20])}-{int(steps[-1])}: {v[-20:].mean():.2f}",),
-                    int(steps[-20]), kind)]
-
-
-@rule
-def kl_explosion(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *KL_NAMES, at_least=30)
-    if found is None:
-        return []
-    steps, v = found
-    base = v[-101:-1]
-    std = float(base.std())
-    if std <= 0:
-        return []
-    z = (float(v[-1]) - float(base.mean())) / std
-    if z > 3:
-        severity = "critical" if z > 4.5 else "warning"
-        return [Finding("kl-explosion", severity, f"KL {v[-1]:.4g} is {z:.1f} standard deviations above its last "
-                        f"{len(base)} steps", (f"mean {base.mean():.4g} ± {std:.3g}", f"step {int(steps[-1])}: "
-                                               f"{v[-1]:.4g}"), int(steps[-1]))]
-    return []
-
-
-@rule
-def entropy_collapse(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *ENTROPY_NAMES)
-    if found is None:
-        return []
-    steps, v = found
-    low = 0
-    for value in v[::-1]:
-        if value >= 1.0:
-            break
-        low += 1
-    if low >= 25:
-        severity = "critical" if low >= 50 else "warning"
-        return [Finding("entropy-collapse", severity, f"entropy below 1.0 for the last {low} steps (now {v[-1]:.3g}): "
-                        "the policy has become nearly deterministic", (f"steps {int(steps[-low])}-{int(steps[-1])}",),
-                        int(steps[-low]))]
-    return []
-
-
-@rule
-def reward_variance(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *REWARD_NAMES, at_least=60)
-    if found is None:
-        return []
-    steps, v = found
-    baseline = float(v[:-20].var())
-    recent = float(v[-20:].var())
-    if baseline > 0 and recent > 3 * baseline:
-        return [Finding("reward-variance", "warning", f"the reward's variance over the last 20 steps is "
-                        f"{recent / baseline:.1f}x its baseline", (f"baseline {baseline:.3g}", f"recent {recent:.3g}"),
-                        int(steps[-20]))]
-    return []
-
-
-@rule
-def truncation(s: RunSnapshot) -> list[Finding]:
-    found = _series(s, *TRUNCATION_NAMES, at_least=20)
-    if found is None:
-        return []
-    steps, v = found
-    if not (v[-20:] > 0.5).all():
-        return []
-    return [Finding("truncation", "warning", f"{v[-20:].mean():.0%} of completions were cut at max_tokens for 20 "
-                    "steps: raise max_tokens (rewards judge unfinished answers)",
-                    (f"steps {int(steps[-20])}-{int(steps[-1])}: {v[-20:].mean():.2f}",), int(steps[-20]))]
+from twinkle_tui.monitor import rl_rules  # noqa: E402,F401  (the RL rules register themselves here)

@@ -9,9 +9,10 @@ or `twinkle_tui.py` there must not replace ours. Nothing here imports the name `
 holds a `trainer.py` gets that file from `import trainer`, as under plain python.
 
 The run directory keeps the versions of a script (train.py, train_v{N}.py) that fixes edit, and the copy there is
-what runs; but the script sees what `python /home/me/proj/train.py args` would show it: `__file__` is the original
-path, its folder is sys.path[0] (so sibling modules import), the working directory is the user's, and sys.argv is
-[original path, *args]. Tracebacks name the copy that actually ran.
+what runs; but the script sees what `python /home/me/proj/train.py args` would show it: its folder is sys.path[0]
+(so sibling modules import), the working directory is the user's, and sys.argv is [original path, *args]. Its
+`__file__` and its tracebacks name the user's file while the copy is that file's bytes, and the copy once a fix
+changed it (so spawned workers import the code that runs).
 
 Standard library only: this runs inside every training process.
 """
@@ -41,10 +42,19 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def run_script(copy: Path, original: Path, args: list[str]) -> None:
+    """Run the run directory's copy of a script as `python original args` would run the original. While the copy
+    is the original's bytes, the script is the original (its __file__, its tracebacks). Once a fix or an edit made
+    them differ, it is the copy: every process of the run (spawned workers re-import __main__ by __file__) must run
+    the same code, the code that is running."""
     source = copy.read_bytes()
-    code = compile(source, str(copy), "exec", dont_inherit=True)
+    try:
+        same = original.read_bytes() == source
+    except OSError:
+        same = False
+    path = original if same else copy
+    code = compile(source, str(path), "exec", dont_inherit=True)
     main = types.ModuleType("__main__")
-    main.__dict__.update({"__file__": str(original), "__builtins__": __builtins__, "__loader__": None,
+    main.__dict__.update({"__file__": str(path), "__builtins__": __builtins__, "__loader__": None,
                           "__spec__": None, "__package__": None, "__cached__": None})
     sys.modules["__main__"] = main
     sys.argv = [str(original), *args]

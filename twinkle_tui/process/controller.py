@@ -15,8 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from twinkle_trainer.protocol import (
@@ -36,35 +35,24 @@ from twinkle_trainer.protocol import (
     validate_run_id,
     write_json_atomic,
 )
+from twinkle_tui.process import scripts
+from twinkle_tui.process.adopt import find_leader, start_adopter
 from twinkle_tui.process.exits import record_exit
+from twinkle_tui.process.launching import (
+    CONFIG_SUFFIXES,
+    SCRIPT_SUFFIXES,
+    Launched,
+    ResumePlan,
+    RunControlError,
+    checked_source,
+    launchable,
+)
 from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
 from twinkle_tui.runs.store import NoSuchRun, effective_status
 
 log = logging.getLogger(__name__)
 
-SCRIPT_SUFFIXES = (".py",)
-CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 CONTROLLABLE = {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED, RunStatus.STOPPING}
-
-
-class RunControlError(Exception):
-    """An action that cannot be done on a run; the message is one line a user can act on."""
-
-
-@dataclass(frozen=True)
-class Launched:
-    """A launch that has started: the run and its supervisor process."""
-
-    run_id: str
-    supervisor: subprocess.Popen[bytes]
-
-
-@dataclass(frozen=True)
-class ResumePlan:
-    """What `resume` would do: continue a paused process, or relaunch (from a checkpoint step, or from scratch)."""
-
-    relaunch: bool
-    from_step: int | None
 
 
 class ProcessController:
@@ -102,12 +90,7 @@ class ProcessController:
                cwd: str | os.PathLike[str] | None = None) -> Launched:
         """Start a run from a path: a .py script as itself, a .toml/.yaml recipe through the embedded trainer."""
         path = Path(spec).expanduser()
-        suffix = path.suffix.lower()
-        if suffix not in SCRIPT_SUFFIXES + CONFIG_SUFFIXES:
-            raise RunControlError(f"{path.name} is not a training script (.py) or a recipe (.toml, .yaml)")
-        if not path.is_file():
-            raise RunControlError(f"no such script or recipe: {spec}")
-        if suffix in SCRIPT_SUFFIXES:
+        if launchable(path, str(spec)) in SCRIPT_SUFFIXES:
             return self.launch_script(path, args, run_id, cwd)
         return self.launch_config(path, args, run_id, cwd)
 
@@ -118,11 +101,14 @@ class ProcessController:
         run_id: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
+        env: Mapping[str, str] | None = None,
+        annotate: Callable[[RunMeta], None] | None = None,
     ) -> Launched:
         """Run a Python script as a new run. It runs as `python script.py` would; the run directory keeps the
-        copy that runs (train.py) and the versions fixes make of it."""
+        copy that runs (train.py) and the versions fixes make of it. `env` is added to the run's environment;
+        `annotate` writes what else the run is into its meta.json at creation (a research experiment's mark)."""
         source_path = Path(script).expanduser().resolve()
-        check_compiles(read_script(source_path), str(source_path))
+        checked_source(source_path)
         run_id = validate_run_id(run_id) if run_id else new_run_id(source_path.name)
         paths = self._new_run(run_id)
         shutil.copyfile(source_path, paths.script)  # the bytes as they are: a coding line stays true
@@ -132,15 +118,19 @@ class ProcessController:
             meta.script_path = str(source_path)
             meta.script_version = 1
             meta.model_id = model_id
+            if annotate is not None:
+                annotate(meta)
 
-        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True)
+        return self._launch(paths, self._script_command(paths, str(source_path), args), cwd, init, new=True, env=env)
 
     def launch_config(self, config: str | os.PathLike[str], args: Sequence[str] = (), run_id: str | None = None,
-                      cwd: str | os.PathLike[str] | None = None) -> Launched:
+                      cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                      annotate: Callable[[RunMeta], None] | None = None) -> Launched:
         """Train a recipe (.toml/.yaml) with the embedded trainer: `python -m twinkle_trainer CONFIG args...`."""
         path = Path(config).expanduser().resolve()
         run_id = validate_run_id(run_id) if run_id else new_run_id(path.name)
-        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd, kind=RunKind.RECIPE)
+        return self.launch_module("twinkle_trainer", [str(path), *args], run_id, cwd, kind=RunKind.RECIPE, env=env,
+                                  annotate=annotate)
 
     def launch_module(
         self,
@@ -150,6 +140,8 @@ class ProcessController:
         cwd: str | os.PathLike[str] | None = None,
         model_id: str | None = None,
         kind: RunKind = RunKind.MODULE,
+        env: Mapping[str, str] | None = None,
+        annotate: Callable[[RunMeta], None] | None = None,
     ) -> Launched:
         """Run `python -m module args...` as a new run (the embedded trainer: module='twinkle_trainer')."""
         run_id = validate_run_id(run_id) if run_id else new_run_id(module.split(".")[0])
@@ -159,8 +151,10 @@ class ProcessController:
         def init(meta: RunMeta) -> None:
             meta.kind = kind
             meta.model_id = model_id
+            if annotate is not None:
+                annotate(meta)
 
-        return self._launch(paths, command, cwd, init, new=True)
+        return self._launch(paths, command, cwd, init, new=True, env=env)
 
     def _script_command(self, paths: RunPaths, original: str, args: Sequence[str]) -> list[str]:
         return [self.python, "-P", "-u", "-m", "twinkle_tui.process.bootstrap", "--script", str(paths.script),
@@ -177,7 +171,8 @@ class ProcessController:
         return paths
 
     def _launch(self, paths: RunPaths, command: list[str], cwd: str | os.PathLike[str] | None,
-                init: Callable[[RunMeta], None] | None = None, new: bool = False) -> Launched:
+                init: Callable[[RunMeta], None] | None = None, new: bool = False,
+                env: Mapping[str, str] | None = None) -> Launched:
         """Mark the run starting and start its supervisor. If the supervisor cannot start, meta.json is rolled
         back (a new run's directory is removed) and the failure is recorded, so nothing is left 'starting'."""
         workdir = Path(cwd or os.getcwd())
@@ -198,12 +193,14 @@ class ProcessController:
             meta.command = command
             meta.cwd = str(workdir)
             meta.start_time = meta.start_time or now
+            meta.end_launch_time(now)  # an earlier launch's running time is kept; the gap until now is not counted
+            meta.launch_time = now
             meta.end_time = meta.exit_code = meta.exit_signal = meta.error = None
             meta.pid = meta.pid_start_time = meta.pgid = meta.supervisor_pid = meta.supervisor_start_time = None
             meta.launches += 1
 
         meta = update_meta(paths, starting)
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env[ROLE_ENV] = "supervisor"
         env.pop("TWINKLE_RUN_ID", None)  # only the run's own processes carry it (tree.py finds them by it)
         supervisor_cmd = [
@@ -232,10 +229,6 @@ class ProcessController:
     def status(self, run_id: str) -> RunStatus:
         return effective_status(self.meta(run_id))
 
-    def is_alive(self, run_id: str) -> bool:
-        meta = self.meta(run_id)
-        return process_is(meta.pid, meta.pid_start_time)
-
     def pause(self, run_id: str) -> None:
         """Freeze the run's processes (SIGSTOP): memory and GPU state stay, no step progresses."""
         paths = self.existing(run_id)
@@ -245,6 +238,7 @@ class ProcessController:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING}, "pause")
             self._signal(meta, signal.SIGSTOP)  # under the lock: no other dashboard's resume can come between
             meta.status = RunStatus.PAUSED
+            meta.paused_at = self.clock()
             record_event(paths, "pause", self.clock, step=meta.progress.last_step)
 
         self._locked(paths, change)
@@ -275,6 +269,7 @@ class ProcessController:
                 self._check(meta, {RunStatus.PAUSED}, "resume")
                 self._signal(meta, signal.SIGCONT)
                 meta.status = RunStatus.RUNNING
+                meta.pause_ended(self.clock())
                 record_event(paths, "resume", self.clock, step=meta.progress.last_step)
                 return
             if status not in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
@@ -294,7 +289,7 @@ class ProcessController:
             return None
         meta = relaunch[0]
         if meta.script_path and paths.script.exists():
-            check_compiles(read_script(paths.script), str(paths.script))
+            checked_source(paths.script)
         record_event(paths, "resume", self.clock, relaunch=True,
                      from_checkpoint=meta.last_checkpoint.step if meta.last_checkpoint else None)
         return self._launch(paths, list(meta.command or ()), meta.cwd)
@@ -309,6 +304,7 @@ class ProcessController:
         def change(meta: RunMeta) -> None:
             self._check(meta, {RunStatus.RUNNING, RunStatus.STARTING, RunStatus.PAUSED}, "stop")
             meta.status = RunStatus.STOPPING
+            meta.pause_ended(self.clock())  # a paused run wakes up to stop
             record_event(paths, "stop", self.clock, step=meta.progress.last_step)
             if meta.kind == RunKind.SERVICE_CLIENT:
                 # The training service watches this run for its client; it serves others too and must not be
@@ -336,6 +332,7 @@ class ProcessController:
         def change(meta: RunMeta) -> None:
             self._check(meta, CONTROLLABLE, "kill")
             meta.status = RunStatus.KILLED
+            meta.pause_ended(self.clock())
             record_event(paths, "kill", self.clock, step=meta.progress.last_step)
             self._signal(meta, signal.SIGCONT)
             self._signal(meta, signal.SIGKILL)
@@ -364,7 +361,8 @@ class ProcessController:
         if pid and start is None and process_start_time(pid) is not None:
             return None  # an old writer recorded no start time: that pid may or may not be the run; leave it be
         if not process_is(pid, start):
-            found = self._find_leader(run_id, launch)  # a supervisor that died before it recorded its child
+            found = find_leader(RunIdentity(run_id, str(self.home), None, None, launch=launch))  # a supervisor
+            # that died before it recorded its child
             if found is not None:
                 pid, start = found
 
@@ -373,69 +371,43 @@ class ProcessController:
 
                 self._locked(paths, record)
         if pid is not None and start is not None and process_is(pid, start):
-            self._start_adopter(paths, pid, start, launch)
+            start_adopter(self.python, paths, self.grace, pid, start, launch)
             return "adopted"
         record_exit(paths, None, launch, error="the run's supervisor and process are gone; how it ended was not recorded",
                     note="recovered: nothing of the run was left")
         return "recorded as ended"
 
-    def _find_leader(self, run_id: str, launch: int) -> tuple[int, int] | None:
-        """The oldest live process whose environment names this launch of the run (its leader), if any."""
-        from twinkle_tui.process.tree import tagged_processes
-
-        procs = tagged_processes(RunIdentity(run_id, str(self.home), None, None, launch=launch))
-        best: tuple[float, int] | None = None
-        for proc in procs:
-            try:
-                created = proc.create_time()
-            except Exception:
-                continue
-            if best is None or created < best[0]:
-                best = (created, proc.pid)
-        if best is None:
-            return None
-        start = process_start_time(best[1])
-        return (best[1], start) if start is not None else None
-
-    def _start_adopter(self, paths: RunPaths, pid: int, start: int, launch: int) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        env[ROLE_ENV] = "supervisor"
-        env.pop("TWINKLE_RUN_ID", None)
-        cmd = [self.python, "-P", "-m", "twinkle_tui.process.supervisor", "--home", str(self.home), "--run-id",
-               paths.run_id, "--grace", str(self.grace), "--launch", str(launch), "--adopt", str(pid),
-               "--adopt-start", str(start)]
-        with open(paths.root / "supervisor.log", "ab") as errors:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=errors, start_new_session=True)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:  # until it has published itself
-            with contextlib.suppress(MetaError):
-                if read_meta(paths).supervisor_pid == proc.pid:
-                    break
-            time.sleep(0.02)
-        return proc
-
     def update_script(self, run_id: str, source: str, reason: str | None = None) -> int:
-        """Archive train.py as train_v{N}.py and write the new source; refuses source that does not compile."""
+        """Archive train.py as train_v{N}.py and write the new source in the encoding it declares; refuses source
+        that does not compile or that its declared encoding cannot hold."""
         paths = self.existing(run_id)
-        check_compiles(source, str(paths.script))
-        current = self.meta(run_id).script_version
         try:
-            if paths.script.exists():
-                current = max(current, 1)
-                shutil.copy2(paths.script, paths.script_version(current))
-            tmp = paths.script.with_name(".train.py.tmp")
-            tmp.write_text(source, encoding="utf-8")
-            os.replace(tmp, paths.script)
-        except OSError as exc:
-            raise RunControlError(f"cannot write the script of {run_id!r}: {exc.strerror or exc}") from None
-        new_version = current + 1
-        def versioned(m: RunMeta) -> None:
-            m.script_version = new_version
+            scripts.check_compiles(source, str(paths.script))
+            data = scripts.encode_source(source, "the new script")
+        except scripts.ScriptError as exc:
+            raise RunControlError(str(exc)) from None
+        return self._replace_script(run_id, paths, data, reason)
 
-        self._locked(paths, versioned)
-        record_event(paths, "script", self.clock, version=new_version, reason=reason)
-        return new_version
+    def restore_script(self, run_id: str) -> int:
+        """Put the previous version of the script back, byte for byte, as a new version (nothing is lost)."""
+        paths = self.existing(run_id)
+        current = self.meta(run_id).script_version
+        previous = paths.script_version(current - 1)
+        if current < 2 or not previous.is_file():
+            raise RunControlError(f"run {run_id!r} has no earlier version of its script to go back to")
+        try:
+            data = previous.read_bytes()
+        except OSError as exc:
+            raise RunControlError(f"cannot read {previous.name}: {exc.strerror or exc}") from None
+        return self._replace_script(run_id, paths, data, f"undo: back to version {current - 1}")
+
+    def _replace_script(self, run_id: str, paths: RunPaths, data: bytes, reason: str | None) -> int:
+        try:
+            version = scripts.write_version(paths, data)
+        except (scripts.ScriptError, MetaError) as exc:
+            raise RunControlError(f"cannot write the script of {run_id!r}: {exc}") from None
+        record_event(paths, "script", self.clock, version=version, reason=reason)
+        return version
 
     # ---------------------------------------------------------------- managing runs
     def _require_ended(self, run_id: str, action: str) -> RunPaths:
@@ -523,31 +495,5 @@ class _NoWrite(Exception):
     pass
 
 
-def read_script(path: Path) -> str:
-    """A script's text (UTF-8, or what its PEP 263 coding line declares), or a one-line error."""
-    import io
-    import tokenize
-
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RunControlError(f"cannot read script {path}: {exc.strerror or exc}") from None
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-        return raw.decode(encoding)
-    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
-        raise RunControlError(f"{path.name} is not readable as Python source: {exc}") from None
-
-
-def check_compiles(source: str, filename: str) -> None:
-    """Refuse a script that does not compile, with the compiler's one-line reason."""
-    try:
-        compile(source, filename, "exec")
-    except (SyntaxError, ValueError) as exc:
-        if isinstance(exc, SyntaxError):
-            raise RunControlError(f"{Path(filename).name} does not compile: {exc.msg} (line {exc.lineno})") from None
-        raise RunControlError(f"{Path(filename).name} does not compile: {exc}") from None
-
-
-__all__ = ["InvalidRunId", "Launched", "NoSuchRun", "ProcessController", "ResumePlan", "RunControlError",
-           "check_compiles", "read_script"]
+__all__ = ["CONFIG_SUFFIXES", "SCRIPT_SUFFIXES", "InvalidRunId", "Launched", "NoSuchRun", "ProcessController",
+           "ResumePlan", "RunControlError", "checked_source", "launchable"]

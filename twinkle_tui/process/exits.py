@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from twinkle_trainer.protocol import RunMeta, RunPaths, RunStatus, record_event, update_meta
+from twinkle_tui.runs.log_reader import ERROR_LINE_MAX, last_exception_line, read_failure
+
+__all__ = ["LAUNCH_MARK", "failure_reason", "final_status", "last_exception_line", "launch_output", "record_exit",
+           "signal_name"]
 
 LOG_TAIL = 64 * 1024
 LAUNCH_MARK = "===== twinkle launch"
-ERROR_LINE_MAX = 300
 
 
 def launch_output(log_path: Path) -> list[str]:
@@ -33,27 +36,15 @@ def launch_output(log_path: Path) -> list[str]:
     return lines
 
 
-def last_exception_line(lines: list[str]) -> str | None:
-    """The 'SomeError: message' line that ends the last traceback, if any."""
-    seen_traceback = False
-    candidate = None
-    for line in lines:
-        if line.startswith("Traceback (most recent call last)"):
-            seen_traceback, candidate = True, None
-        elif seen_traceback and line and not line.startswith((" ", "\t")) and candidate is None:
-            candidate = line.strip()
-    return candidate
-
-
-def failure_reason(log_path: Path) -> str | None:
-    """Why a launch failed, from its output: the exception that ended a traceback, else the last line that says
-    error (`error: unknown key ...`), else the last line it printed."""
-    lines = [line for line in launch_output(log_path) if line.strip()]
-    reason = last_exception_line(lines)
-    if reason is None:
+def failure_reason(log_path: Path, returncode: int | None = None) -> str | None:
+    """Why a launch failed, in one line, from its output (read by the log reader: the root cause across ranks,
+    never a launcher's summary or a hint), else the signal that killed it, else the last line that says error
+    (`error: unknown key ...`); None otherwise (the exit code is then the reason)."""
+    lines = launch_output(log_path)
+    reason = read_failure(lines, exit_code=returncode).error_line()
+    if reason is None:  # a line is the reason only when it says error; else the exit code says it
         errors = [line for line in lines if "error" in line.lower() and not line.startswith("[twinkle]")]
-        candidates = errors or lines
-        reason = candidates[-1] if candidates else None
+        reason = errors[-1] if errors else None
     return reason.strip()[:ERROR_LINE_MAX] if reason else None
 
 
@@ -98,8 +89,8 @@ def record_exit(paths: RunPaths, returncode: int | None, launch: int, error: str
         meta.exit_launch = launch
         meta.end_time = time.time()
         if status == RunStatus.FAILED and not meta.error:
-            if signame:
-                meta.error = f"killed by {signame}"
+            if signame:  # the log's root cause when it has one (a C++ abort's message), else the signal
+                meta.error = error or f"killed by {signame}"
             elif returncode is None:
                 meta.error = error or "the process ended while unsupervised; its exit code is unknown"
             else:

@@ -15,13 +15,14 @@ so it polls, enforces the grace period on a stop, and records the exit unless th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 from twinkle_trainer.protocol import (
     HOME_ENV,
@@ -44,19 +45,39 @@ from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
 ADOPT_POLL = 0.2
 
 
+STEPS_OF_GRACE = 3  # a stopping run gets at least this many of its median step times to reach a boundary
+SAVE_MARGIN = 1.5  # and its last checkpoint's save time, with room
+GRACE_SLACK = 5.0  # seconds for exiting after the save (a torch process takes a few to tear down)
+WARN_BEFORE = 10.0  # seconds before the kill the run is told it will not make it
+
+
+def stop_grace(meta: RunMeta, configured: float) -> float:
+    """How long a stopping run gets before it is killed: the configured grace (--grace) at least, and enough for
+    a few of its steps plus its last save, so a slow step never turns a graceful stop into a lost checkpoint."""
+    step = meta.progress.step_seconds or 0.0
+    save = meta.last_checkpoint.seconds if meta.last_checkpoint and meta.last_checkpoint.seconds else 0.0
+    if not step and not save:
+        return configured
+    return max(configured, STEPS_OF_GRACE * step + SAVE_MARGIN * save + GRACE_SLACK)
+
+
 class Stop:
     """The stop protocol, shared by both modes: installed before anything is published, so a stop that arrives
-    while the child is starting is remembered and delivered as soon as there is a child."""
+    while the child is starting is remembered and delivered as soon as there is a child. The grace period fits
+    the run (stop_grace); its end is written to meta.json (stop_deadline), and the run's log says it before a
+    run that has not finished is killed."""
 
     def __init__(self, paths: RunPaths, grace: float) -> None:
         self.paths, self.grace = paths, grace
         self.identity: RunIdentity | None = None
         self.requested = False
         self.killed = False
+        self.warned = False
+        self.effective = grace
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGALRM, self._on_grace_over)
+        signal.signal(signal.SIGALRM, self._on_alarm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
@@ -65,7 +86,7 @@ class Stop:
         if self.requested:
             self._forward()
 
-    def _on_term(self, signum: int, frame: Any) -> None:
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             return
         self.requested = True
@@ -74,14 +95,46 @@ class Stop:
 
     def _forward(self) -> None:
         assert self.identity is not None
+        try:
+            self.effective = stop_grace(read_meta(self.paths), self.grace)
+        except Exception:  # an unreadable meta.json: the configured grace
+            self.effective = self.grace
+        deadline = time.time() + self.effective
         sent = signal_run(self.identity, signal.SIGTERM)
         signal_run(self.identity, signal.SIGCONT)  # a paused run must wake up to see the stop
-        signal.setitimer(signal.ITIMER_REAL, self.grace)
+        self._set_deadline(deadline)
+        warn = min(WARN_BEFORE, self.effective / 4)
+        signal.setitimer(signal.ITIMER_REAL, max(0.01, self.effective - warn))
         print(f"twinkle supervisor: stop: SIGTERM to the run's group and {sent} process(es) "
-              f"(leader {self.identity.pid}); killed after {self.grace:g}s", file=sys.stderr, flush=True)
+              f"(leader {self.identity.pid}); killed after {self.effective:g}s", file=sys.stderr, flush=True)
 
-    def _on_grace_over(self, signum: int, frame: Any) -> None:
-        record_event(self.paths, "warning", message=f"no exit {self.grace:g}s after SIGTERM: killing the run's processes")
+    def _set_deadline(self, deadline: float) -> None:
+        def change(meta: RunMeta) -> None:
+            meta.stop_deadline = deadline
+
+        try:
+            update_meta(self.paths, change)
+        except Exception as exc:  # bookkeeping never blocks a stop
+            print(f"twinkle supervisor: cannot record the stop deadline: {exc}", file=sys.stderr, flush=True)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.warned:  # first alarm: the run is told, then gets the rest of its grace
+            self.warned = True
+            warn = min(WARN_BEFORE, self.effective / 4)
+            try:
+                step = read_meta(self.paths).progress.last_step + 1
+            except Exception:
+                step = None
+            message = (f"still finishing step {step} " if step else "still running ") + \
+                f"{self.effective - warn:.0f}s after the stop: it is killed in {warn:.0f}s without a checkpoint " \
+                f"(give it longer with --grace)"
+            with contextlib.suppress(OSError), open(self.paths.log, "ab") as log:
+                log.write(f"\n[twinkle] stop: {message}\n".encode())
+            record_event(self.paths, "warning", message=message)
+            signal.setitimer(signal.ITIMER_REAL, max(0.01, warn))
+            return
+        record_event(self.paths, "warning",
+                     message=f"no exit {self.effective:g}s after SIGTERM: killing the run's processes")
         self.killed = True
         if self.identity is not None:
             signal_run(self.identity, signal.SIGKILL)
@@ -151,7 +204,7 @@ def supervise(paths: RunPaths, command: list[str], cwd: str | None, grace: float
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    error = failure_reason(paths.log) if returncode != 0 else None
+    error = failure_reason(paths.log, returncode) if returncode != 0 else None
     record_exit(paths, returncode, launch, error=error)
     return returncode
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkle_tui.runs.store import RunEvent, RunView
+from twinkle_tui.runs.store import RunCache, RunEvent
 
 RATE_WINDOW = 50  # points: long enough to smooth step-time noise, short enough to follow a slowdown
 
@@ -30,7 +30,7 @@ class RunProgress:
         return min(1.0, self.step / self.total)
 
     @classmethod
-    def of(cls, view: RunView, now: float | None = None) -> RunProgress:
+    def of(cls, view: RunCache, now: float | None = None) -> RunProgress:
         now = time.time() if now is None else now
         step, total = view.last_step, view.total_steps
         steps, ts = view.metrics.ts.steps, view.metrics.ts.values
@@ -45,10 +45,7 @@ class RunProgress:
                 rate = ds / dt
         active = view.status.is_active
         eta = (total - step) / rate if rate and total and total > step and active else None
-        start = view.meta.start_time
-        end = view.meta.end_time if not active else None
-        elapsed = ((end or now) - start) if isinstance(start, int | float) else None
-        return cls(step, total, rate, eta, elapsed)
+        return cls(step, total, rate, eta, view.meta.running_seconds(now))  # pauses and gaps between launches not counted
 
 
 def not_running(events: list[RunEvent], now: float) -> list[tuple[float, float]]:

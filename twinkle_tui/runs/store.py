@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -31,41 +30,22 @@ from twinkle_trainer.protocol import (
 )
 from twinkle_tui.runs.metrics import MetricsTable
 from twinkle_tui.runs.metrics_cache import CACHE_DIR, MetricsCache, prune
-from twinkle_tui.runs.tail import FileTail
+from twinkle_tui.runs.tail import FileTail, clean_log_line
 
 log = logging.getLogger(__name__)
 
-# Escape sequences (CSI, OSC, DCS/PM/APC strings, and two- or three-byte ones such as ESC c that resets a terminal
-# or ESC ( 0 that switches its character set), then every control character left but tab.
-ANSI_RE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
-    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings
-    r"|\x1b[ -/]*[0-~]"  # ESC c, ESC ( 0, ESC 7 ...
-    r"|\x1b"  # a lone ESC
-)
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+RESERVED_DIRS = frozenset({"research"})  # $TWINKLE_HOME/research/ holds the auto-research loops, not a run
 LOG_TAIL_BYTES = 512 * 1024
 LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
 LISTING_SLACK_NS = 1_000_000_000  # a listing is reused only if taken this long after the home last changed
 PREFETCH_BYTES = 2 * 1024 * 1024  # metrics parsed before the first frame (beyond a cache); the rest streams in
 
 
-def clean_log_line(raw: bytes) -> str:
-    """Decode a log line, keep what a terminal would finally show after carriage returns, and drop every escape
-    sequence and control character: the log panel shows text, never terminal commands."""
-    text = raw.decode("utf-8", "replace").rstrip("\r")
-    if "\r" in text:
-        text = text.rsplit("\r", 1)[-1]
-    text = ANSI_RE.sub("", text).replace("\t", "    ")
-    return CONTROL_RE.sub("", text)
-
-
 class LogTail:
     """The last `max_lines` lines of output.log, updated by byte offset (for the dashboard's log panel)."""
 
     def __init__(self, path: Path, max_lines: int = 5000) -> None:
-        self.tail = FileTail(path)
+        self.tail = FileTail(path, keep_head=True)  # a huge line shows its start and says it was cut
         self.lines: deque[str] = deque(maxlen=max_lines)
         self.total_lines = 0
         self._started = False
@@ -175,7 +155,7 @@ def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bo
     return RunStatus.FAILED
 
 
-class RunView:
+class RunCache:
     """One run's files, read incrementally: meta, metrics, log tail and events. The readers of metrics, log and
     events are made when first used: listing a thousand runs reads only their meta.json."""
 
@@ -309,7 +289,7 @@ class RunStore:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, metrics_cache: bool = True) -> None:
         self.home = twinkle_home(home)
-        self._views: dict[str, RunView] = {}
+        self._views: dict[str, RunCache] = {}
         self.lock = threading.RLock()
         self.metrics_cache = metrics_cache
         self._pruned = not metrics_cache
@@ -334,7 +314,8 @@ class RunStore:
             return []
         ids = []
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") and \
+                    entry.name not in RESERVED_DIRS:
                 try:
                     ids.append(validate_run_id(entry.name))
                 except InvalidRunId:
@@ -342,7 +323,7 @@ class RunStore:
         self._ids = (key, ids) if listed_at - st.st_mtime_ns > LISTING_SLACK_NS else None
         return list(ids)
 
-    def view(self, run_id: str) -> RunView:
+    def view(self, run_id: str) -> RunCache:
         """The view of one run; a bad run id raises InvalidRunId, a missing run NoSuchRun."""
         validate_run_id(run_id)
         view = self._views.get(run_id)
@@ -351,7 +332,7 @@ class RunStore:
             if paths.root.is_symlink() or not paths.root.is_dir():
                 raise NoSuchRun(f"no run {run_id!r} under {self.home}")
             cache = MetricsCache.for_run(self.home, run_id) if self.metrics_cache else None
-            view = self._views[run_id] = RunView(paths, cache)
+            view = self._views[run_id] = RunCache(paths, cache)
             view.refresh_meta()
         return view
 
@@ -412,7 +393,7 @@ class RunStore:
             for home in prefixes:
                 if text.startswith(home):
                     run_id = text[len(home) :].split(os.sep, 1)[0]
-                    if run_id and not run_id.startswith("."):
+                    if run_id and not run_id.startswith(".") and run_id not in RESERVED_DIRS:
                         out.add(run_id)
         return out
 

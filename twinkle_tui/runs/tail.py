@@ -9,6 +9,7 @@ never opened for reading.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,30 @@ from typing import BinaryIO
 
 BLOCK_SIZE = 4 * 1024 * 1024
 MAX_LINE = 1024 * 1024  # longer lines are skipped (a crash can leave gigabytes of NUL bytes without a newline)
+CUT_NOTE = " … [twinkle: the rest of this line was cut (over 1 MiB); output.log has all of it]".encode()
 FINGERPRINT = 64  # bytes just before the offset, re-checked on every read to notice a rewrite of the file
+
+
+# Escape sequences (CSI, OSC, DCS/PM/APC strings, and two- or three-byte ones such as ESC c that resets a terminal
+# or ESC ( 0 that switches its character set), then every control character left but tab.
+ANSI_RE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
+    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings
+    r"|\x1b[ -/]*[0-~]"  # ESC c, ESC ( 0, ESC 7 ...
+    r"|\x1b"  # a lone ESC
+)
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_log_line(raw: bytes) -> str:
+    """Decode a log line, keep what a terminal would finally show after carriage returns, and drop every escape
+    sequence and control character: the log panel shows text, never terminal commands."""
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    if "\r" in text:
+        text = text.rsplit("\r", 1)[-1]
+    text = ANSI_RE.sub("", text).replace("\t", "    ")
+    return CONTROL_RE.sub("", text)
 
 
 class FileTail:
@@ -27,11 +51,13 @@ class FileTail:
     starts over.
     """
 
-    def __init__(self, path: Path, block_size: int = BLOCK_SIZE, max_line: int = MAX_LINE) -> None:
+    def __init__(self, path: Path, block_size: int = BLOCK_SIZE, max_line: int = MAX_LINE,
+                 keep_head: bool = False) -> None:
         self.path = path
         self.offset = 0
         self.block_size = block_size
         self.max_line = max_line
+        self.keep_head = keep_head  # an overlong line yields its first max_line bytes and a note, not nothing
         self._inode: int | None = None
         self._size = 0
         self._fingerprint = b""
@@ -143,31 +169,57 @@ class FileTail:
                 if end < 0:
                     carry = data
                     if len(carry) > self.max_line:
-                        self._skip_line(len(carry))
+                        head = self._skip_line(carry)
                         consumed += len(carry)
                         carry = b""
+                        if head:
+                            yield head
                     continue
                 carry = data[end + 1 :]
                 self.offset += end + 1
                 consumed += end + 1
                 lines = data[:end].split(b"\n")
                 if self.max_line and any(len(line) > self.max_line for line in lines):
-                    kept = [line for line in lines if len(line) <= self.max_line]
-                    self.overlong += len(lines) - len(kept)
-                    lines = kept
+                    kept = [self._head(line) if len(line) > self.max_line else line for line in lines]
+                    lines = [line for line in kept if line is not None]
+                    self.overlong += sum(line is None or line.endswith(CUT_NOTE) for line in kept)
+                head = None
                 if len(carry) > self.max_line:
-                    self._skip_line(len(carry))
+                    head = self._skip_line(carry)
                     consumed += len(carry)
                     carry = b""
-                yield lines
+                yield lines + (head or [])
             else:
                 self.pending = self.offset + len(carry) < st.st_size
             self._remember(f)
 
-    def _skip_line(self, nbytes: int) -> None:
-        self.offset += nbytes
+    def _skip_line(self, carry: bytes) -> list[bytes] | None:
+        """Skip the rest of an overlong line that `carry` starts; with keep_head, its head is the one line returned."""
+        self.offset += len(carry)
         self.skipping = True
         self.overlong += 1
+        return [carry[: self.max_line] + CUT_NOTE] if self.keep_head else None
+
+    def _head(self, line: bytes) -> bytes | None:
+        return line[: self.max_line] + CUT_NOTE if self.keep_head else None
+
+    def read_final_lines(self) -> list[bytes]:
+        """What is left once the writer is gone: the complete lines, then a last line that never got its newline
+        (a final `print(..., end="")`), so nothing the run wrote is lost."""
+        lines = self.read_lines()
+        if self.skipping:
+            return lines
+        try:
+            f = self._open()
+        except OSError:
+            return lines
+        with f:
+            f.seek(self.offset)
+            rest = f.read(self.max_line + 1)
+        if rest and b"\n" not in rest:
+            self.offset += len(rest)
+            lines.append(rest[: self.max_line] + (CUT_NOTE if len(rest) > self.max_line else b""))
+        return lines
 
     def _same_history(self, f: BinaryIO) -> bool:
         if not self._fingerprint:
@@ -190,8 +242,6 @@ class FileTail:
 def read_last_lines(path: Path, count: int, chunk: int = 64 * 1024, max_bytes: int = 8 * 1024 * 1024) -> list[str]:
     """The last `count` lines of a text file (decoded, cleaned of terminal control sequences), reading backwards
     from the end: at most max_bytes, whatever the file's size."""
-    from twinkle_tui.runs.store import clean_log_line
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:

@@ -4,17 +4,16 @@ the last session, slash commands and questions from the input, streamed answers,
 from __future__ import annotations
 
 import asyncio
-import os
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from twinkle_tui.agent import AgentLoop, Connection, EndpointError, History, LLMSettings, SkillLibrary, connect
+from textual.app import App
+
+from twinkle_tui.agent import AgentLoop, Connection, EndpointError, History, LLMSettings
 from twinkle_tui.agent.loop import describe_call
-from twinkle_tui.commands import REGISTRY, CommandError, parse_slash
-from twinkle_tui.commands.runner import Outcome
+from twinkle_tui.agent.setup import Agent, connect_agent
+from twinkle_tui.commands import CommandError, CommandRunner, Outcome, parse_slash
 from twinkle_tui.ui.widgets.chat import AgentAnswer, ChatPanel, ToolLine
-
-if TYPE_CHECKING:
-    from twinkle_tui.ui.app import TwinkleApp
 
 
 class ChatEvents:
@@ -41,21 +40,36 @@ class ChatEvents:
 
 
 class AgentChat:
-    """The LLM connection and the agent loop behind the chat panel; its workers run on the app."""
+    """The LLM behind the chat panel: restored conversation, connection (the shared factory), slash commands and
+    questions from the input, streamed answers, Esc to cancel. Its workers run on the app."""
 
-    def __init__(self, app: TwinkleApp, settings: LLMSettings) -> None:
-        self.app, self.settings = app, settings
-        self.connection: Connection | None = None
-        self.agent: AgentLoop | None = None
-        self.history = History(app.session.store.home / ".chat" / "history.jsonl")
+    def __init__(self, app: App[int], runner: CommandRunner, chat: Callable[[], ChatPanel], settings: LLMSettings,
+                 run_command: Callable[[str, dict[str, Any]], Awaitable[object]]) -> None:
+        self.app, self.runner, self.chat, self.settings, self.run_command = app, runner, chat, settings, run_command
+        self.agent: Agent | None = None
+        self.history = History(runner.session.store.home / ".chat" / "history.jsonl")
+
+    @property
+    def connection(self) -> Connection | None:
+        return self.agent.connection if self.agent is not None else None
+
+    @property
+    def loop(self) -> AgentLoop | None:
+        """The agent loop, once an LLM answers (None before, and with slash commands only)."""
+        return self.agent.loop if self.agent is not None else None
+
+    @property
+    def llm(self) -> LLMSettings | None:
+        """The endpoint the agent talks to (and the monitor reviews with), once connected."""
+        return self.agent.connection.settings if self.agent is not None else None
 
     def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()  # the embedded LLM server goes with the app
+        if self.agent is not None:
+            self.agent.close()  # the embedded LLM server goes with the app
 
     async def restore(self) -> None:
         """The conversation from the last session (kept under $TWINKLE_HOME/.chat/), then the connection."""
-        chat, shown = self.app.chat, 0
+        chat, shown = self.chat(), 0
         for m in self.history.messages[-40:]:
             role, content = m.get("role"), str(m.get("content") or "")
             if role == "user":
@@ -73,33 +87,26 @@ class AgentChat:
 
     async def start(self) -> None:
         """Probe the endpoint, or start the embedded LLM, and say once how the chat is connected."""
-        app, chat = self.app, self.app.chat
+        chat = self.chat()
         if self.settings.mode != "none":
             chat.set_title("chat · connecting to the LLM…")
-        connection = await connect(self.settings, app.store.home)
-        self.connection = connection
-        app.session.services["llm_models"] = connection.models
-        if connection.settings is not None:
-            skills = SkillLibrary(app.store.home, os.environ.get("TWINKLE_SKILLS_GIT")).load()
-            app.session.services["skills"] = skills
-            self.agent = AgentLoop(connection.settings, app.runner, self.history, skills,
-                                   tools=[n for n in sorted(REGISTRY) if n != "help"])
-            chat.set_title(f"chat · {connection.settings.model}")
-            if skills.git_url:
-                app.run_worker(self.sync_skills, name="sync_skills", thread=True, group="skills", exclusive=True,
-                               exit_on_error=False)
+        self.agent = agent = await connect_agent(self.runner, self.settings, self.history)
+        if agent.loop is not None:
+            chat.set_title(f"chat · {agent.loop.settings.model}")
+            if agent.skills.git_url:
+                self.app.run_worker(self.sync_skills, name="sync_skills", thread=True, group="skills",
+                                    exclusive=True, exit_on_error=False)
         else:
             chat.set_title("chat · slash commands")
-        await chat.add(connection.notice, "error" if connection.error else "notice")
+        await chat.add(agent.connection.notice, "error" if agent.connection.error else "notice")
 
     def sync_skills(self) -> None:
-        skills = self.app.session.services.get("skills")
-        if skills is not None and skills.sync_community() is None:
-            skills.load()
+        if self.agent is not None and self.agent.skills.sync_community() is None:
+            self.agent.skills.load()
 
     async def submitted(self, text: str) -> None:
         """A line from the chat input: a slash command runs as a command, anything else goes to the agent."""
-        app, chat = self.app, self.app.chat
+        chat = self.chat()
         await chat.add(text, "user")
         if text.startswith("/"):
             try:
@@ -107,14 +114,14 @@ class AgentChat:
             except CommandError as exc:
                 await chat.add(f"⚠ {exc}", "error")
                 return
-            app.run_worker(app.run_command(name, args, "chat"), group="commands", exit_on_error=False)
+            self.app.run_worker(self.run_command(name, args), group="commands", exit_on_error=False)
             return
-        if self.agent is None:
-            waiting = self.connection is None and self.settings.mode != "none"
+        if self.agent is None or self.agent.loop is None:
+            waiting = self.agent is None and self.settings.mode != "none"
             await chat.add("The LLM is still starting; try again in a moment (slash commands work now)."
                            if waiting else "No LLM agent is connected; slash commands work: **/help**.", "reply")
             return
-        app.run_worker(self.ask(text), name="ask_agent", group="agent", exclusive=True, exit_on_error=False)
+        self.app.run_worker(self.ask(text), name="ask_agent", group="agent", exclusive=True, exit_on_error=False)
 
     def cancel(self) -> bool:
         """Esc in the chat: cancel the answer being written; False when there is none."""
@@ -124,11 +131,11 @@ class AgentChat:
         return bool(running)
 
     async def ask(self, text: str) -> None:
-        assert self.agent is not None
-        chat = self.app.chat
+        assert self.agent is not None and self.agent.loop is not None
+        chat = self.chat()
         answer = await chat.answer()
         try:
-            reply = await self.agent.ask(text, ChatEvents(answer, chat))
+            reply = await self.agent.loop.ask(text, ChatEvents(answer, chat))
             await answer.finish(None if reply else "the model wrote no answer; the lines above are what it did")
         except EndpointError as exc:
             await answer.finish()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -24,26 +24,28 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from twinkle_tui.agent import AgentLoop, Connection, LLMSettings
-from twinkle_tui.commands import CommandError, Confirmation, Reply, Resources, Session
-from twinkle_tui.commands.charts import pan, zoom_by
-from twinkle_tui.commands.runner import CommandRunner
+from twinkle_tui.agent import LLMSettings
+from twinkle_tui.commands import CommandError, CommandRunner, Confirmation, Reply, Resources, Session, execute
+from twinkle_tui.commands.chart_commands import shown_metrics
 from twinkle_tui.gpu import GpuProbe, GpuSnapshot, ProcessUsage, UsageSampler
 from twinkle_tui.monitor import DEFAULT_INTERVAL
-from twinkle_tui.process.controller import ProcessController
-from twinkle_tui.runs.store import NoSuchRun, RunStore, RunSummary, RunView
+from twinkle_tui.research import commands as _research_commands  # noqa: F401  (registers start_research, /research)
+from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore, RunSummary
 from twinkle_tui.ui.agent_chat import AgentChat
-from twinkle_tui.ui.commands import RunCommands
 from twinkle_tui.ui.feed import StoreReader
-from twinkle_tui.ui.layout import layout_classes, waiting_text
+from twinkle_tui.ui.keys import KEYMAP_FILE, KEYS, load_keymap
+from twinkle_tui.ui.layout import layout_classes
 from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.monitoring import DashboardMonitor
+from twinkle_tui.ui.palette import RunCommands
 from twinkle_tui.ui.scheduler import RedrawScheduler
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
-from twinkle_tui.ui.widgets.charts import ChartGrid, MetricChart, default_metrics
+from twinkle_tui.ui.screens.research import research_screen
+from twinkle_tui.ui.widgets.chart_area import ChartArea
+from twinkle_tui.ui.widgets.charts import MetricChart
 from twinkle_tui.ui.widgets.chat import ChatPanel
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
@@ -58,7 +60,6 @@ RESOURCE_INTERVAL = 2.0
 LIST_INTERVAL = 5.0  # ages, and runs whose process died without a word
 DATA_INTERVAL = 1.0  # streamed data redraws the screen at most once a second; keys redraw at once
 READ_BUDGET = 8 * 1024 * 1024  # bytes of one run read under the store lock before the UI gets a turn
-NOTICE_SECONDS = 12.0
 
 
 class TwinkleApp(App[int]):
@@ -67,31 +68,7 @@ class TwinkleApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "twinkle-tui"
     COMMANDS = App.COMMANDS | {RunCommands}
-    BINDINGS = [
-        Binding("p", "command('pause_training')", "Pause", id="pause"),
-        Binding("r", "command('resume_training')", "Resume", id="resume"),
-        Binding("s", "command('stop_training')", "Stop", id="stop"),
-        Binding("k", "command('kill_training')", "Kill", id="kill", show=False),
-        Binding("n", "new_run", "New run", id="new_run"),
-        Binding("slash", "focus_chat", "Chat", id="focus_chat", key_display="/"),
-        Binding("m", "pick_metrics", "Metrics", id="pick_metrics"),
-        Binding("z", "zoom(0.5)", "Zoom in", id="zoom_in"),
-        Binding("x", "zoom(2.0)", "Zoom out", id="zoom_out"),
-        Binding("left_square_bracket", "pan(-0.25)", "Pan left", id="pan_left", show=False, key_display="["),
-        Binding("right_square_bracket", "pan(0.25)", "Pan right", id="pan_right", show=False, key_display="]"),
-        Binding("0", "reset_zoom", "Reset zoom", id="reset_zoom"),
-        Binding("e", "toggle_smoothing", "Smooth", id="toggle_smoothing"),
-        Binding("l", "toggle_log_y", "Log-y", id="toggle_log_y"),
-        Binding("d", "command('delete_run')", "Delete run", id="delete_run", show=False),
-        Binding("a", "command('archive_run')", "Archive run", id="archive_run", show=False),
-        Binding("u", "command('undo_fix')", "Undo fix", id="undo_fix", show=False),
-        Binding("b", "toggle_panels", "Panels", id="toggle_panels", show=False),
-        Binding("c", "copy_run_id", "Copy id", id="copy_run_id", show=False),
-        Binding("f", "filter_runs", "Filter runs", id="filter_runs", show=False),
-        Binding("question_mark", "help", "Help", id="help", key_display="?"),
-        Binding("escape", "leave_chat", "Back", id="leave_chat", show=False),
-        Binding("q", "quit", "Quit", id="quit"),
-    ]
+    BINDINGS = KEYS
 
     def __init__(
         self,
@@ -112,11 +89,11 @@ class TwinkleApp(App[int]):
         store: RunStore | None = None,
     ) -> None:
         super().__init__()
-        store = store or RunStore(home)  # a store given is one already reading (RunStore.prefetch)
         self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
-        self.session = Session(store, ProcessController(store.home, grace=grace), clock, self.recipe_dirs,
-                               resources=lambda: Resources(self.gpus, self.usage))
-        self.runner = CommandRunner(self.session, self.ask, self.apply, auto_yes)
+        # A store given is one already reading the first run (RunStore.prefetch, as twinkle-tui starts it).
+        self.session = Session.open(home, grace, clock, self.recipe_dirs,
+                                    resources=lambda: Resources(self.gpus, self.usage), store=store)
+        self.runner = CommandRunner(self.session, self.confirm, self.apply, auto_yes)
         self.clock = clock
         self.gpu_probe = gpu_probe or GpuProbe().snapshot
         self.usage_probe = usage_probe or UsageSampler().sample
@@ -126,38 +103,25 @@ class TwinkleApp(App[int]):
         self.gpus = GpuSnapshot(error="probing GPUs…")
         self.usage: ProcessUsage | None = None
         self.scheduler = RedrawScheduler(data_interval=data_interval)
-        self.notice: tuple[str, float] | None = None
         self._requested_run = run_id
         self._start = start
-        self._drawn: tuple[Any, ...] | None = None
         self.panels_override: bool | None = None  # b: None = by width, True/False = the user's choice
+        self._override_width = 0  # the width the user made that choice at
+        self._keymap: dict[str, str] = {}  # the user's remapped keys (keymap.toml), by binding id
         self.reader = StoreReader(self.session, self.scheduler, self.post_message, lambda: self.summaries)
-        self.agent_chat = AgentChat(self, llm or LLMSettings(mode="none"))
-        self.monitoring = DashboardMonitor(self, monitor_interval, fix_mode, clock)
+        self.agent_chat = AgentChat(self, self.runner, lambda: self.chat, llm or LLMSettings(mode="none"),
+                                    lambda name, args: self.run_command(name, args, "chat"))
+        self.session.services.llm_settings = llm  # start_research hands it to the loop it starts
+        self.monitoring = DashboardMonitor(self, self.runner, lambda: self.chat, lambda: self.agent_chat.llm,
+                                           monitor_interval, fix_mode, clock)
 
     @property
     def store(self) -> RunStore:
         return self.session.store
 
     @property
-    def controller(self) -> ProcessController:
-        return self.session.controller
-
-    @property
     def selected(self) -> str | None:
         return self.session.selected
-
-    @property
-    def settings(self) -> Any:
-        return self.session.settings
-
-    @property
-    def agent(self) -> AgentLoop | None:
-        return self.agent_chat.agent
-
-    @property
-    def connection(self) -> Connection | None:
-        return self.agent_chat.connection
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -170,9 +134,7 @@ class TwinkleApp(App[int]):
                 yield GpuPanel(id="gpu")
             with Vertical(id="center"):
                 yield RunStatusBar(id="status")
-                yield Static("", id="waiting")
-                yield Static("", id="legend")
-                yield ChartGrid(id="charts")
+                yield ChartArea(id="chart-area")
                 yield Static("log", classes="panel-title")
                 yield RunLog(id="log")
             yield ChatPanel(self.session.complete_run, id="chat")
@@ -183,13 +145,19 @@ class TwinkleApp(App[int]):
         self.run_list = self.query_one(RunList)
         self.run_filter = self.query_one(RunFilter)
         self.status_bar = self.query_one(RunStatusBar)
-        self.chart_grid = self.query_one(ChartGrid)
+        self.chart_area = self.query_one(ChartArea)
+        self.chart_grid = self.chart_area.grid
         self.run_log = self.query_one(RunLog)
         self.gpu_panel = self.query_one(GpuPanel)
         self.chat = self.query_one(ChatPanel)
-        self.waiting = self.query_one("#waiting", Static)
-        self.legend = self.query_one("#legend", Static)
+        self.waiting = self.chart_area.waiting
         self.apply_layout(self.size.width, self.size.height)
+        keymap, problem = load_keymap(self.store.home)
+        self._keymap = keymap
+        if keymap:
+            self.set_keymap(keymap)
+        if problem:
+            self.say(problem, error=True)
         self.run_list.focus()
         if self._requested_run:
             try:
@@ -214,6 +182,8 @@ class TwinkleApp(App[int]):
         self.run_worker(self.agent_chat.restore(), group="chat", exit_on_error=False)
 
     def on_resize(self, event: events.Resize) -> None:
+        if event.size.width != self._override_width:
+            self.panels_override = None  # b or / chose for the old width; the new width decides as a fresh start
         self.apply_layout(event.size.width, event.size.height)
 
     def apply_layout(self, width: int, height: int) -> None:
@@ -221,16 +191,15 @@ class TwinkleApp(App[int]):
         keep most of the width. Only the new size decides: a resize ends as a fresh start at that size would."""
         for name, wanted in layout_classes(width, height, self.panels_override).items():
             self.set_class(wanted, name)
-        self._drawn = None
+        if getattr(self, "chart_area", None) is not None:  # a resize can come before on_mount
+            self.chart_area.forget()
         self.scheduler.now("charts", "list", "status", "log")
 
     def on_unmount(self) -> None:
         self.reader.stop.set()
         self.session.save_settings()
         self.agent_chat.close()
-        servers = self.session.services.get("servers")
-        if servers is not None:
-            servers.stop_all()
+        self.session.services.servers.stop_all()
 
     # ------------------------------------------------------------------ workers (I/O only; they post messages)
     @work(exclusive=True, group="watch", exit_on_error=False)
@@ -288,7 +257,8 @@ class TwinkleApp(App[int]):
             return
         if message.summaries is not None and self.session.selected is not None and self.summaries and \
                 self.session.selected not in {s.run_id for s in self.summaries}:
-            gone, self.session.selected = self.session.selected, None  # deleted or archived elsewhere
+            gone = self.session.selected  # deleted or archived elsewhere
+            self.session.clear_selection()
             self.say(f"run {gone} is gone", error=True)
             self.select(self.summaries[0].run_id)
             return
@@ -334,9 +304,10 @@ class TwinkleApp(App[int]):
         if message.lo is not None and message.hi is not None:
             self.run_view_command("zoom_metrics", {"start": message.lo, "end": message.hi})
         elif message.factor is not None:
-            zoom_by(self.session, message.factor, message.center)
-            self.scheduler.now("charts")
-            self.flush()
+            args: dict[str, Any] = {"factor": message.factor}
+            if message.center is not None:
+                args["center"] = message.center
+            self.run_view_command("zoom_metrics", args)
 
     @on(ChatPanel.Submitted)
     async def _chat_submitted(self, message: ChatPanel.Submitted) -> None:
@@ -361,13 +332,15 @@ class TwinkleApp(App[int]):
     def run_view_command(self, name: str, args: dict[str, Any] | None = None) -> None:
         """A view command from a key or the mouse: synchronous, errors as a notice."""
         try:
-            reply = self.session.execute(name, args)
+            reply = execute(self.session, name, args)
         except CommandError as exc:
             self.say(str(exc), error=True)
             return
         self.apply(reply)
 
     def apply(self, reply: Reply) -> None:
+        if isinstance(reply.data, dict) and reply.data.get("open_research"):
+            self.action_open_research(str(reply.data["open_research"]))
         before = self.session.selected
         self.session.apply(reply)
         if self.session.selected != before:
@@ -377,7 +350,7 @@ class TwinkleApp(App[int]):
         self.scheduler.now(*(reply.redraw or {"charts"}))
         self.flush()
 
-    async def ask(self, confirmation: Confirmation) -> bool:
+    async def confirm(self, confirmation: Confirmation) -> bool:
         """Show a confirmation and wait for the answer."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
@@ -385,7 +358,8 @@ class TwinkleApp(App[int]):
             if not answer.done():
                 answer.set_result(bool(yes))
 
-        self.push_screen(ConfirmScreen(confirmation.title, confirmation.detail, confirmation.action), answered)
+        self.push_screen(ConfirmScreen(confirmation.title, confirmation.detail, confirmation.action,
+                                       confirmation.code), answered)
         return await answer
 
     async def tell(self, text: str, origin: str, error: bool = False) -> None:
@@ -398,9 +372,10 @@ class TwinkleApp(App[int]):
     def say(self, text: str, error: bool = False) -> None:
         """A short notice (a toast); errors also stay in the status bar for a while."""
         first = text.splitlines()[0] if text else ""
+        first = re.sub(r"`([^`]*)`", r"\1", first).replace("**", "")  # a toast shows text, not Markdown
         self.notify(first, severity="error" if error else "information", timeout=8 if error else 4)
         if error:
-            self.notice = (first, time.monotonic())
+            self.status_bar.hold_notice(first)
             self.scheduler.now("status")
 
     # ------------------------------------------------------------------ drawing
@@ -415,65 +390,16 @@ class TwinkleApp(App[int]):
             if "list" in parts:
                 self.run_list.show(list(self.summaries), self.session.selected, now)
             if "status" in parts:
-                self.status_bar.show(view, now, self._notice_text())
+                self.status_bar.show(view, now)
             if "log" in parts:
                 self.run_log.show(view)
-                if self.waiting.display and "charts" not in parts and view and not view.metrics.names():
-                    self._show_waiting(view)  # its latest log line says what the run is doing
+                if self.chart_area.waiting_shown and "charts" not in parts and view and not view.metrics.names():
+                    self.chart_area.show_waiting(view)  # its latest log line says what the run is doing
             if "charts" in parts:
-                self._draw_charts(view)
-
-    def _notice_text(self) -> str | None:
-        if self.notice is None:
-            return None
-        text, at = self.notice
-        if time.monotonic() - at > NOTICE_SECONDS:
-            self.notice = None
-            return None
-        return text
-
-    def _draw_charts(self, view: RunView | None) -> None:
-        grid = self.chart_grid
-        s = self.session.settings
-        if view is None:
-            grid.set_metrics([])
-            self._show_waiting(None)
-            self.legend.display = False
-            return
-        names = view.metrics.names()
-        self._show_waiting(view if not names else None)
-        if not names:
-            grid.set_metrics([])
-            return
-        if not s.user_chose_metrics or not set(s.metrics) & set(names):
-            s.metrics = default_metrics(names)
-        grid.set_metrics([m for m in s.metrics if m in names] or s.metrics)
-        compare = self.compare_view()
-        self.legend.display = compare is not None
-        if compare is not None:
-            self.legend.update(f"[cyan]━━[/] {escape(view.run_id)}   [orange1]━━[/] {escape(compare.run_id)}")
-        key = (view.run_id, view.metrics.generation, len(view.events.events),
-               compare.run_id if compare else None, compare.metrics.generation if compare else None,
-               tuple(s.metrics), s.zoom, s.smoothing, s.smoothing_weight, s.log_y, grid.size)
-        if key == self._drawn:
-            return
-        self._drawn = key
-        grid.draw(view, s, compare)
-
-    def _show_waiting(self, view: RunView | None) -> None:
-        """Before the first metric line, say what the run is doing instead of showing empty charts."""
-        self.waiting.display = view is not None
-        self.chart_grid.display = view is None
-        if view is not None:
-            self.waiting.update(waiting_text(view))
-
-    @property
-    def quiescent(self) -> bool:
-        """Nothing is being read and nothing waits to be drawn (tests wait for this instead of sleeping)."""
-        return not self.reader.running and self.scheduler.idle
+                self.chart_area.show(view, self.session.settings, self.compare_view())
 
     # ------------------------------------------------------------------ selection
-    def current_view(self) -> RunView | None:
+    def current_view(self) -> RunCache | None:
         if self.session.selected is None:
             return None
         try:
@@ -481,7 +407,7 @@ class TwinkleApp(App[int]):
         except (NoSuchRun, ValueError):
             return None
 
-    def compare_view(self) -> RunView | None:
+    def compare_view(self) -> RunCache | None:
         if not self.session.settings.compare:
             return None
         try:
@@ -501,7 +427,7 @@ class TwinkleApp(App[int]):
         return {r for r in (self.session.selected, self.session.settings.compare) if r is not None}
 
     def _selection_changed(self) -> None:
-        self._drawn = None
+        self.chart_area.forget()
         self.refresh_runs(run_ids=self._on_screen(), inline=True)  # the run's first bytes in this very frame
         self.sample_resources()
         self.scheduler.now()
@@ -523,7 +449,7 @@ class TwinkleApp(App[int]):
 
     def action_focus_chat(self) -> None:
         if self.has_class("panels-hidden") or self.has_class("chat-folded"):
-            self.panels_override = True
+            self.panels_override, self._override_width = True, self.size.width
             self.apply_layout(self.size.width, self.size.height)
         self.chat.query_one("#chat-input", Input).focus()
 
@@ -546,20 +472,14 @@ class TwinkleApp(App[int]):
             if names:
                 self.run_view_command("select_metrics", {"names": names})
 
-        self.push_screen(MetricPicker(view.metrics.names(), self.session.settings.metrics), picked)
+        names = view.metrics.names()
+        self.push_screen(MetricPicker(names, shown_metrics(self.session.settings, names)), picked)
 
-    def set_metrics(self, names: list[str]) -> None:
-        self.run_view_command("select_metrics", {"names": names})
-
-    def action_zoom(self, factor: float, center: float | None = None) -> None:
-        zoom_by(self.session, factor, center)
-        self.scheduler.now("charts")
-        self.flush()
+    def action_zoom(self, factor: float) -> None:
+        self.run_view_command("zoom_metrics", {"factor": factor})
 
     def action_pan(self, fraction: float) -> None:
-        pan(self.session, fraction)
-        self.scheduler.now("charts")
-        self.flush()
+        self.run_view_command("pan_metrics", {"fraction": fraction})
 
     def action_reset_zoom(self) -> None:
         self.run_view_command("zoom_metrics", {"reset": True})
@@ -571,12 +491,14 @@ class TwinkleApp(App[int]):
         self.run_view_command("set_chart_options", {"toggle": "log_y"})
 
     def action_help(self) -> None:
-        keys = [(b.key_display or b.key, b.description, b.id or "") for b in self.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(keys))
+        remapped = self._keymap
+        keys = [(remapped.get(b.id or "", b.key_display or b.key), b.description, b.id or "")
+                for b in self.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(keys, str(self.store.home / KEYMAP_FILE)))
 
     def action_toggle_panels(self) -> None:
         shown = not (self.has_class("panels-hidden") or self.has_class("chat-folded"))
-        self.panels_override = not shown
+        self.panels_override, self._override_width = not shown, self.size.width
         self.apply_layout(self.size.width, self.size.height)
 
     def action_copy_run_id(self) -> None:
@@ -584,12 +506,20 @@ class TwinkleApp(App[int]):
             self.copy_to_clipboard(self.session.selected)
             self.say(f"copied {self.session.selected}")
 
+    def action_open_research(self, name: str | None = None) -> None:
+        """The research view of `name`, or of the newest research (twinkle_tui.ui.screens.research)."""
+        screen = research_screen(name, self.store, self.screen, lambda action, research: self.run_command(
+            "control_research", {"action": action, "name": research}, "key"))
+        if screen is None:
+            self.say("no research yet: /research PROGRAM.md starts one", error=True)
+        elif screen is not self.screen:
+            self.push_screen(screen)
+
     def set_compare(self, run_id: str | None) -> None:
         self.action_command("compare_runs", {"run_id": run_id or "none"})
 
     # ------------------------------------------------------------------ housekeeping
     def _periodic(self) -> None:
-        launched = self.session.services.get("launched", [])
-        self.session.services["launched"] = [ln for ln in launched if ln.supervisor.poll() is None]  # reap
+        self.session.services.reap()
         self.refresh_runs(full_list=True)
         self.scheduler.data("status", "list")  # elapsed time and ages move on without any file changing

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from watchfiles import awatch
+from textual.message import Message
+from watchfiles import Change, awatch
 
 from twinkle_tui.commands import Session
 from twinkle_tui.runs.store import NoSuchRun, RunSummary
@@ -25,7 +26,7 @@ class RunFilesFilter:
     def __init__(self, home: Path) -> None:
         self.prefixes = tuple({str(home) + os.sep, str(home.resolve()) + os.sep})
 
-    def __call__(self, change: Any, path: str) -> bool:
+    def __call__(self, change: Change, path: str) -> bool:
         for prefix in self.prefixes:
             if path.startswith(prefix):
                 return not path[len(prefix):].startswith(".")
@@ -36,7 +37,7 @@ class StoreReader:
     """Read requests (the run list, runs by id) are merged; one reader at a time drains them in bounded reads, so
     the UI draws between them and a huge file never freezes the other runs."""
 
-    def __init__(self, session: Session, scheduler: RedrawScheduler, post: Callable[[Any], Any],
+    def __init__(self, session: Session, scheduler: RedrawScheduler, post: Callable[[Message], object],
                  summaries: Callable[[], tuple[RunSummary, ...]]) -> None:
         self.session, self.scheduler, self.post, self.summaries = session, scheduler, post, summaries
         self.lock = threading.Lock()

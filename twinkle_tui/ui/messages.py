@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual.message import Message
 
 from twinkle_tui.gpu import GpuSnapshot, ProcessUsage
+from twinkle_tui.monitor import Report
 from twinkle_tui.runs.store import RunSummary
 
 
@@ -33,7 +32,7 @@ class RunsRefreshed(Message):
 class MonitorReports(Message):
     """New findings of the monitor (each report is one run's)."""
 
-    def __init__(self, reports: list[Any]) -> None:
+    def __init__(self, reports: list[Report]) -> None:
         super().__init__()
         self.reports = reports
 

@@ -23,9 +23,10 @@ def key_as_typed(key: str) -> str:
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", id="help.close")]
 
-    def __init__(self, bindings: list[tuple[str, str, str]]) -> None:
+    def __init__(self, bindings: list[tuple[str, str, str]], keymap_path: str = "$TWINKLE_HOME/keymap.toml") -> None:
         super().__init__()
         self.bindings = bindings
+        self.keymap_path = keymap_path
 
     def compose(self) -> ComposeResult:
         keys = Table(title="Keys", show_header=False, box=None, padding=(0, 2), expand=True)
@@ -45,4 +46,5 @@ class HelpScreen(ModalScreen[None]):
             yield Static(keys)
             yield Static(slash)
             yield Static("[dim]Anything typed in the chat that is not a /command goes to the LLM agent. "
-                         "Remap keys by binding id in the keymap; ctrl+p opens the command palette.[/]")
+                         f"Remap a key by its id (right column) in {escape(self.keymap_path)}, one a line: "
+                         'pause = "P". ctrl+p opens the command palette.[/]')

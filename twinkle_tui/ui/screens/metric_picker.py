@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+from rich.segment import Segment
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.fuzzy import Matcher
 from textual.screen import ModalScreen
+from textual.strip import Strip
 from textual.widgets import Input, SelectionList, Static
+from textual.widgets._toggle_button import ToggleButton
+from textual.widgets.option_list import OptionDoesNotExist
 
 MAX = 4
+CHECKED, UNCHECKED = "✓", " "
+
+
+class MetricList(SelectionList[str]):
+    """A SelectionList whose boxes say what they mean in any terminal: a tick when chosen, empty when not (the stock
+    list draws an X in both, told apart only by colour)."""
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        segments = list(strip)
+        try:
+            selection = self.get_option_at_index(self.scroll_offset[1] + y)
+        except OptionDoesNotExist:
+            return strip
+        if len(segments) < 2 or segments[1].text != ToggleButton.BUTTON_INNER:
+            return strip
+        mark = CHECKED if selection.value in self.selected else UNCHECKED
+        segments[1] = Segment(mark, segments[1].style)
+        return Strip(segments, strip.cell_length)
 
 
 class MetricPicker(ModalScreen[list[str] | None]):
@@ -29,7 +52,7 @@ class MetricPicker(ModalScreen[list[str] | None]):
             yield Static(f"Metrics to chart (up to {MAX}) · type to filter · ↓ moves to the list, where space "
                          "toggles · enter applies · esc cancels", classes="dialog-title")
             yield Input(placeholder="filter…", id="picker-filter")
-            yield SelectionList[str](id="picker-list")
+            yield MetricList(id="picker-list")
             yield Static("", id="picker-status")
 
     def on_mount(self) -> None:
@@ -64,7 +87,7 @@ class MetricPicker(ModalScreen[list[str] | None]):
         event.stop()
         self.action_apply()
 
-    def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled) -> None:
+    def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled[str]) -> None:
         name = event.selection.value
         if name in self.selected:
             self.selected.remove(name)

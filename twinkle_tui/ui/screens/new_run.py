@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -53,17 +54,25 @@ class NewRunScreen(ModalScreen[tuple[str, list[str]] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static("Start a run · move to a recipe (↑↓) and press enter, or type a script or recipe path "
-                         "(and -- args) below", classes="dialog-title")
+            yield Static("Start a run · type a script or recipe path (and -- args) and press enter, or ↓ to pick "
+                         "a recipe from the list and press enter", classes="dialog-title")
             yield OptionList(*[Option(f"{p.name}  [dim]{shown_folder(p.parent)}[/]", id=str(p.resolve())) for p in self.recipes],
                              id="recipes")
             yield Input(placeholder="path/to/train.py -- --steps 100", id="newrun-path")
 
     def on_mount(self) -> None:
-        # Nothing is highlighted at first: a stray Enter (typed for something else) must not start a run.
-        options = self.query_one(OptionList)
-        options.highlighted = None
-        options.focus()
+        # Typing goes to the path, as the title says; nothing in the list is highlighted, and an empty path does
+        # nothing, so a stray Enter (typed for something else) never starts a run.
+        self.query_one(OptionList).highlighted = None
+        self.query_one(Input).focus()
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "down" and isinstance(self.focused, Input):  # from the path into the list
+            event.stop()
+            options = self.query_one(OptionList)
+            options.focus()
+            if options.highlighted is None and options.option_count:
+                options.highlighted = 0
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id:

@@ -13,37 +13,19 @@ from textual.containers import Grid
 from textual.message import Message
 from textual_plotext import PlotextPlot
 
-from twinkle_tui.charts import BlockSummary, Decimated, SmoothedSeries, decimate
-from twinkle_tui.commands.view import MAX_CHARTS, ChartSettings
+from twinkle_tui.commands.chart_settings import MAX_CHARTS, ChartSettings
+from twinkle_tui.runs.chart_data import BlockSummary, Decimated, SmoothedSeries, decimate
 from twinkle_tui.runs.progress import format_value
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunCache
 
 log = logging.getLogger(__name__)
 
-PREFERRED = ("loss", "reward", "grad_norm", "learning rate", "lr", "learning_rate")
 Y_AXIS_WIDTH = 9  # cells plotext uses for y tick labels and the frame, roughly
 MAX_MARKERS = 40
 EVENT_COLORS = {"launch": "blue", "warning": "orange", "fix": "magenta", "undo": "magenta", "error": "red"}
 
 
-def default_metrics(names: list[str]) -> list[str]:
-    """Up to four metrics: loss, reward, grad_norm, learning rate first (by name match), then the others."""
-    chosen: list[str] = []
-    for pref in PREFERRED:
-        for name in names:
-            leaf = name.lower().rsplit("/", 1)[-1]
-            if name not in chosen and (leaf == pref or (pref in ("loss", "reward") and leaf.endswith(pref))):
-                chosen.append(name)
-                break
-    for name in names:
-        if len(chosen) >= MAX_CHARTS:
-            break
-        if name not in chosen and name not in ("step time",):
-            chosen.append(name)
-    return chosen[:MAX_CHARTS]
-
-
-def event_markers(view: RunView, lo: float, hi: float) -> list[tuple[float, str, str]]:
+def event_markers(view: RunCache, lo: float, hi: float) -> list[tuple[float, str, str]]:
     """(step, kind, color) of relaunches, checkpoints and monitor events inside [lo, hi]."""
     ts_steps, ts_values = view.metrics.ts.snapshot()
     out: list[tuple[float, str, str]] = []
@@ -148,6 +130,30 @@ def value_ticks(lo: float, hi: float, count: int) -> tuple[list[float], list[str
     return ticks, [repr(t) for t in ticks]
 
 
+def log_ticks(lo: float, hi: float, count: int) -> tuple[list[float], list[str]]:
+    """Y ticks of a log axis at the values a log axis shows (1, 2, 5 x 10^k, or powers of ten when the range is
+    wide), inside [lo, hi], labelled as written (0.5, 1, 2, 1e-05): never 4.28, 3.80, 3.38."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 or hi <= lo:
+        return value_ticks(lo, hi, count)
+    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    wanted = max(2, count)
+    best: list[float] = []
+    for mantissas in ((1,), (1, 3), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10))):
+        ticks = [float(f"{m}e{k}") for k in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        if len(ticks) > wanted + 1:
+            break
+        best = ticks
+        if len(ticks) >= wanted:
+            break
+    if not best:  # decades only, thinned to the count (a range of many decades)
+        decades = [float(f"1e{k}") for k in range(first, last + 1) if lo <= 10.0 ** k <= hi]
+        best = decades[:: max(1, -(-len(decades) // wanted))]
+    if len(best) < 2:  # less than a decade and no round value inside: a linear scale's round values
+        return value_ticks(lo, hi, count)
+    return best, [f"{t:g}" for t in best]
+
+
 def spread_ticks(ticks: list[float], labels: list[str], lo: float, hi: float,
                  rows: int) -> tuple[list[float], list[str]]:
     """At most one tick per row of the plot: which of two labels sharing a row plotext prints is not defined
@@ -179,7 +185,7 @@ class MetricChart(PlotextPlot):
         self._smoothed: dict[str, SmoothedSeries] = {}
         self._drag_from: float | None = None
         self.title_text = ""
-        self._last: tuple[RunView, ChartSettings, RunView | None] | None = None
+        self._last: tuple[RunCache, ChartSettings, RunCache | None] | None = None
         self._built: tuple[tuple[int, int, str], RenderResult] | None = None
         self._summaries: dict[str, BlockSummary] = {}
 
@@ -216,7 +222,7 @@ class MetricChart(PlotextPlot):
         if self._last is not None and self.metric:  # titles, ticks and buckets depend on the width
             self.draw(*self._last)
 
-    def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+    def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         self._last = (view, settings, compare)
         self._built = None
         if not self.size.width:  # not laid out yet: its first resize draws it, at the width it will have
@@ -280,11 +286,17 @@ class MetricChart(PlotextPlot):
         label_width = len(f"{int(hi):,}") + 3
         ticks = step_ticks(lo, hi, max(2, self.columns // label_width))
         plt.xticks([float(t) for t in ticks], [f"{t:,}" for t in ticks])
+        rows = max(1, self.size.height - 4)  # the title, the frame and the step labels take four
+        count = max(1, min(6, (rows + 1) // 2))
         if settings.log_y:
             plt.yscale("log")
+            yticks, labels = log_ticks(ymin, ymax, count)
+            if yticks and min(yticks) > 0:  # one label a row, judged where a log axis puts them
+                kept = spread_ticks([math.log10(t) for t in yticks], labels, math.log10(below), math.log10(above),
+                                    rows)
+                plt.yticks([10.0 ** t for t in kept[0]], kept[1])
         else:
-            rows = max(1, self.size.height - 4)  # the title, the frame and the step labels take four
-            plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, max(1, min(6, (rows + 1) // 2))), below, above, rows))
+            plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, count), below, above, rows))
         self.title_text = self._title(steps, values, d, finite, settings)
         plt.title(self.title_text)
         self.refresh()
@@ -299,18 +311,23 @@ class MetricChart(PlotextPlot):
                settings: ChartSettings) -> str:
         width = max(8, self.size.width - Y_AXIS_WIDTH - 1)  # plotext drops a title wider than the plot area
         last = float(values[-1]) if len(values) else None
-        title = fit_name_and_value(self.metric, last, width)
-        parts = []
-        if d.first_bad_step is not None:  # more important than min/max: it survives a narrow chart
-            parts.append(f"NaN/Inf@{d.first_bad_step}")
+        marks = []  # how to read the chart: they keep their place, and the value gives up digits for them first
+        if d.first_bad_step is not None:
+            marks.append(f"NaN/Inf@{d.first_bad_step}")
         if d.first_unplottable_step is not None:
             i = int(np.searchsorted(steps, d.first_unplottable_step))
             value = float(values[min(i, len(values) - 1)])
-            parts.append(f"{'≤0' if value <= 0 else 'off-scale'}@{d.first_unplottable_step}")
+            marks.append(f"{'≤0' if value <= 0 else 'off-scale'}@{d.first_unplottable_step}")
         flags = [f for f, on in (("smooth", settings.smoothing), ("log", settings.log_y),
                                  ("zoom", settings.zoom is not None)) if on]
         if flags:
-            parts.append("[" + " ".join(flags) + "]")
+            marks.append("[" + " ".join(flags) + "]")
+        reserved = sum(len(m) + 2 for m in marks)
+        title = fit_name_and_value(self.metric, last, width - reserved) if len(self.metric) + reserved <= width \
+            else self.metric
+        if last is not None and title == self.metric:  # no room for the value beside the marks: the value stays
+            title = fit_name_and_value(self.metric, last, width)  # (the name never cut for them), marks follow
+        parts = list(marks)
         if len(finite):  # every column keeps its min and max, so these are the window's
             parts.append(f"min {format_value(float(finite.min()))} max {format_value(float(finite.max()))}")
         for part in parts:
@@ -367,6 +384,6 @@ class ChartGrid(Grid):
     def charts(self) -> list[MetricChart]:
         return [c for c in self.query(MetricChart) if c.metric]
 
-    def draw(self, view: RunView, settings: ChartSettings, compare: RunView | None) -> None:
+    def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         for chart in self.charts():
             chart.draw(view, settings, compare)

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual import events
 from textual.widgets import RichLog
 
-from twinkle_tui.runs.store import RunView
+from twinkle_tui.runs.store import RunCache
 
 MAX_LINES = 2000
 
@@ -19,14 +19,14 @@ class RunLog(RichLog):
         self._run_id: str | None = None
         self._seen = 0
         self._width = 0
-        self._view: RunView | None = None
+        self._view: RunCache | None = None
 
     @property
     def shown(self) -> list[str]:
         """The plain text of every line on screen (wrapped pieces of long lines included)."""
         return [strip.text for strip in self.lines]
 
-    def show(self, view: RunView | None) -> None:
+    def show(self, view: RunCache | None) -> None:
         self._view = view
         if view is None:
             if self._run_id is not None:
@@ -41,7 +41,7 @@ class RunLog(RichLog):
             self.write(Text(line), scroll_end=None)
         self._seen = view.log.total_lines
 
-    def _rewrite(self, view: RunView) -> None:
+    def _rewrite(self, view: RunCache) -> None:
         """Everything again: another run, or another width (wrapping depends on it)."""
         self.clear()
         self._run_id = view.run_id

@@ -20,6 +20,7 @@ from textual.strip import Strip
 from textual.widgets import Input
 
 from twinkle_trainer.protocol import RunStatus
+from twinkle_tui.commands.compare import overrides
 from twinkle_tui.runs.progress import format_duration
 from twinkle_tui.runs.store import RunSummary
 
@@ -37,11 +38,12 @@ ROW_HEIGHT = 2
 
 
 def run_duration(r: RunSummary, now: float) -> str:
-    """How long the run ran (ended) or has been running (live): what a user reads here, never its age."""
-    if not r.start_time:
-        return "--"
-    end = now if r.status.is_active or not r.end_time else r.end_time
-    return format_duration(max(0.0, end - r.start_time))
+    """How long the run has trained (paused time and the gaps between launches not counted): what a user reads
+    here, never its age."""
+    ran = r.meta.running_seconds(now)
+    if ran is None and r.start_time:  # a summary from meta.json's times alone
+        ran = (now if r.status.is_active or not r.end_time else r.end_time) - r.start_time
+    return format_duration(ran)
 
 
 def status_icon(status: RunStatus) -> Text:
@@ -60,18 +62,21 @@ def run_cell(r: RunSummary, now: float, width: int) -> Text:
     step = f"{r.last_step}/{r.total_steps}" if r.total_steps else f"step {r.last_step}"
     model = short_model(r.model_id)
     took = run_duration(r, now)
+    changed = " ".join(overrides(r.meta))  # what this launch overrode tells runs of one recipe apart
     # Too long: the model is shortened, then dropped, then the duration; the step count is never cut.
     short = width - 2 - len(f" · {step} · {took}") - 1
-    details = next((d for d in (f"{model} · {step} · {took}", short >= 4 and f"{model[:short]}… · {step} · {took}",
-                                f"{step} · {took}") if d and len(d) <= width - 2), step)
+    candidates = [f"{changed} · {step} · {took}"] if changed else []
+    candidates += [f"{model} · {step} · {took}", f"{model[:short]}… · {step} · {took}" if short >= 4 else "",
+                   f"{step} · {took}"]
+    details = next((d for d in candidates if d and len(d) <= width - 2), step)
     text = status_icon(r.status) + Text(" " + name + "\n") + Text("  " + details, style="dim")
     text.no_wrap, text.overflow = True, "ellipsis"
     return text
 
 
 def matches(r: RunSummary, words: list[str]) -> bool:
-    """Every word (lower case) is in the run's name, id, model or status."""
-    hay = " ".join((r.run_id, r.meta.display_name or "", r.model_id or "", r.status.value)).lower()
+    """Every word (lower case) is in the run's name, id, model, status or what its launch overrode."""
+    hay = " ".join((r.run_id, r.meta.display_name or "", r.model_id or "", r.status.value, *overrides(r.meta))).lower()
     return all(w in hay for w in words)
 
 
@@ -258,7 +263,8 @@ class RunList(ScrollView, can_focus=True):
     def _lines(self, r: RunSummary, width: int) -> list[Strip]:
         """A row's two lines, rendered again only when what they show changed."""
         took = run_duration(r, self._now)
-        key = (r.run_id, r.status, r.meta.display_name, r.model_id, r.last_step, r.total_steps, took, width)
+        key = (r.run_id, r.status, r.meta.display_name, r.model_id, tuple(r.meta.command or ()), r.last_step,
+               r.total_steps, took, width)
         drawn = self._drawn.get(r.run_id)
         if drawn is not None and drawn.key == key:
             return drawn.lines

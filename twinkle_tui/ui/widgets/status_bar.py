@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from rich.text import Text
@@ -9,10 +10,11 @@ from textual.message import Message
 from textual.widgets import Static
 
 from twinkle_tui.runs.progress import RunProgress, format_duration, format_rate
-from twinkle_tui.runs.store import RunView, format_age
+from twinkle_tui.runs.store import RunCache, format_age
 from twinkle_tui.ui.widgets.run_list import STATUS_ICONS
 
 BAR_WIDTH = 20
+NOTICE_SECONDS = 12.0  # an error stays this long in the status bar
 MIN_BAR = 4
 
 
@@ -30,6 +32,7 @@ class RunStatusBar(Static):
     """Pulls everything it shows from the run view when asked to update."""
 
     _lines: list[Line] = []
+    _notice: tuple[str, float] | None = None
 
     class Resized(Message):
         """The bar's width changed: what it shows (the progress bar's length) must be laid out again."""
@@ -37,7 +40,19 @@ class RunStatusBar(Static):
     def on_resize(self) -> None:
         self.post_message(self.Resized())
 
-    def show(self, view: RunView | None, now: float, notice: str | None = None) -> None:
+    def hold_notice(self, text: str) -> None:
+        """An error stays in the status bar for NOTICE_SECONDS (the toast fades sooner)."""
+        self._notice = (text, time.monotonic())
+
+    def _held_notice(self) -> str | None:
+        notice = self._notice
+        if notice is None or time.monotonic() - notice[1] > NOTICE_SECONDS:
+            self._notice = None
+            return None
+        return str(notice[0])
+
+    def show(self, view: RunCache | None, now: float, notice: str | None = None) -> None:
+        notice = notice or self._held_notice()
         if view is None:
             empty: list[Line] = [Text("no run selected · press n to start one", style="dim")]
             if notice:
