@@ -101,7 +101,7 @@ async def test_zoom_reset_and_metric_selection_change_what_is_drawn(home: Path) 
         boxes = [app.screen.query_one("#picker-list").render_line(i).text[:3] for i in range(5)]
         assert boxes == ["▐✓▌"] * 4 + ["▐ ▌"], boxes  # charted ones ticked, the rest empty: never an X
         await pilot.press("escape")
-        app.run_view_command("select_metrics", {"names": ["lr2"]})
+        app.action_view_command("select_metrics", {"names": ["lr2"]})
         await settle(pilot, lambda: [c.metric for c in charts(app)] == ["lr2"], what="one chart")
         await pilot.press("slash")
         await pilot.press(*"/zoom 100 300", "enter")

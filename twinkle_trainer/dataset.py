@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-BUILTINS = ("builtin:self-cognition", "builtin:arith")
+# mixed-lengths: questions about CPython's standard library answered with its docstrings (PSF License), lengths
+# spread like real instruction data; written by bench/make_mixed_lengths.py, each record names its source.
+BUILTINS = ("builtin:self-cognition", "builtin:arith", "builtin:mixed-lengths")
 
 
 class DataError(Exception):
@@ -36,6 +38,8 @@ def load_records(dataset_id: str | None, data_file: str | None, split: str = "tr
         records = read_jsonl(Path(data_file).expanduser())
     elif dataset_id == "builtin:self-cognition":
         records = read_jsonl(DATA_DIR / "self_cognition.jsonl")
+    elif dataset_id == "builtin:mixed-lengths":
+        records = read_jsonl(DATA_DIR / "mixed_lengths.jsonl")
     elif dataset_id == "builtin:arith":
         records = arith_records(2000, seed=1234)
     elif dataset_id and dataset_id.startswith("builtin:"):
@@ -202,6 +206,41 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of examples grouped into rows of at most `capacity` tokens (first fit, longest first; an example
+    longer than capacity gets a row of its own). The same lengths always give the same rows."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        n = lengths[i]
+        row = next((r for r, room in enumerate(free) if room >= n), None)
+        if row is None:
+            rows.append([i])
+            free.append(capacity - n)
+        else:
+            rows[row].append(i)
+            free[row] -= n
+    return rows
+
+
+def collate_packed(examples: list[Example]) -> dict[str, Any]:
+    """One row holding whole examples back to back, without padding: input_ids, labels and position_ids that
+    restart at 0 for every example. Attention stays inside each example: the model builds a block-diagonal mask
+    from the restarting positions (sdpa, eager), and flash-attention's variable-length kernels read them on a GPU.
+    The first label of every example is dropped, so no example is trained to predict the one packed after it."""
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for e in examples:
+        ids += e.input_ids
+        labels += [-100, *e.labels[1:]]
+        positions += range(len(e.input_ids))
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions])}
 
 
 # ------------------------------------------------------------------ order

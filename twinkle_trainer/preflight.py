@@ -13,7 +13,7 @@ from twinkle_trainer.config import Args, ConfigError
 from twinkle_trainer.dataset import DataError, is_local_data_path, load_records
 
 BUILTIN_MODELS = ("builtin:smollm2-135m-instruct", "builtin:tiny-llama", "builtin:tiny-qwen2")
-BUILTIN_DATASETS = ("builtin:self-cognition", "builtin:arith")
+BUILTIN_DATASETS = ("builtin:self-cognition", "builtin:arith", "builtin:mixed-lengths")
 BUILTIN_REWARDS = ("match", "math", "format")
 
 

@@ -78,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"twinkle-tui: {problem}", file=sys.stderr)
         return 2
     setup_logging(ns.home, ns.verbose)
+    store = None
+    if not ns.run and ns.ask is None:
+        from twinkle_tui.runs.store import RunStore
+
+        store = RunStore(ns.home)
+        store.prefetch(ns.run_id)  # the first run shown is read while the UI's modules load
     llm = llm_settings(ns)
     if ns.run:
         from twinkle_tui.commands import Session
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = (ns.start, script_args) if ns.start else None
     app = TwinkleApp(home=ns.home, run_id=ns.run_id, llm=llm, grace=ns.grace, start=start, auto_yes=ns.yes,
-                     monitor_interval=ns.monitor_interval, fix_mode=ns.fix_mode)
+                     monitor_interval=ns.monitor_interval, fix_mode=ns.fix_mode, store=store)
     app.run()
     message = live_runs_message(app.summaries)
     if message:  # they do keep training: say so, and how to get back to them

@@ -44,7 +44,8 @@ class LoraArgs:
 
 @dataclass
 class DatasetArgs:
-    dataset_id: str | None = opt("builtin:self-cognition", "builtin:self-cognition, builtin:arith, or a hub id (hf://, ms://)")
+    dataset_id: str | None = opt("builtin:self-cognition", "builtin:self-cognition, builtin:arith, builtin:mixed-lengths, "
+                                 "or a hub id (hf://, ms://)")
     data_file: str | None = opt(None, "local JSONL file (messages, prompt/completion or prompt/answer); replaces dataset_id")
     subset_name: str | None = opt(None, "dataset subset (configuration) name")
     split: str = opt("train", "dataset split")
@@ -57,6 +58,10 @@ class DatasetArgs:
 class TemplateArgs:
     template_cls: str = opt("auto", "prompt template: auto uses the tokenizer's chat template")
     max_length: int = opt(512, "maximum tokens per example")
+    packing: bool = opt(True, "SFT: pack whole examples into rows without padding (attention kept inside each "
+                        "example; the loss of every step is unchanged)")
+    pack_length: int = opt(0, "SFT packing: tokens per row, one row per forward (0 = micro_batch_size x max_length, "
+                           "at most 1024 on CPU, where the mask's attention cost grows with the row)")
     truncation_strategy: str = opt("left", "how to fit long examples", ("left", "right", "delete", "raise"))
     enable_thinking: bool = opt(False, "let chat templates that support it emit reasoning")
     system: str | None = opt(None, "system prompt added to every conversation")

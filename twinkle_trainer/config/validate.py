@@ -20,6 +20,8 @@ def problems(args: Args) -> list[str]:
             f"micro_batch_size ({t.micro_batch_size}) must divide batch_size ({t.batch_size}); "
             f"try micro_batch_size {_largest_divisor(t.batch_size, t.micro_batch_size)}"
         )
+    if args.template.pack_length < 0:
+        out.append(f"pack_length must be 0 (automatic) or a number of tokens (got {args.template.pack_length})")
     if not o.learning_rate > 0:
         out.append(f"learning_rate must be greater than 0 (got {o.learning_rate})")
     if o.weight_decay < 0:

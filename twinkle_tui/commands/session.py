@@ -62,10 +62,11 @@ class Session:
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, grace: float = 30.0,
              clock: Callable[[], float] = time.time, recipe_dirs: list[Path] | None = None,
-             resources: Callable[[], Resources] | None = None) -> Session:
-        """The session every front end starts from (the dashboard, `--ask`, headless, doctor): the run store and
-        the process controller over one $TWINKLE_HOME, and its services."""
-        store = RunStore(home)
+             resources: Callable[[], Resources] | None = None, store: RunStore | None = None) -> Session:
+        """The session every front end starts from (the dashboard, `--ask`, headless, doctor): the run store (the
+        one given, already reading: RunStore.prefetch) and the process controller over one $TWINKLE_HOME, and its
+        services."""
+        store = store or RunStore(home)
         return cls(store, ProcessController(store.home, grace=grace), clock, recipe_dirs, resources)
 
     def apply(self, reply: Reply) -> None:

@@ -3,12 +3,17 @@
 Nothing in a metrics file is fatal: a line that is not a JSON object, or has no integer step in [0, 2^53], is
 skipped and counted; a value that is not a number (a string, a list) is kept aside and not charted; a number
 too large for a float is skipped and counted. A torn last line waits for the next read.
+
+With a MetricsCache, a table opened again starts from the cached arrays and parses only the bytes appended after
+the offset they cover (see twinkle_tui.runs.metrics_cache); it writes the cache again when enough new bytes were
+parsed, so reopening a run costs what changed since, not the run's length.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 from operator import itemgetter
 from pathlib import Path
@@ -18,10 +23,15 @@ import numpy as np
 import orjson
 
 from twinkle_trainer.run_meta import MAX_STEP
+from twinkle_tui.runs.metrics_cache import CachedMetrics, CachedSeries, CacheMiss, MetricsCache, mark_source
 from twinkle_tui.runs.tail import FileTail
+
+log = logging.getLogger(__name__)
 
 RESERVED = ("step", "ts")
 _NUMERIC_KINDS = frozenset("fiu")
+READER_VERSION = 1  # bump when parsing rules change: caches written by another version are rebuilt
+CACHE_MIN_BYTES = 1024 * 1024  # parsed bytes not in the cache before it is written (smaller files parse at once)
 
 
 class MetricSeries:
@@ -100,6 +110,14 @@ class MetricSeries:
         self._values[self._n : need] = values
         self._n = need
 
+    def adopt(self, steps: np.ndarray, values: np.ndarray, non_numeric: list[tuple[int, Any]]) -> None:
+        """Take over arrays read from a cache (steps in order, one value each) as this series' points. Several series
+        may share one steps array: a series never writes into its first n slots, and a buffer of exactly n slots is
+        replaced (copied into a larger one) on the first append."""
+        self._steps, self._values, self._n = steps, values, len(steps)
+        self.non_numeric = non_numeric
+        self.version += 1
+
     def keep_non_numeric(self, step: int, value: Any) -> None:
         kept = self.non_numeric
         if kept and kept[-1][0] >= step:
@@ -110,10 +128,14 @@ class MetricSeries:
 
 
 class MetricsTable:
-    """The metrics of one run, read from metrics.jsonl by byte offset."""
+    """The metrics of one run, read from metrics.jsonl by byte offset (starting from `cache` when it is valid)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cache: MetricsCache | None = None, cache_min_bytes: int = CACHE_MIN_BYTES) -> None:
         self.tail = FileTail(path)
+        self.cache = cache
+        self.cache_min_bytes = cache_min_bytes
+        self.cached_offset = 0  # bytes of the file the cache on disk covers (as far as this table knows)
+        self._cache_unread = cache is not None
         self.series: dict[str, MetricSeries] = {}
         self.ts = MetricSeries("ts")
         self.malformed = 0
@@ -146,9 +168,10 @@ class MetricsTable:
 
     def read_new(self, max_bytes: int | None = None) -> bool:
         """Read what was appended since the last call (at most max_bytes); True if anything changed."""
+        restored = self._cache_unread and self._restore()
         if not self.tail.has_new_data():
-            return False
-        changed = False
+            return restored
+        changed = restored
         first_block = True
         start = self.tail.offset
         for lines in self.tail.blocks(max_bytes):
@@ -167,7 +190,50 @@ class MetricsTable:
             changed = True
         if changed:
             self.generation += 1
+        if self.cache is not None and not self.tail.pending and \
+                self.tail.offset - self.cached_offset >= max(self.cache_min_bytes, self.cached_offset // 4):
+            self._save()  # geometric steps: a growing run rewrites its cache O(log length) times
         return changed
+
+    def _restore(self) -> bool:
+        """Start from the cache if it is valid for this file; a miss of any kind just means parsing it all."""
+        self._cache_unread = False
+        assert self.cache is not None
+        try:
+            cached = self.cache.load(self.tail.path, READER_VERSION)
+        except CacheMiss as exc:
+            log.debug("metrics cache of %s not used: %s", self.tail.path, exc)
+            return False
+        self._clear()
+        for c in cached.series:
+            self.series[c.name] = _adopted(c)
+        self.ts = _adopted(cached.ts)
+        self.malformed, self.malformed_example = cached.malformed, cached.malformed_example
+        self.lines_read = cached.lines_read
+        m = cached.mark
+        self.tail.resume_at(m.offset, m.ino, m.before, m.skipping, m.overlong)
+        self.cached_offset = m.offset
+        self.generation += 1
+        return True
+
+    def _save(self) -> None:
+        """Write the cache of what was read so far (never fatal: without a cache the next open parses again)."""
+        assert self.cache is not None
+        tail = self.tail
+        mark = mark_source(tail.path, tail.offset, tail.history, tail.skipping, tail.overlong)
+        if mark is None:
+            return  # the file changed under us: the next read notices and starts over
+        cached = CachedMetrics(mark, READER_VERSION,
+                               [CachedSeries(s.name, *s.snapshot(), list(s.non_numeric)) for s in self.series.values()],
+                               CachedSeries("ts", *self.ts.snapshot()), self.malformed, self.malformed_example,
+                               self.lines_read)
+        try:
+            self.cache.save(cached)
+        except (OSError, ValueError) as exc:
+            log.debug("cannot write the metrics cache %s: %s", self.cache.path, exc)
+            self.cache = None  # a read-only or full disk: stop trying for this table
+            return
+        self.cached_offset = mark.offset
 
     def _clear(self) -> None:
         self.series.clear()
@@ -175,6 +241,7 @@ class MetricsTable:
         self.malformed = 0
         self.malformed_example = ""
         self.lines_read = 0
+        self.cached_offset = 0
 
     def _estimate_lines(self, lines_in_block: int, start: int) -> int:
         """On a first read of a large file, size the buffers of dense columns once from the first block."""
@@ -297,6 +364,12 @@ class MetricsTable:
             series = self.ts if key == "ts" else self._series(key)
             series.extend(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
         return used > 0
+
+
+def _adopted(cached: CachedSeries) -> MetricSeries:
+    series = MetricSeries(cached.name)
+    series.adopt(cached.steps, cached.values, cached.non_numeric)
+    return series
 
 
 def _valid_step(step: Any) -> int | None:

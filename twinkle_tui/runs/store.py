@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from twinkle_trainer.protocol import (
     validate_run_id,
 )
 from twinkle_tui.runs.metrics import MetricsTable
+from twinkle_tui.runs.metrics_cache import CACHE_DIR, MetricsCache, prune
 from twinkle_tui.runs.tail import FileTail, clean_log_line
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 RESERVED_DIRS = frozenset({"research"})  # $TWINKLE_HOME/research/ holds the auto-research loops, not a run
 LOG_TAIL_BYTES = 512 * 1024
 LOG_READ_BYTES = 4 * 1024 * 1024  # per refresh: a burst of log output streams in over several redraws
+LISTING_SLACK_NS = 1_000_000_000  # a listing is reused only if taken this long after the home last changed
+PREFETCH_BYTES = 2 * 1024 * 1024  # metrics parsed before the first frame (beyond a cache); the rest streams in
 
 
 class LogTail:
@@ -155,16 +159,33 @@ def effective_status(meta: RunMeta, alive: Callable[[int | None, int | None], bo
 
 
 class RunCache:
-    """One run's files, read incrementally: meta, metrics, log tail and events."""
+    """One run's files, read incrementally: meta, metrics, log tail and events. The readers of metrics, log and
+    events are made when first used: listing a thousand runs reads only their meta.json."""
 
-    def __init__(self, paths: RunPaths) -> None:
+    def __init__(self, paths: RunPaths, metrics_cache: MetricsCache | None = None) -> None:
         self.paths = paths
-        self.metrics = MetricsTable(paths.metrics)
-        self.log = LogTail(paths.log)
-        self.events = EventLog(paths.events)
+        self._metrics_cache = metrics_cache
         self.meta = RunMeta(run_id=paths.run_id)
         self.meta_problem: str | None = None
         self._meta_key: tuple[int, int, int] | None = None
+
+    @cached_property
+    def metrics(self) -> MetricsTable:
+        return MetricsTable(self.paths.metrics, self._metrics_cache)
+
+    @cached_property
+    def log(self) -> LogTail:
+        return LogTail(self.paths.log)
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.paths.events)
+
+    def _opened(self) -> list[tuple[str, FileTail]]:
+        """The readers made so far, by file name."""
+        made = self.__dict__
+        return [(name, made[attr].tail) for name, attr in (("metrics.jsonl", "metrics"), ("output.log", "log"),
+                                                           ("events.jsonl", "events")) if attr in made]
 
     @property
     def run_id(self) -> str:
@@ -176,7 +197,8 @@ class RunCache:
 
     @property
     def last_step(self) -> int:
-        return max(self.meta.progress.last_step, self.metrics.last_step() or 0)
+        read = self.metrics.last_step() if "metrics" in self.__dict__ else None
+        return max(self.meta.progress.last_step, read or 0)
 
     @property
     def total_steps(self) -> int | None:
@@ -187,8 +209,7 @@ class RunCache:
     def problem(self) -> str | None:
         """What is wrong with the run's files, in one line (None when nothing is)."""
         found = [self.meta_problem] if self.meta_problem else []
-        for name, tail in (("metrics.jsonl", self.metrics.tail), ("output.log", self.log.tail),
-                           ("events.jsonl", self.events.tail)):
+        for name, tail in self._opened():
             if tail.problem:
                 found.append(f"{name}: {tail.problem}")
         return " · ".join(found) or None
@@ -196,7 +217,7 @@ class RunCache:
     @property
     def pending(self) -> bool:
         """A bounded refresh left data to read."""
-        return self.metrics.pending or self.log.tail.pending or self.events.tail.pending
+        return any(tail.pending for _, tail in self._opened())
 
     def refresh_meta(self) -> bool:
         try:
@@ -265,15 +286,31 @@ class RunStore:
     """All runs under one $TWINKLE_HOME. Views are created on demand and cached.
 
     Views grow as files are read; whoever reads or draws them holds `lock` (readers release it between bounded
-    reads, so drawing never waits long).
+    reads, so drawing never waits long). Parsed metrics are cached under $TWINKLE_HOME/.metrics-cache/ (outside
+    every run directory: the file watcher ignores it), so a run opened again reads only what was appended since.
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, metrics_cache: bool = True) -> None:
         self.home = twinkle_home(home)
         self._views: dict[str, RunCache] = {}
         self.lock = threading.RLock()
+        self.metrics_cache = metrics_cache
+        self._pruned = not metrics_cache
+        self._ids: tuple[tuple[int, int], list[str]] | None = None
 
     def run_ids(self) -> list[str]:
+        """The ids of the run directories. The listing is reused while $TWINKLE_HOME's modification time says no
+        entry was added, removed or renamed, provided it was taken clearly after that time (a change within the same
+        clock tick as the listing could not be told apart)."""
+        try:
+            st = os.stat(self.home)
+        except OSError:
+            return []
+        key = (st.st_ino, st.st_mtime_ns)
+        cached = self._ids
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        listed_at = time.time_ns()
         try:
             entries = list(os.scandir(self.home))
         except FileNotFoundError:
@@ -286,7 +323,8 @@ class RunStore:
                     ids.append(validate_run_id(entry.name))
                 except InvalidRunId:
                     continue  # not ours: a stray folder under $TWINKLE_HOME
-        return ids
+        self._ids = (key, ids) if listed_at - st.st_mtime_ns > LISTING_SLACK_NS else None
+        return list(ids)
 
     def view(self, run_id: str) -> RunCache:
         """The view of one run; a bad run id raises InvalidRunId, a missing run NoSuchRun."""
@@ -296,19 +334,26 @@ class RunStore:
             paths = RunPaths(self.home / run_id)
             if paths.root.is_symlink() or not paths.root.is_dir():
                 raise NoSuchRun(f"no run {run_id!r} under {self.home}")
-            view = self._views[run_id] = RunCache(paths)
+            cache = MetricsCache.for_run(self.home, run_id) if self.metrics_cache else None
+            view = self._views[run_id] = RunCache(paths, cache)
             view.refresh_meta()
         return view
 
     def forget(self, run_id: str) -> None:
-        """Drop the cached view of a run that was deleted or archived."""
+        """Drop the cached view (and the metrics cache) of a run that was deleted or archived."""
         self._views.pop(run_id, None)
+        if self.metrics_cache:
+            MetricsCache.for_run(self.home, run_id).remove()
 
     def list_runs(self) -> list[RunSummary]:
         """Every run, newest first, from meta.json only (cheap: metrics are read when a run is opened). A run
         whose files cannot be read is listed with its problem; it never hides the others."""
         out = []
-        for run_id in self.run_ids():
+        run_ids = self.run_ids()
+        if not self._pruned:  # once per store: caches of runs removed while no dashboard was open
+            self._pruned = True
+            prune(self.home / CACHE_DIR, run_ids)
+        for run_id in run_ids:
             try:
                 view = self.view(run_id)
                 view.refresh_meta()
@@ -321,6 +366,26 @@ class RunStore:
                                       problem=f"unreadable: {exc}"))
         out.sort(key=lambda s: s.sort_key, reverse=True)
         return out
+
+    def prefetch(self, run_id: str | None = None, budget: int | None = PREFETCH_BYTES) -> threading.Thread:
+        """Read the run list and the run a dashboard shows first (run_id, else the newest) in a background thread
+        while the caller goes on: loading the UI's modules takes most of a second, and a run reopened from its
+        metrics cache is in memory before the first frame. Whoever reads the store meanwhile waits on `lock`."""
+
+        def read() -> None:
+            try:
+                with self.lock:
+                    runs = self.list_runs()
+                    ids = {r.run_id for r in runs}
+                    first = run_id if run_id in ids else (runs[0].run_id if runs else None)
+                    if first is not None:
+                        self.view(first).refresh(budget)
+            except Exception:  # the dashboard reads again anyway; a failure here must not stop it
+                log.exception("prefetch of %s failed", self.home)
+
+        thread = threading.Thread(target=read, name="twinkle-prefetch", daemon=True)
+        thread.start()
+        return thread
 
     def run_ids_for_paths(self, paths: Iterable[str | os.PathLike[str]]) -> set[str]:
         """Which runs a batch of changed file paths (from watchfiles) belongs to."""

@@ -95,6 +95,17 @@ class FileTail:
             self.offset = start
             self._remember(f)
 
+    @property
+    def history(self) -> bytes:
+        """The bytes just before the offset, as last read (what the next read checks to notice a rewrite)."""
+        return self._fingerprint
+
+    def resume_at(self, offset: int, inode: int, history: bytes, skipping: bool = False, overlong: int = 0) -> None:
+        """Go on from a position read earlier (by this reader or a cache of it): the next read starts at `offset`
+        of the file with `inode`, whose bytes before the offset were `history`."""
+        self.offset, self._inode, self._size, self._fingerprint = offset, inode, offset, history
+        self.skipping, self.overlong, self.reset, self.pending = skipping, overlong, False, False
+
     def _open(self) -> BinaryIO:
         fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         try:

@@ -49,7 +49,7 @@ from twinkle_tui.ui.widgets.charts import MetricChart
 from twinkle_tui.ui.widgets.chat import ChatPanel
 from twinkle_tui.ui.widgets.gpu_panel import GpuPanel
 from twinkle_tui.ui.widgets.log_view import RunLog
-from twinkle_tui.ui.widgets.run_list import RunList
+from twinkle_tui.ui.widgets.run_list import RunFilter, RunList, RunsPanel
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,13 @@ class TwinkleApp(App[int]):
         auto_yes: bool = False,
         monitor_interval: float | None = DEFAULT_INTERVAL,
         fix_mode: str = "ask",
+        store: RunStore | None = None,
     ) -> None:
         super().__init__()
         self.recipe_dirs = recipe_dirs if recipe_dirs is not None else [Path.cwd() / "examples", REPO_EXAMPLES]
+        # A store given is one already reading the first run (RunStore.prefetch, as twinkle-tui starts it).
         self.session = Session.open(home, grace, clock, self.recipe_dirs,
-                                    resources=lambda: Resources(self.gpus, self.usage))
+                                    resources=lambda: Resources(self.gpus, self.usage), store=store)
         self.runner = CommandRunner(self.session, self.confirm, self.apply, auto_yes)
         self.clock = clock
         self.gpu_probe = gpu_probe or GpuProbe().snapshot
@@ -125,8 +127,7 @@ class TwinkleApp(App[int]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Static("runs", classes="panel-title")
-                yield RunList(id="runs")
+                yield RunsPanel()
                 yield Static("resources", classes="panel-title")
                 yield GpuPanel(id="gpu")
             with Vertical(id="center"):
@@ -140,6 +141,7 @@ class TwinkleApp(App[int]):
     def on_mount(self) -> None:
         # Kept once: while a modal is open, App.query_one would search the modal, not the dashboard.
         self.run_list = self.query_one(RunList)
+        self.run_filter = self.query_one(RunFilter)
         self.status_bar = self.query_one(RunStatusBar)
         self.chart_area = self.query_one(ChartArea)
         self.chart_grid = self.chart_area.grid
@@ -251,8 +253,8 @@ class TwinkleApp(App[int]):
         if self.session.selected is None and self.summaries:
             self.select(self.summaries[0].run_id)
             return
-        if self.session.selected is not None and self.summaries and \
-                self.session.selected not in {s.run_id for s in self.summaries} and message.summaries is not None:
+        if message.summaries is not None and self.session.selected is not None and self.summaries and \
+                self.session.selected not in {s.run_id for s in self.summaries}:
             gone = self.session.selected  # deleted or archived elsewhere
             self.session.clear_selection()
             self.say(f"run {gone} is gone", error=True)
@@ -283,12 +285,12 @@ class TwinkleApp(App[int]):
     @on(MetricChart.ZoomRequest)
     def _zoom_request(self, message: MetricChart.ZoomRequest) -> None:
         if message.lo is not None and message.hi is not None:
-            self.run_view_command("zoom_metrics", {"start": message.lo, "end": message.hi})
+            self.action_view_command("zoom_metrics", {"start": message.lo, "end": message.hi})
         elif message.factor is not None:
             args: dict[str, Any] = {"factor": message.factor}
             if message.center is not None:
                 args["center"] = message.center
-            self.run_view_command("zoom_metrics", args)
+            self.action_view_command("zoom_metrics", args)
 
     @on(ChatPanel.Submitted)
     async def _chat_submitted(self, message: ChatPanel.Submitted) -> None:
@@ -310,8 +312,9 @@ class TwinkleApp(App[int]):
             await self.tell(outcome.text, origin, error=not outcome.ok)
         return outcome.reply
 
-    def run_view_command(self, name: str, args: dict[str, Any] | None = None) -> None:
-        """A view command from a key or the mouse: synchronous, errors as a notice."""
+    def action_view_command(self, name: str, args: dict[str, Any] | None = None) -> None:
+        """A view command (zoom, pan, chart options) from a key, the palette or the mouse: synchronous, errors as a
+        notice."""
         try:
             reply = execute(self.session, name, args)
         except CommandError as exc:
@@ -409,7 +412,7 @@ class TwinkleApp(App[int]):
 
     def _selection_changed(self) -> None:
         self.chart_area.forget()
-        self.refresh_runs(run_ids=self._on_screen())
+        self.refresh_runs(run_ids=self._on_screen(), inline=True)  # the run's first bytes in this very frame
         self.sample_resources()
         self.scheduler.now()
         self.flush()
@@ -434,6 +437,12 @@ class TwinkleApp(App[int]):
             self.apply_layout(self.size.width, self.size.height)
         self.chat.query_one("#chat-input", Input).focus()
 
+    def action_filter_runs(self) -> None:
+        if self.has_class("panels-hidden"):
+            self.panels_override = True
+            self.apply_layout(self.size.width, self.size.height)
+        self.run_filter.focus()
+
     def action_leave_chat(self) -> None:
         self.run_list.focus()
 
@@ -445,25 +454,10 @@ class TwinkleApp(App[int]):
 
         def picked(names: list[str] | None) -> None:
             if names:
-                self.run_view_command("select_metrics", {"names": names})
+                self.action_view_command("select_metrics", {"names": names})
 
         names = view.metrics.names()
         self.push_screen(MetricPicker(names, shown_metrics(self.session.settings, names)), picked)
-
-    def action_zoom(self, factor: float) -> None:
-        self.run_view_command("zoom_metrics", {"factor": factor})
-
-    def action_pan(self, fraction: float) -> None:
-        self.run_view_command("pan_metrics", {"fraction": fraction})
-
-    def action_reset_zoom(self) -> None:
-        self.run_view_command("zoom_metrics", {"reset": True})
-
-    def action_toggle_smoothing(self) -> None:
-        self.run_view_command("set_chart_options", {"toggle": "smoothing"})
-
-    def action_toggle_log_y(self) -> None:
-        self.run_view_command("set_chart_options", {"toggle": "log_y"})
 
     def action_help(self) -> None:
         remapped = self._keymap

@@ -118,10 +118,13 @@ class StoreReader:
             with store.lock:
                 try:
                     view = store.view(run_id)
+                    first = not view.metrics.generation  # nothing read yet: a run just selected
                     parts = view.refresh(budget)
                 except (NoSuchRun, ValueError):
                     continue
             more |= view.pending
+            if first and parts:  # a selected run's first data is drawn at once, not at the next data tick
+                self.scheduler.now("charts", "status", "log")
             if "metrics" in parts or "events" in parts:
                 self.scheduler.data("charts", "status")
             if "meta" in parts:

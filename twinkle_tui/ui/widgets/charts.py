@@ -225,6 +225,8 @@ class MetricChart(PlotextPlot):
     def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         self._last = (view, settings, compare)
         self._built = None
+        if not self.size.width:  # not laid out yet: its first resize draws it, at the width it will have
+            return
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()

@@ -16,15 +16,11 @@ def _bar(fraction: float, width: int = 10) -> Text:
 
 
 class GpuPanel(Static):
-    _shown: tuple[GpuSnapshot, ProcessUsage | None, dict[int, str]] | None = None
-
-    def on_resize(self) -> None:
-        if self._shown is not None:  # the run's line is laid out for the panel's width
-            self.show(*self._shown)
+    """The machine's GPUs and the selected run's processes. Nothing in it depends on the panel's width, so its
+    height is the same at every layout (a text chosen for a width learnt after the first layout left a stale
+    height: a blank row, or a cut one, until the next resize)."""
 
     def show(self, gpus: GpuSnapshot, usage: ProcessUsage | None, runs_by_pid: dict[int, str]) -> None:
-        self._shown = (gpus, usage, runs_by_pid)
-        width = self.content_size.width or 40
         text = Text()
         if gpus.error:
             text.append(gpus.error, style="dim")
@@ -56,12 +52,7 @@ class GpuPanel(Static):
             text.append("run: no live process", style="dim")
         else:
             text.append("run: ", style="bold")
-            cpu, ram = f"CPU {usage.cpu_percent:.0f}%", f"RAM {format_bytes(usage.rss)}"
-            # What does not fit the panel's width goes on a line of its own, never broken in the middle.
-            text.append(f"{cpu}  {ram}\n" if len("run: ") + len(cpu) + 2 + len(ram) <= width else f"{cpu}\n{ram}\n")
-            count = (f"{usage.processes} process{'es' if usage.processes != 1 else ''}, "
-                     f"{usage.threads} thread{'s' if usage.threads != 1 else ''}")
-            if len(count) > width:
-                count = f"{usage.processes} proc, {usage.threads} thr"
-            text.append(count, style="dim")
+            text.append(f"CPU {usage.cpu_percent:.0f}%\nRAM {format_bytes(usage.rss)}\n")
+            text.append(f"{usage.processes} proc · {usage.threads} thread{'s' if usage.threads != 1 else ''}",
+                        style="dim")
         self.update(text)
