@@ -196,3 +196,21 @@ def test_smollm2_from_the_wheel_learns_the_example_recipe(ctl: ProcessController
     # The README's promise: from about 4 to about 1 (measured here: 3.9 -> 0.6).
     assert first > 3.0 and last < 1.2 and last < first / 3, (first, last)
     assert read_meta(RunPaths.of("smol")).model_id == "builtin:smollm2-135m-instruct"
+
+
+def test_a_step_that_spans_a_pause_keeps_its_tokens_per_second(ctl: ProcessController) -> None:
+    """tokens/s counts running time: a step paused for 3 s is not logged as a 3 s step (issue 22: "0 tokens/s")."""
+    launched = ctl.launch_module("twinkle_trainer", [*TINY, "--max_steps", "150", "--batch_size", "64",
+                                                     "--save_steps", "1000"], run_id="pausy")
+    wait_for(lambda: len(metrics("pausy")) >= 15 or not ctl.status("pausy").is_active, timeout=180, what="15 steps")
+    ctl.pause("pausy")
+    import time
+
+    time.sleep(3.0)
+    ctl.resume("pausy")
+    launched.supervisor.wait(timeout=180)
+    rows = metrics("pausy")
+    assert len(rows) == 150 and read_meta(RunPaths.of("pausy")).status == "completed"
+    rates = sorted(r["tokens/s"] for r in rows[2:])  # the first steps warm up
+    median = rates[len(rates) // 2]
+    assert rates[0] > 0.3 * median, (rates[:5], median)

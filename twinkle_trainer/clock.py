@@ -11,7 +11,7 @@ class RunningClock:
     which no Python code can observe). A daemon thread ticks; a gap between ticks far longer than a tick is time
     the process did not run. Step times and rates built on it count only running time."""
 
-    TICK = 0.25
+    TICK = 0.05
     GAP = 1.0  # a tick this late means the process was stopped
 
     def __init__(self) -> None:
@@ -29,7 +29,10 @@ class RunningClock:
             self._last = now
 
     def __call__(self) -> float:
-        return time.monotonic() - self.stopped
+        now = time.monotonic()
+        pending = now - self._last - self.TICK  # a stop the ticking thread has not counted yet (after SIGCONT,
+        # this thread may run before it does)
+        return now - self.stopped - (pending if pending > self.GAP else 0.0)
 
 
 _CLOCK: RunningClock | None = None

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twinkle_trainer.clock import running_time
 from twinkle_trainer.dataset import DataError, DataOrder
 from twinkle_trainer.loop import base_dtype
 from twinkle_trainer.models import ModelError, load_model_and_tokenizer
@@ -104,10 +104,10 @@ def train_gkd(t: Trainer) -> None:
         raise DataError("the dataset has no prompts")
     world = t.accelerator.num_processes
     device = t.accelerator.device
-    t0 = time.perf_counter()
+    t0 = running_time()
     teacher = load_teacher(str(a.rl.teacher_model_id), t.tokenizer, base_dtype(t.accelerator, a),
                            a.model.attn_implementation, a.model.trust_remote_code).to(device)
-    t.log(f"teacher {a.rl.teacher_model_id} loaded in {time.perf_counter() - t0:.1f}s")
+    t.log(f"teacher {a.rl.teacher_model_id} loaded in {running_time() - t0:.1f}s")
     order = DataOrder(len(records), a.training.seed, a.dataset.shuffle)
     unwrapped = t.accelerator.unwrap_model(t.model)
     sampler = make_sampler(a.sampler.sampler_type, unwrapped, t.tokenizer, a, t.model_dir, world)
@@ -120,23 +120,23 @@ def train_gkd(t: Trainer) -> None:
           f"beta {beta:g} ({'forward KL' if beta == 0 else 'reverse KL' if beta == 1 else 'generalized JSD'}), "
           f"sampler {type(sampler).__name__}")
     while t.step < a.training.max_steps:
-        started = time.perf_counter()
+        started = running_time()
         _, prompts, completions, t_gen = sample_prompts(t, records, order, sampler, n_gen)
 
         t.model.train()
         n_tokens = sum(max(1, len(c.token_ids)) for c in completions)
         sums = {"loss": 0.0, "kl/teacher": 0.0, "entropy": 0.0}
         t_teacher = 0.0
-        t_train = time.perf_counter()
+        t_train = running_time()
         for k in range(0, len(completions), micro):
             ids, attn, comp = padded_batch(prompts, completions[k : k + micro], t.tokenizer.pad_token_id, device,
                                            torch.bool)
             last = k + micro >= len(completions)
             with contextlib.nullcontext() if world == 1 or last else t.accelerator.no_sync(t.model):
-                clock = time.perf_counter()
+                clock = running_time()
                 with torch.no_grad():
                     teacher_logits = teacher(input_ids=ids, attention_mask=attn).logits[:, :-1][comp]
-                t_teacher += time.perf_counter() - clock
+                t_teacher += running_time() - clock
                 student_logits = t.model(input_ids=ids, attention_mask=attn).logits[:, :-1][comp]
                 width_v = min(student_logits.size(-1), teacher_logits.size(-1))  # padded vocabularies differ
                 # One log-softmax of each (full-vocabulary tables): the loss, the KL and the entropy all read them.
@@ -149,7 +149,7 @@ def train_gkd(t: Trainer) -> None:
                 sums["kl/teacher"] += float(kl_of(s, teacher_lp).sum()) / n_tokens
                 sums["entropy"] += float(-(s.exp() * s).sum()) / n_tokens
         grad_norm = t.optimizer_step()
-        t_train = time.perf_counter() - t_train - t_teacher
+        t_train = running_time() - t_train - t_teacher
         t_sync = advance(t, sampler)
 
         lengths = [len(c.token_ids) for c in completions]
@@ -159,7 +159,7 @@ def train_gkd(t: Trainer) -> None:
             "grad_norm": grad_norm, "learning rate": t.lr(),
             "completion_length": sum(lengths) / max(1, len(lengths)),
             "truncation_rate": sum(c.truncated for c in completions) / max(1, len(completions)),
-            "tokens/s": tokens / (time.perf_counter() - started),
+            "tokens/s": tokens / (running_time() - started),
             "time/generate": t_gen, "time/teacher": t_teacher, "time/train": t_train, "time/sync": t_sync,
         }
         metrics = record_step(t, metrics)

@@ -4,11 +4,11 @@ disabled adapter (no second model copy), entropy, and the time split of every st
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twinkle_trainer import rewards as reward_lib
+from twinkle_trainer.clock import running_time
 from twinkle_trainer.dataset import DataOrder
 from twinkle_trainer.rl import advance, padded_batch, record_step, sample_prompts
 from twinkle_trainer.samplers import make_sampler
@@ -146,18 +146,18 @@ def train_grpo(t: Trainer) -> None:
     t.log(f"GRPO on {len(records)} prompts: {a.training.batch_size} prompts x {G} generations per step, "
           f"rewards {', '.join(fns)}, sampler {type(sampler).__name__}")
     while t.step < a.training.max_steps:
-        started = time.perf_counter()
+        started = running_time()
         picked, prompts, completions, t_gen = sample_prompts(t, records, order, sampler, G)
 
-        t_rew = time.perf_counter()
+        t_rew = running_time()
         texts = [t.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
         answers = [picked[c.prompt_index].get("answer") for c in completions]
         per_fn = reward_lib.score(fns, texts, answers)
         total = [sum(per_fn[name][i] for name in fns) for i in range(len(completions))]
         advantages, flat_frac = group_advantages(total, G, a.rl.advantage_type, a.rl.scale_rewards)
-        t_rew = time.perf_counter() - t_rew
+        t_rew = running_time() - t_rew
 
-        t_train = time.perf_counter()
+        t_train = running_time()
         t.model.train()
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "sft_loss": 0.0}
         best = best_completions(total, G) if a.loss.sft_weight > 0 else set()
@@ -192,7 +192,7 @@ def train_grpo(t: Trainer) -> None:
             sums["kl"] += float(((kl.detach() * comp).sum(1) / lengths).sum()) / n_seq
             sums["entropy"] += float(((entropy * comp).sum(1) / lengths).sum()) / n_seq
         grad_norm = t.optimizer_step()
-        t_train = time.perf_counter() - t_train
+        t_train = running_time() - t_train
         t_sync = advance(t, sampler)
 
         lengths_list = [len(c.token_ids) for c in completions]
@@ -206,7 +206,7 @@ def train_grpo(t: Trainer) -> None:
             "completion_length": _mean(lengths_list),
             "truncation_rate": _mean([float(c.truncated) for c in completions]),
             "zero_advantage_groups": flat_frac,
-            "tokens/s": tokens / (time.perf_counter() - started),
+            "tokens/s": tokens / (running_time() - started),
             "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
             "adapter_version": sampler.version,
             **({"sampler/logprob_diff": _mean(mismatch)} if mismatch else {}),

@@ -4,9 +4,9 @@ and the step's metrics averaged over the processes."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from twinkle_trainer.clock import running_time
 from twinkle_trainer.dataset import DataOrder, prompt_ids
 from twinkle_trainer.loop import Trainer
 
@@ -17,19 +17,19 @@ def sample_prompts(t: Trainer, records: list[dict[str, Any]], order: DataOrder, 
     a, world, rank = t.args, t.accelerator.num_processes, t.accelerator.process_index
     picked = [records[i] for i in list(order.take(t.data_position, a.training.batch_size))[rank::world]]
     prompts = [prompt_ids(r, t.tokenizer, a.template.max_length, a.template.enable_thinking) for r in picked]
-    started = time.perf_counter()
+    started = running_time()
     completions = sampler.generate(prompts, n)
-    return picked, prompts, completions, time.perf_counter() - started
+    return picked, prompts, completions, running_time() - started
 
 
 def advance(t: Trainer, sampler: Any) -> float:
     """After the optimizer step: the sampler gets the new weights and the step and data position move on. Returns
     the seconds the sync took."""
-    started = time.perf_counter()
+    started = running_time()
     sampler.sync(t.accelerator.unwrap_model(t.model))
     t.step += 1
     t.data_position += t.args.training.batch_size
-    return time.perf_counter() - started
+    return running_time() - started
 
 
 def record_step(t: Trainer, metrics: dict[str, float]) -> dict[str, float]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from twinkle_trainer.clock import running_time
 from twinkle_trainer.dataset import DataError, DataOrder, Example, collate, collate_packed, pack_rows, tokenize_sft
 from twinkle_trainer.packed_attention import packed_attention_in
 
@@ -156,7 +156,7 @@ def _loop(t: Trainer, examples: list[Example], order: DataOrder, batching: Batch
     world, rank = t.accelerator.num_processes, t.accelerator.process_index
     device = t.accelerator.device
     while t.step < a.training.max_steps:
-        started = time.perf_counter()
+        started = running_time()
         indices = list(order.take(t.data_position, a.training.batch_size))[rank::world]
         result = sft_step(t, [examples[i] for i in indices], batching)
         t.step += 1
@@ -164,7 +164,7 @@ def _loop(t: Trainer, examples: list[Example], order: DataOrder, batching: Batch
         totals = torch.tensor([result.loss_sum, float(result.loss_tokens), float(result.tokens)], device=device)
         if world > 1:
             totals = t.accelerator.reduce(totals, reduction="sum")
-        elapsed = time.perf_counter() - started
+        elapsed = running_time() - started
         loss_value = float(totals[0]) / max(float(totals[1]), 1.0)
         tokens_per_second = float(totals[2]) / elapsed  # real tokens only: padding is never counted
         if t.step == 1 or t.step % LOG_EVERY == 0 or t.step == a.training.max_steps:

@@ -1,4 +1,4 @@
-"""Keys and chat commands, as they are typed."""
+"""Keys and chat commands, as they are typed, and what the trainer's main metrics count."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from twinkle_tui.commands.registry import slash_help
+from twinkle_tui.runs.metric_notes import METRIC_NOTES
 
 KEY_NAMES = {"slash": "/", "question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
              "escape": "esc", "enter": "enter", "tab": "tab"}
@@ -41,10 +42,17 @@ class HelpScreen(ModalScreen[None]):
         slash.add_column(ratio=1)  # descriptions wrap rather than being cut
         for usage, text in slash_help():
             slash.add_row(f"[bold]{usage}[/]", text)
+        notes = Table(title="What the trainer's metrics count (hover a chart for its own)", show_header=False, box=None,
+                      padding=(0, 2), expand=True)
+        notes.add_column(no_wrap=True)
+        notes.add_column(ratio=1)
+        for name in ("tokens/s", "step time", "loss"):
+            notes.add_row(f"[bold]{name}[/]", escape(METRIC_NOTES[name]))
         with VerticalScroll(id="dialog"):
             yield Static("twinkle-tui help  ·  esc to close", classes="dialog-title")
             yield Static(keys)
             yield Static(slash)
+            yield Static(notes)
             yield Static("[dim]Anything typed in the chat that is not a /command goes to the LLM agent. "
                          f"Remap a key by its id (right column) in {escape(self.keymap_path)}, one a line: "
                          'pause = "P". ctrl+p opens the command palette.[/]')

@@ -15,6 +15,7 @@ from textual_plotext import PlotextPlot
 
 from twinkle_tui.commands.chart_settings import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.chart_data import BlockSummary, Decimated, SmoothedSeries, decimate
+from twinkle_tui.runs.metric_notes import metric_note
 from twinkle_tui.runs.progress import format_value
 from twinkle_tui.runs.store import RunCache
 
@@ -374,6 +375,7 @@ class ChartGrid(Grid):
         for chart, metric in zip(self.query(MetricChart), [*metrics, *[""] * MAX_CHARTS], strict=False):
             if chart.metric != metric:
                 chart.metric = metric
+                chart.tooltip = metric_note(metric)  # what it counts (tokens/s, step time, ...), where we know it
                 chart.forget()
             chart.set_class(not metric, "unused")
         for i, chart in enumerate(self.query(MetricChart)):  # three charts: the third takes the whole row
