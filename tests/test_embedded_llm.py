@@ -106,8 +106,9 @@ def test_a_sigkilled_ask_takes_its_embedded_server_with_it(home: Path) -> None:
         wait_for(lambda: llama_servers() - before, timeout=120, what="the embedded server")
         server = next(iter(llama_servers() - before))
         wait_for(lambda: psutil.Process(server).cpu_times().user > 1.0, timeout=120, what="the server at work")
+        assert proc.poll() is None and psutil.pid_exists(server)  # both alive: the kill is what ends the server
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
         wait_for(lambda: not psutil.pid_exists(server) or psutil.Process(server).status() == psutil.STATUS_ZOMBIE,
                  timeout=20, what="the server to go with its parent")
     finally:
