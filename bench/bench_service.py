@@ -195,15 +195,15 @@ def run(args: argparse.Namespace, service_pid: int) -> None:
     served_request += timed(service_request, half * 4, warm=0)
     in_process = statistics.median(local[0]["step"] + local[1]["step"])
     in_process_request = statistics.median(local[0]["request"] + local[1]["request"])
-    served, served_request = statistics.median(served), statistics.median(served_request)
+    served_s, served_request_s = statistics.median(served), statistics.median(served_request)
     tokens = args.batch * args.length
     print(f"model {args.model}, LoRA rank {args.rank}, batch {args.batch} x {args.length} tokens, "
           f"{torch.get_num_threads()} threads, medians of {args.steps} steps")
-    print(f"step     service {served:.3f} s ({tokens / served:,.0f} tokens/s)  in-process {in_process:.3f} s "
-          f"({tokens / in_process:,.0f} tokens/s)  ratio x{served / in_process:.3f}  (target <= 1.15)")
-    print(f"request  service {served_request * 1000:.1f} ms  in-process {in_process_request * 1000:.1f} ms  "
-          f"overhead {(served_request - in_process_request) * 1000:.1f} ms per request  "
-          f"ratio x{served_request / in_process_request:.2f}")
+    print(f"step     service {served_s:.3f} s ({tokens / served_s:,.0f} tokens/s)  in-process {in_process:.3f} s "
+          f"({tokens / in_process:,.0f} tokens/s)  ratio x{served_s / in_process:.3f}  (target <= 1.15)")
+    print(f"request  service {served_request_s * 1000:.1f} ms  in-process {in_process_request * 1000:.1f} ms  "
+          f"overhead {(served_request_s - in_process_request) * 1000:.1f} ms per request  "
+          f"ratio x{served_request_s / in_process_request:.2f}")
 
 
 

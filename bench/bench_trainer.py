@@ -210,7 +210,7 @@ def bench_trl(rounds: int, device: str) -> None:
     trl_rates: list[float] = []
     our_rates: list[float] = []
 
-    class Interleave(TrainerCallback):  # type: ignore[misc]
+    class Interleave(TrainerCallback):
         def __init__(self) -> None:
             self.started = 0.0
             self.tokens_before = 0.0
@@ -230,7 +230,8 @@ def bench_trl(rounds: int, device: str) -> None:
             rate = sum(len(e.input_ids) for e in batch) / timed(lambda: sft_step(t, batch, batching), device)
             (warm if step < 2 else our_rates).append(rate)
 
-        def on_log(self, _args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        def on_log(self, _args: Any, state: Any, control: Any,  # type: ignore[override]
+                   logs: dict[str, Any] | None = None, **kw: Any) -> None:
             if logs and "num_tokens" in logs:
                 tokens = float(logs["num_tokens"]) - self.tokens_before
                 self.tokens_before = float(logs["num_tokens"])

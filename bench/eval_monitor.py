@@ -275,10 +275,10 @@ def main() -> None:
         total_hit = sum(h for h, _ in caught.values())
         total = sum(t for _, t in caught.values())
         print(f"  all: {total_hit}/{total} ({total_hit / total:.0%})")
-        alarms = sum(len(v) for v in false_alarms.values())
-        print(f"synthetic: healthy runs ({args.seeds} seeds each): findings above info: {alarms}")
-        for name, lines in false_alarms.items():
-            print(f"  {len(lines):3d}  {name}" + "".join(f"\n        {line}" for line in lines[:3]))
+        alarm_count = sum(len(v) for v in false_alarms.values())
+        print(f"synthetic: healthy runs ({args.seeds} seeds each): findings above info: {alarm_count}")
+        for name, alarm_lines in false_alarms.items():
+            print(f"  {len(alarm_lines):3d}  {name}" + "".join(f"\n        {line}" for line in alarm_lines[:3]))
     if args.suite in ("all", "real"):
         lines, n, hit, right, misses, alarms = real_suite(args.jobs)
         print("real logs (tests/corpus, replayed through twinkle-tui --run):")

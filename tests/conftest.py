@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -129,3 +130,13 @@ def write_sigterm_ignoring_script(path: Path, steps: int = 100_000) -> Path:
         f"for i in range({steps}):\n    rt.log_metrics(step=i, v=1.0); time.sleep(0.01)\n"
     )
     return path
+
+
+ScreenT = TypeVar("ScreenT")
+
+
+def screen_of(app: Any, kind: type[ScreenT]) -> ScreenT:
+    """The app's screen as the kind a test expects (the test fails, naming both, when another is shown)."""
+    screen = app.screen
+    assert isinstance(screen, kind), f"{type(screen).__name__} is shown, not {kind.__name__}"
+    return screen

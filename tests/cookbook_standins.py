@@ -88,15 +88,15 @@ def install() -> None:
 
     from twinkle_trainer.models import resolve_model_dir
 
-    datasets.load_dataset = load_dataset  # type: ignore[assignment]
+    datasets.load_dataset = load_dataset
     original = model_info.get_recommended_renderer_names
 
     def renderers(model_name: str) -> list[str]:
         return ["role_colon"] if model_name.startswith("builtin:") else original(model_name)
 
-    model_info.get_recommended_renderer_names = renderers  # type: ignore[assignment]
+    model_info.get_recommended_renderer_names = renderers
     for name in BUILTINS:
-        tokenizer_utils.register_tokenizer(name, lambda name=name: AutoTokenizer.from_pretrained(
+        tokenizer_utils.register_tokenizer(name, lambda name=name: AutoTokenizer.from_pretrained(  # type: ignore[misc,arg-type]
             str(resolve_model_dir(name))))
 
 

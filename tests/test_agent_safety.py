@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from twinkle_tui.agent import SkillLibrary
+from twinkle_tui.agent.flags import llm_settings
 from twinkle_tui.agent.intents import choices, state_data
 from twinkle_tui.agent.loop import bounded_tool
 from twinkle_tui.agent.prompt import system_prompt
 from twinkle_tui.agent.skills import MAX_SKILL_BYTES
-from twinkle_tui.cli import build_parser, llm_settings
+from twinkle_tui.cli import build_parser
 from twinkle_tui.commands import REGISTRY, CommandRunner, Confirmation, Session
 
 from run_factory import make_run

@@ -15,7 +15,7 @@ from twinkle_tui.ui.app import TwinkleApp
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.widgets.chat import AgentAnswer, ChatMessage, ToolLine, Working
 
-from conftest import TOY, settle, wait_for
+from conftest import TOY, screen_of, settle, wait_for
 from fake_llm import FakeLLM, call, text
 from run_factory import make_run
 
@@ -65,7 +65,7 @@ async def test_a_destructive_tool_asks_in_a_modal_and_a_no_is_reported(home: Pat
                 await settle(pilot, lambda: app.agent_chat.loop is not None, what="the agent")
                 await send(pilot, "please stop it, it is wasting time")  # not a clear imperative: the LLM
                 await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
-                assert "Stop run live?" in app.screen.title_text
+                assert "Stop run live?" in screen_of(app, ConfirmScreen).title_text
                 await pilot.press("n")
                 await settle(pilot, lambda: app.query(ToolLine) and app.query(ToolLine).last().has_class("refused"),
                              what="the refusal")

@@ -60,7 +60,7 @@ def test_bad_tool_arguments_are_errors_an_llm_can_correct() -> None:
     with pytest.raises(CommandError, match="Additional properties are not allowed"):
         REGISTRY["pause_training"].validate({"run": "x"})
     with pytest.raises(CommandError, match="unknown tool 'fly'"):
-        execute(None, "fly")  # type: ignore[arg-type]
+        execute(None, "fly")
 
 
 def test_runs_are_found_by_a_unique_prefix(session: Session, home: Path) -> None:

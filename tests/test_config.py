@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from twinkle_trainer.config.resolve import FIELDS
 from conftest import EXAMPLES, REPO
 
 
-def resolve(argv: list[str] = (), env: dict[str, str] | None = None, cwd: Path | None = None, **kw: Any) -> Args:
+def resolve(argv: Sequence[str] = (), env: dict[str, str] | None = None, cwd: Path | None = None, **kw: Any) -> Args:
     return CLI.from_args(list(argv), env=env or {}, cwd=cwd, **kw)
 
 

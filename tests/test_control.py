@@ -217,7 +217,7 @@ def test_pause_and_resume_from_two_dashboards_never_disagree_with_the_process(ct
         for t in threads:
             t.join()
         status = read_meta(paths).status
-        wait_for(lambda status=status: (state(pid) == "T") == (status == "paused"), timeout=2,
+        wait_for(lambda status=status: (state(pid) == "T") == (status == "paused"), timeout=2,  # type: ignore[misc]
                  what=f"process state to match meta ({status})")
         if status == "paused":
             ctl.resume("race")
@@ -332,7 +332,7 @@ def test_a_burst_of_stop_signals_never_deadlocks_the_run(ctl: ProcessController)
         launched = ctl.launch_script(TOY, ["--steps", "100000", "--sleep", "0.005", "--save-steps", "100000"],
                                      run_id=run_id)
         paths = ctl.paths(run_id)
-        wait_for(lambda paths=paths: steps(paths) > 5, what="steps")
+        wait_for(lambda paths=paths: steps(paths) > 5, what="steps")  # type: ignore[misc]
         pid = read_meta(paths).pid
         for _ in range(200):
             try:

@@ -72,7 +72,7 @@ async def test_the_app_answers_a_newcomers_questions_with_the_embedded_llm(home:
             for question in NEWCOMER:
                 answers = len(app.query(AgentAnswer))
                 await pilot.press("escape", "slash", *question, "enter")  # from the dashboard, as a user does
-                await settle(pilot, lambda n=answers: len(app.query(AgentAnswer)) > n and
+                await settle(pilot, lambda n=answers: len(app.query(AgentAnswer)) > n and  # type: ignore[misc]
                              app.query(AgentAnswer).last().done, timeout=300, what=f"the answer to {question!r}")
                 answer = app.query(AgentAnswer).last()
                 got[question] = ([t.call.split("(")[0] for t in answer.tools if t.has_class("ok")],

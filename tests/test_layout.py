@@ -22,7 +22,7 @@ from twinkle_tui.ui.widgets.log_view import RunLog
 from twinkle_tui.ui.widgets.run_list import run_duration
 from twinkle_tui.ui.widgets.status_bar import RunStatusBar
 
-from conftest import quiescent, settle
+from conftest import quiescent, screen_of, settle
 from run_factory import T0, make_run
 
 NO_GPU = GpuSnapshot(error="no GPU detected")
@@ -78,7 +78,8 @@ async def test_a_resized_layout_equals_a_fresh_start_at_that_size(home: Path) ->
     for size in ((100, 30), (60, 20), (130, 40)):
         fresh_app = app_for(home)
         async with fresh_app.run_test(size=size) as pilot:
-            await settle(pilot, lambda a=fresh_app: quiescent(a) and a.query_one(ChartGrid).charts(), what="drawn")
+            await settle(pilot, lambda a=fresh_app: quiescent(a) and a.query_one(ChartGrid).charts(),  # type: ignore[misc]
+                         what="drawn")
             await pilot.pause(0.2)
             fresh[size] = layout(fresh_app)
     app = app_for(home)
@@ -174,7 +175,7 @@ async def test_help_shows_keys_as_typed(home: Path) -> None:
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("question_mark")
         await settle(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
-        shown = app.screen.keys_shown
+        shown = screen_of(app, HelpScreen).keys_shown
         assert {"/", "?", "[", "]", "esc", "q"} <= set(shown)
         assert not {"slash", "question_mark", "left_square_bracket", "escape"} & set(shown)
 
@@ -297,6 +298,6 @@ async def test_keys_are_remapped_from_the_keymap_file_the_help_names(home: Path)
                    for n in app._notifications)  # a bad line is named, the good one still applies
         await pilot.press("h")
         await settle(pilot, lambda: isinstance(app.screen, HelpScreen), what="help on the remapped key")
-        assert "h" in app.screen.keys_shown
+        assert "h" in screen_of(app, HelpScreen).keys_shown
         footer = " ".join(str(w.render()) for w in app.screen.query("Static"))
         assert str(home / "keymap.toml") in footer and 'pause = "P"' in footer

@@ -17,7 +17,7 @@ from twinkle_tui.monitor import Report, ReviewFlow, TrainingMonitor, parse_revie
 from twinkle_tui.process.controller import ProcessController
 from twinkle_tui.runs.store import RunStore
 
-from conftest import EXAMPLES, TOY, wait_for
+from conftest import EXAMPLES, TOY, screen_of, wait_for
 from fake_llm import FakeLLM, text
 
 HEADER = "import math, os, sys, time\nfrom trainer.runtime import TrainingRuntime\n" \
@@ -368,8 +368,9 @@ async def test_the_dashboard_shows_findings_and_asks_before_a_fix(home: Path, tm
             ctl.launch_script(tmp_path / "broken.py", run_id="dash").supervisor.wait(timeout=60)
             while not isinstance(app.screen, ConfirmScreen) and time.monotonic() < deadline + 30:
                 await pilot.pause(0.1)
-            assert isinstance(app.screen, ConfirmScreen) and "Apply the monitor's fix to dash?" in app.screen.title_text
-            assert "-print(totl_steps)" in app.screen.detail and "+print(s)" in app.screen.detail
+            confirm = screen_of(app, ConfirmScreen)
+            assert "Apply the monitor's fix to dash?" in confirm.title_text
+            assert "-print(totl_steps)" in confirm.detail and "+print(s)" in confirm.detail
             monitor_lines = [str(m._markdown) for m in app.query(ChatMessage) if m.has_class("error")]
             assert any("[critical] crash" in m and "name/attribute error" in m for m in monitor_lines)
             await pilot.press("y")

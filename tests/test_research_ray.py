@@ -25,11 +25,11 @@ def two_nodes(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # Loopback only: without this Ray binds its services to the machine's outward address.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    node = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "node_ip_address": "127.0.0.1"}
+    node: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "node_ip_address": "127.0.0.1"}
     client_port = free_port()
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False,
                                                             "ray_client_server_port": client_port})
-    cluster.client_port = client_port
+    cluster.client_port = client_port  # type: ignore[attr-defined]
     try:
         cluster.add_node(**node)
         cluster.wait_for_nodes()

@@ -18,7 +18,7 @@ from twinkle_tui.ui.app import TwinkleApp
 from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.research import ResearchScreen
 
-from conftest import quiescent, settle
+from conftest import quiescent, screen_of, settle
 from research_factory import T0, make_research, records, state, write_program
 from run_factory import make_run
 
@@ -29,8 +29,7 @@ def make_app(home: Path) -> TwinkleApp:
 
 
 def screen_text(app: TwinkleApp) -> str:
-    screen = app.screen
-    assert isinstance(screen, ResearchScreen)
+    screen = screen_of(app, ResearchScreen)
     parts = [str(w.content) for w in screen.query(Static)] + [screen.diff_text]
     table = screen.query_one("#leaderboard", DataTable)
     for row in range(table.row_count):
@@ -41,8 +40,8 @@ def screen_text(app: TwinkleApp) -> str:
 async def open_view(pilot, app: TwinkleApp) -> None:
     await settle(pilot, lambda: quiescent(app), what="the dashboard")
     await pilot.press("R")
-    await settle(pilot, lambda: isinstance(app.screen, ResearchScreen) and app.screen.snapshot is not None
-                 and bool(app.screen.diff_text),
+    await settle(pilot, lambda: isinstance(app.screen, ResearchScreen) and screen_of(app, ResearchScreen).snapshot is not None
+                 and bool(screen_of(app, ResearchScreen).diff_text),
                  what="the research view")
 
 
@@ -58,10 +57,10 @@ async def test_the_view_shows_the_leaderboard_progress_and_the_selected_diff(hom
         table = app.screen.query_one("#leaderboard", DataTable)
         order = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
         assert order == ["e004", "e002", "e006", "e001", "e003", "e005"]  # best first, the crash last
-        diff = app.screen.diff_text
+        diff = screen_of(app, ResearchScreen).diff_text
         assert "+X = 2.8" in diff and "-X = 2.5" in diff  # e004 against its parent e002
         await pilot.press("down", "down", "down", "down")  # e003, the discarded regression
-        await settle(pilot, lambda: "+X = -2.0" in app.screen.diff_text, what="e003's diff")
+        await settle(pilot, lambda: "+X = -2.0" in screen_of(app, ResearchScreen).diff_text, what="e003's diff")
         await pilot.press("escape")
         assert not isinstance(app.screen, ResearchScreen)
 
@@ -104,7 +103,7 @@ async def test_slash_research_asks_then_starts_a_loop_that_outlives_the_view(hom
         assert "Start research toy?" in str(app.screen.query_one(".dialog-title", Static).render())
         await pilot.press("y")
         await settle(pilot, lambda: isinstance(app.screen, ResearchScreen), timeout=60, what="the research view")
-        await settle(pilot, lambda: app.screen.snapshot is not None and app.screen.snapshot.status == "done",
+        await settle(pilot, lambda: screen_of(app, ResearchScreen).snapshot is not None and screen_of(app, ResearchScreen).snapshot.status == "done",
                      timeout=180, what="the loop to finish")
         assert "3/3 done" in screen_text(app)
     assert [r["id"] for r in records(home)] == ["e001", "e002", "e003"]
@@ -117,7 +116,7 @@ async def test_live_experiments_are_charted(home: Path, tmp_path: Path) -> None:
     app = make_app(home)
     async with app.run_test(size=(160, 48)) as pilot:
         await open_view(pilot, app)
-        snap = app.screen.snapshot
+        snap = screen_of(app, ResearchScreen).snapshot
         assert snap is not None and [live.experiment for live in snap.live] == ["e007"]
         assert len(snap.live[0].steps) == 30
 
@@ -175,7 +174,7 @@ async def test_the_agents_start_research_asks_first(home: Path, tmp_path: Path) 
             assert not (home / "research" / "toy").exists()  # nothing runs before the yes
             await pilot.press("y")
             await settle(pilot, lambda: isinstance(app.screen, ResearchScreen), timeout=60, what="the view")
-            await settle(pilot, lambda: app.screen.snapshot is not None and app.screen.snapshot.status == "done",
+            await settle(pilot, lambda: screen_of(app, ResearchScreen).snapshot is not None and screen_of(app, ResearchScreen).snapshot.status == "done",
                          timeout=180, what="the loop to finish")
         assert "research **toy** started" in json.dumps(fake.requests[-1]["messages"])
     assert [r["id"] for r in records(home)] == ["e001", "e002"]

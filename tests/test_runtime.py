@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_start_keeps_progress_and_resume_returns_the_last_checkpoint(home: Path)
     rt = TrainingRuntime("keep").start(model_id="m", total_steps=100)
     for step in range(1, 31):
         rt.log_metrics(step=step, loss=1.0 / step)
-    rt.save_checkpoint(30, save_fn=lambda p: (p / "weights.bin").write_bytes(b"w"))
+    rt.save_checkpoint(30, save_fn=lambda p: None if (p / "weights.bin").write_bytes(b"w") else None)
     rt.finish("stopped")
 
     again = TrainingRuntime("keep").start(model_id="m")
@@ -57,7 +58,8 @@ def test_a_fresh_run_has_nothing_to_resume(home: Path) -> None:
 
 def test_metrics_lines_keep_nan_inf_and_free_text_names(home: Path) -> None:
     rt = TrainingRuntime("nan").start()
-    rt.log_metrics(loss=float("nan"), **{"learning rate": 1e-4, "grad norm": float("inf")})
+    named: dict[str, Any] = {"learning rate": 1e-4, "grad norm": float("inf")}
+    rt.log_metrics(loss=float("nan"), **named)
     line = rt.paths.metrics.read_text()
     assert '"loss": NaN' in line and '"grad norm": Infinity' in line
     rec = json.loads(line)

@@ -147,12 +147,12 @@ def test_a_client_that_ends_without_closing_its_session(service: Server, how: st
     proc = subprocess.Popen([sys.executable, "-c", CLIENT], env=client_env(service), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
-        model_id = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        model_id = proc.stdout.readline().strip()
         if how in ("sigterm", "sigkill"):
             proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
         else:
-            proc.stdin.write(how + "\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
+            proc.stdin.write(how + "\n")
+            proc.stdin.flush()
         wait_for(lambda: zombie(proc.pid), timeout=60, what="the client to end")
         run = service.home / run_id_of(service.home, model_id)
         wait_for(lambda: read_meta(RunPaths(run)).status != "running", timeout=30, what="the end to be recorded")
@@ -175,7 +175,7 @@ def test_the_runs_of_a_killed_service_are_reconciled(tmp_path: Path) -> None:
     clients = [subprocess.Popen([sys.executable, "-c", CLIENT], env=client_env(first), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
-        runs = [run_id_of(tmp_path, c.stdout.readline().strip()) for c in clients]  # type: ignore[union-attr]
+        runs = [run_id_of(tmp_path, c.stdout.readline().strip()) for c in clients]
         first.proc.kill()
         first.proc.wait()
         assert all(read_meta(RunPaths(tmp_path / r)).status == "running" for r in runs)

@@ -14,13 +14,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psutil
 import pytest
 
-tinker = pytest.importorskip("tinker")
+pytest.importorskip("tinker")
+import tinker  # noqa: E402
 from tinker import types  # noqa: E402
 from tinker.proto import tinker_public_pb2 as pb  # noqa: E402
 
@@ -116,7 +117,7 @@ def test_a_refused_request_leaves_the_client_running(client: tinker.ServiceClien
         (lambda: tc.optim_step(types.DimuonParams(learning_rate=1e-3)), "this service uses Adam"),
         (lambda: tc.load_state("tinker://nothing-here/weights/none"), "no checkpoint at"),
     ]
-    for call, message in refusals:
+    for call, message in cast(list[tuple[Any, str]], refusals):
         with pytest.raises(Exception, match=message):
             call().result(timeout=30)
         assert tc.forward_backward([datum], "cross_entropy").result(timeout=60).metrics["loss:sum"] > 0

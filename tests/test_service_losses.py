@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-tinker = pytest.importorskip("tinker")
+pytest.importorskip("tinker")
+import tinker  # noqa: E402
 from tinker import types  # noqa: E402
 
 from conftest import kill_live_runs  # noqa: E402
@@ -86,7 +87,7 @@ def test_cispo_trains_a_clipped_token_where_ppo_does_not(client: tinker.ServiceC
         before = current_logprobs(tc, ids)
         datum = rl_datum(ids, before - 1.0, np.ones(len(before), np.float32))  # every ratio is e > 1.2
         config = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
-        tc.forward_backward([datum], name, config)  # type: ignore[arg-type]
+        tc.forward_backward([datum], name, config)
         tc.optim_step(types.AdamParams(learning_rate=1e-2)).result(timeout=60)
         changed[name] = float(np.abs(current_logprobs(tc, ids) - before).max())
     assert changed["ppo"] < 1e-6 < 1e-3 < changed["cispo"], changed

@@ -216,7 +216,7 @@ def test_ctrl_c_while_a_client_trains_stops_cleanly(tmp_path: Path) -> None:
     client = subprocess.Popen([sys.executable, "-c", CLIENT], env=client_env(server), stdout=subprocess.PIPE,
                               text=True)
     try:
-        model_id = client.stdout.readline().split()[1]  # type: ignore[union-attr]
+        model_id = client.stdout.readline().split()[1]
         run_id = next(p.parent.name for p in home.glob("tinker-*/meta.json") if model_id in p.read_text())
         wait_for(lambda: steps_of(home, run_id) >= 3, timeout=90, what="the client to train")
         serve.send_signal(signal.SIGINT)

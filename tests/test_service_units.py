@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def ordered(order: RequestOrder, ran: list[int], seq: int | None) -> Future:
 
 
 def test_requests_run_in_seq_order_and_a_retry_gets_the_first_future() -> None:
-    order, ran = RequestOrder(), []
+    order, ran = RequestOrder(), cast(list[int], [])
     third = ordered(order, ran, 3)
     ordered(order, ran, 2)
     assert ran == []
@@ -52,7 +53,7 @@ def test_requests_run_in_seq_order_and_a_retry_gets_the_first_future() -> None:
 
 
 def test_a_refused_request_uses_up_its_seq_id() -> None:
-    order, ran = RequestOrder(), []
+    order, ran = RequestOrder(), cast(list[int], [])
     ordered(order, ran, 2)
     order.skip(1)  # refused: 2 runs at once
     assert ran == [2]
@@ -64,7 +65,7 @@ def test_a_refused_request_uses_up_its_seq_id() -> None:
 
 def test_a_request_that_never_arrives_holds_the_order_only_for_the_gap_timeout() -> None:
     clock = Clock()
-    order, ran = RequestOrder(clock, gap_timeout=30), []
+    order, ran = RequestOrder(clock, gap_timeout=30), cast(list[int], [])
     ordered(order, ran, 2)
     ordered(order, ran, 3)
     clock.now += 29
@@ -76,7 +77,7 @@ def test_a_request_that_never_arrives_holds_the_order_only_for_the_gap_timeout()
 
 
 def test_a_long_client_keeps_a_bounded_memory_of_its_requests() -> None:
-    order, ran = RequestOrder(), []
+    order, ran = RequestOrder(), cast(list[int], [])
     for seq in range(1, 1001):
         ordered(order, ran, seq)
     assert len(ran) == 1000 and len(order.seen) <= SEEN_KEEP + 1 and not order.pending

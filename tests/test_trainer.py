@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from twinkle_trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunMeta, RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController
 
 from conftest import EXAMPLES, wait_for
@@ -23,7 +23,7 @@ def metrics(run_id: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def train(ctl: ProcessController, run_id: str, *args: str, timeout: float = 240) -> dict:
+def train(ctl: ProcessController, run_id: str, *args: str, timeout: float = 240) -> RunMeta:
     launched = ctl.launch_module("twinkle_trainer", [*TINY, *args], run_id=run_id)
     launched.supervisor.wait(timeout=timeout)
     return read_meta(RunPaths.of(run_id))

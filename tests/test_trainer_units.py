@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_rewards() -> None:
     assert math(completions, answers) == [1.0, 1.0, 0.0, 1.0]
     assert match(completions, answers) == [1.0, 0.0, 0.0, 1.0]
     assert format_(completions, answers) == [1.0, 0.5, 0.0, 1.0]
-    assert resolve("json.dumps") is json.dumps
+    assert cast(object, resolve("json.dumps")) is json.dumps
     for bad, message in [("nosuch.fn", "cannot import 'nosuch'"), ("json.nothing", "has no function 'nothing'"),
                          ("plain", "use match, math, format or module.function")]:
         with pytest.raises(RewardError, match=message):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from twinkle_trainer.protocol import RunPaths, read_meta
+from twinkle_trainer.protocol import RunMeta, RunPaths, read_meta
 from twinkle_tui.process.controller import ProcessController
 
 from conftest import wait_for
@@ -28,7 +28,7 @@ def metrics(run_id: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def train(home: Path, run_id: str, *args: str, timeout: float = 600) -> dict:
+def train(home: Path, run_id: str, *args: str, timeout: float = 600) -> RunMeta:
     launched = ProcessController(home, grace=60).launch_module("twinkle_trainer", [*TINY, *args], run_id=run_id)
     launched.supervisor.wait(timeout=timeout)
     meta = read_meta(RunPaths.of(run_id))
