@@ -29,13 +29,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from twinkle_trainer.clock import running_time
-from twinkle_trainer.manifest import STATE_FILE, file_manifest, verify_manifest
+from twinkle_trainer.manifest import STATE_FILE, file_manifest
 from twinkle_trainer.protocol import (
     RUN_ID_ENV,
     CheckpointRef,
@@ -50,6 +49,7 @@ from twinkle_trainer.protocol import (
     update_meta,
     validate_run_id,
 )
+from twinkle_trainer.resume import ResumeInfo, complete_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +57,6 @@ SUPERVISED_ENV = "TWINKLE_SUPERVISED"
 FINAL_STATUSES = {RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.FAILED}
 
 SaveFn = Callable[[Path], None]
-
-
-@dataclass(frozen=True)
-class ResumeInfo:
-    """Where a relaunched run continues: the last complete checkpoint. On a fresh run it is empty and falsy
-    (step 0, no path), so both `resume.step if resume else 0` and the original Auto's `resume['last_step']` work."""
-
-    step: int = 0
-    path: Path | None = None
-    state: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def next_step(self) -> int:
-        return self.step + 1
-
-    def __bool__(self) -> bool:
-        return self.path is not None
-
-    # The original Twinkle Auto returned a dict: resume['last_step'], resume.get('checkpoint_path').
-    def _as_dict(self) -> dict[str, Any]:
-        return {**self.state, "last_step": self.step, "step": self.step,
-                "checkpoint_path": str(self.path) if self.path else None, "path": str(self.path) if self.path else None}
-
-    def __getitem__(self, key: str) -> Any:
-        return self._as_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._as_dict().get(key, default)
-
-    def keys(self) -> list[str]:
-        return list(self._as_dict())
 
 
 STEP_WINDOW = 20  # steps whose median time meta.json's progress.step_seconds reports
@@ -361,25 +330,7 @@ class TrainingRuntime:
     def resume_candidates(self) -> list[ResumeInfo]:
         """Every complete checkpoint, newest first. A checkpoint whose files no longer match the manifest written
         when it was saved (a file deleted or truncated since) is skipped, and the log says so."""
-        found: dict[Path, int] = {}
-        if self.paths.checkpoints.is_dir():
-            for child in self.paths.checkpoints.iterdir():
-                name = child.name
-                if name.startswith("step-") and name[5:].isdigit():
-                    found[child] = int(name[5:])
-        out = []
-        for path in sorted(found, key=found.__getitem__, reverse=True):
-            try:
-                state = json.loads((path / STATE_FILE).read_text())
-                step = int(state["step"])
-            except (ValueError, KeyError, TypeError, OSError):
-                continue  # never finished: os.replace publishes a checkpoint only whole
-            problem = verify_manifest(path, state.get("files"))
-            if problem:
-                self.log(f"checkpoint {path.name} is incomplete ({problem}); using an older one")
-                continue
-            out.append(ResumeInfo(step=step, path=path, state=state))
-        return out
+        return complete_checkpoints(self.paths, self.log)
 
     # ---------------------------------------------------------------- hooks
     def _install_hooks(self) -> None:
@@ -501,3 +452,6 @@ def _default_saver(model: Any, dataloader: Any) -> SaveFn:
 
     return save
 
+
+
+__all__ = ["ResumeInfo", "SaveFn", "TrainingRuntime"]

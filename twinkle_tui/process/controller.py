@@ -46,6 +46,7 @@ from twinkle_tui.process.launching import (
     RunControlError,
     checked_source,
     launchable,
+    not_relaunchable,
 )
 from twinkle_tui.process.tree import ROLE_ENV, RunIdentity, signal_run
 from twinkle_tui.runs.store import NoSuchRun, effective_status
@@ -251,7 +252,7 @@ class ProcessController:
             return ResumePlan(False, None)
         if status in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
             if not meta.kind.relaunchable:
-                raise RunControlError(SERVICE_RESUME.format(run_id=run_id))
+                raise RunControlError(not_relaunchable(meta))
             if not meta.command:
                 raise RunControlError(f"run {run_id!r} has no recorded command to relaunch")
             return ResumePlan(True, meta.last_checkpoint.step if meta.last_checkpoint else None)
@@ -275,7 +276,7 @@ class ProcessController:
             if status not in (RunStatus.STOPPED, RunStatus.FAILED, RunStatus.KILLED):
                 raise RunControlError(f"cannot resume run {run_id!r}: it is {status.value}")
             if not meta.kind.relaunchable:
-                raise RunControlError(SERVICE_RESUME.format(run_id=run_id))
+                raise RunControlError(not_relaunchable(meta))
             if process_is(meta.pid, meta.pid_start_time) or \
                     process_is(meta.supervisor_pid, meta.supervisor_start_time):
                 raise RunControlError(f"run {run_id!r} is still shutting down; resume it in a moment")
@@ -396,13 +397,10 @@ class ProcessController:
         """Put the previous version of the script back, byte for byte, as a new version (nothing is lost)."""
         paths = self.existing(run_id)
         current = self.meta(run_id).script_version
-        previous = paths.script_version(current - 1)
-        if current < 2 or not previous.is_file():
-            raise RunControlError(f"run {run_id!r} has no earlier version of its script to go back to")
         try:
-            data = previous.read_bytes()
-        except OSError as exc:
-            raise RunControlError(f"cannot read {previous.name}: {exc.strerror or exc}") from None
+            data = scripts.previous_version(paths, current)
+        except scripts.ScriptError as exc:
+            raise RunControlError(str(exc)) from None
         return self._replace_script(run_id, paths, data, f"undo: back to version {current - 1}")
 
     def _replace_script(self, run_id: str, paths: RunPaths, data: bytes, reason: str | None) -> int:
@@ -454,6 +452,7 @@ class ProcessController:
         """Give a run a display name (its id, and so its directory, stay as they are)."""
         paths = self.existing(run_id)
         name = " ".join(display_name.split())[:80]
+
         def named(m: RunMeta) -> None:
             m.display_name = name or None
 
@@ -489,10 +488,6 @@ class ProcessController:
         if not process_is(identity.pid, identity.pid_start_time):
             raise RunControlError(f"run {identity.run_id!r} has no live process")
         signal_run(identity, sig)
-
-
-SERVICE_RESUME = ("run {run_id!r} belongs to a client of the training service: resume it from the client "
-                  "(ServiceClient.create_training_client_from_state_with_optimizer with its tinker:// path)")
 
 
 class _NoWrite(Exception):

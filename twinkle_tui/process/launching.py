@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from twinkle_trainer.protocol import RunKind, RunMeta
 from twinkle_tui.process import scripts
 
 SCRIPT_SUFFIXES = (".py",)
@@ -49,3 +50,12 @@ def checked_source(path: Path) -> str:
         return scripts.read_checked(path)
     except scripts.ScriptError as exc:
         raise RunControlError(str(exc)) from None
+
+
+def not_relaunchable(meta: RunMeta) -> str:
+    """Why resume cannot relaunch this run (the training service, or one of its clients)."""
+    if meta.kind == RunKind.SERVICE:
+        return (f"run {meta.run_id!r} is the training service: start it again with r in the dashboard, the agent's "
+                "start_server, or twinkle-tui serve")
+    return (f"run {meta.run_id!r} belongs to a client of the training service: resume it from the client "
+            "(ServiceClient.create_training_client_from_state_with_optimizer with its tinker:// path)")

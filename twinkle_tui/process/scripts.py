@@ -205,6 +205,17 @@ def fix_risks(old: str, new: str) -> FixRisk:
     return FixRisk(tuple(reasons))
 
 
+def previous_version(paths: RunPaths, current: int) -> bytes:
+    """The bytes of the script version before `current` (what undo puts back)."""
+    previous = paths.script_version(current - 1)
+    if current < 2 or not previous.is_file():
+        raise ScriptError(f"run {paths.run_id!r} has no earlier version of its script to go back to")
+    try:
+        return previous.read_bytes()
+    except OSError as exc:
+        raise ScriptError(f"cannot read {previous.name}: {exc.strerror or exc}") from None
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     """Whether two files hold the same bytes (False when either cannot be read)."""
     try:
@@ -214,4 +225,4 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 
 __all__ = ["FixRisk", "ScriptError", "check_compiles", "cut_diff", "read_checked", "write_version", "decode_source", "encode_source",
-           "fix_risks", "read_script", "same_bytes", "script_diff", "source_encoding", "write_script"]
+           "fix_risks", "previous_version", "read_script", "same_bytes", "script_diff", "source_encoding", "write_script"]
