@@ -140,3 +140,18 @@ def screen_of(app: Any, kind: type[ScreenT]) -> ScreenT:
     screen = app.screen
     assert isinstance(screen, kind), f"{type(screen).__name__} is shown, not {kind.__name__}"
     return screen
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """These environment variables in this process (for an SDK, git, ...), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

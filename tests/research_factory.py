@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from conftest import environment
+
 REPO = Path(__file__).resolve().parents[1]
 
 TRAIN = '''"""The editable file: X is what the LLM proposer changes, --x what the optuna proposer tunes."""
@@ -96,17 +98,9 @@ def make_research(home: Path, tmp: Path, name: str = "toy", pid: int | None = No
                   pid_start_time: int | None = None, inflight_run: str | None = None,
                   review: bool = False) -> Path:
     """A research as a loop leaves it, without running one: real git commits, records with fixed times."""
-    dates = {"GIT_AUTHOR_DATE": "2026-01-01T00:00:00", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00"}
-    saved = {k: os.environ.get(k) for k in dates}
-    os.environ.update(dates)  # the same commits every time: the snapshot shows their diffs
-    try:
+    # the same commits every time: the snapshot shows their diffs
+    with environment(GIT_AUTHOR_DATE="2026-01-01T00:00:00", GIT_COMMITTER_DATE="2026-01-01T00:00:00"):
         return _make_research(home, tmp, name, pid, pid_start_time, inflight_run, review)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _make_research(home: Path, tmp: Path, name: str, pid: int | None, pid_start_time: int | None,

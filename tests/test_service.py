@@ -5,7 +5,6 @@ and a client run as a managed run that pause and stop act on."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from tinker import types  # noqa: E402
 
 from twinkle_trainer.protocol import RunMeta, RunPaths, read_meta  # noqa: E402
 
-from conftest import REPO, kill_live_runs, wait_for  # noqa: E402
+from conftest import REPO, environment, kill_live_runs, wait_for  # noqa: E402
 
 BASE = "builtin:tiny-llama"
 TEXT = "the quick brown fox jumps over the lazy dog. " * 3
@@ -70,21 +69,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
-
-
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """These environment variables for the SDK in this process, restored afterwards."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

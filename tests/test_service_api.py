@@ -21,8 +21,8 @@ from twinkle_trainer.protocol import RunPaths, read_meta  # noqa: E402
 from twinkle_trainer.service.errors import MemoryBudgetError  # noqa: E402
 from twinkle_trainer.service.memory import GiB, MemoryBudget, ModelShape  # noqa: E402
 
-from conftest import kill_live_runs, wait_for  # noqa: E402
-from test_service import BASE, Server, client_env, environment, metrics_of, run_id_of, sft_datum  # noqa: E402
+from conftest import environment, kill_live_runs, wait_for  # noqa: E402
+from test_service import BASE, Server, client_env, metrics_of, run_id_of, sft_datum  # noqa: E402
 
 SMOLLM2 = ModelShape(vocab=49152, hidden=576, intermediate=1536, layers=30)
 

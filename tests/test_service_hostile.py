@@ -27,8 +27,8 @@ from tinker.proto import tinker_public_pb2 as pb  # noqa: E402
 
 from twinkle_trainer.protocol import RunPaths, read_meta  # noqa: E402
 
-from conftest import REPO, kill_live_runs  # noqa: E402
-from test_service import BASE, Server, client_env, environment, free_port, run_id_of, sft_datum  # noqa: E402
+from conftest import REPO, environment, kill_live_runs  # noqa: E402
+from test_service import BASE, Server, client_env, free_port, run_id_of, sft_datum  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ pytest.importorskip("tinker")
 import tinker  # noqa: E402
 from tinker import types  # noqa: E402
 
-from conftest import kill_live_runs  # noqa: E402
-from test_service import BASE, Server, environment  # noqa: E402
+from conftest import environment, kill_live_runs  # noqa: E402
+from test_service import BASE, Server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
