@@ -125,3 +125,34 @@ def test_lanes_share_the_cpu_or_take_one_gpu_each() -> None:
     assert lane_env(1, 3, gpus=2, environ={})["CUDA_VISIBLE_DEVICES"] == "1"
     assert lane_env(2, 3, gpus=2, environ={})["CUDA_VISIBLE_DEVICES"] == "0"
     assert lane_env(1, 2, gpus=2, environ={"CUDA_VISIBLE_DEVICES": "2,3"})["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_a_ray_client_whose_server_failed_to_start_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's client server now and then starts a client's own server process that exits at once ("Initialization
+    failure from server"), as it did once in CI. The runner asks again; a cluster that keeps failing is one
+    line naming the tries."""
+    import sys
+    import types
+
+    from twinkle_tui.research import ray_runner
+
+    calls: list[str] = []
+
+    def init(address: str, **_: object) -> None:
+        calls.append(address)
+        if len(calls) < failures + 1:
+            raise ConnectionAbortedError("Initialization failure from server:\n")
+
+    fake = types.ModuleType("ray")
+    fake.init = init  # type: ignore[attr-defined]
+    fake.remote = lambda **_: (lambda f: f)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr("twinkle_tui.research.ray_runner.time.sleep", lambda _: None)
+    failures = 2
+    assert ray_runner.RayRunner("ray://10.0.0.1:10001").ray is fake
+    assert calls == ["ray://10.0.0.1:10001"] * 3
+    calls.clear()
+    failures = 3
+    with pytest.raises(ray_runner.ClusterError, match=r"at ray://10.0.0.1:10001 \(3 tries\): Initialization failure"):
+        ray_runner.RayRunner("ray://10.0.0.1:10001")
+    assert len(calls) == 3

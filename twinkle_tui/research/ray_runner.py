@@ -11,6 +11,7 @@ follows an experiment that was running with a new task pinned to the node its ru
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,14 @@ from twinkle_tui.research.lanes import META_FIELD, Job, Outcome, execute, experi
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'twinkle-tui[cluster]'"
+
+
+INIT_ATTEMPTS = 3
+
+
+def one_line(exc: BaseException) -> str:
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(text[:2]) if text else type(exc).__name__
 
 
 class ClusterError(Exception):
@@ -67,13 +76,19 @@ class RayRunner:
             import ray
         except ImportError:
             raise ClusterError(f"--cluster {cluster} needs Ray: {INSTALL}") from None
-        try:
-            ray.init(address=address, log_to_driver=False, ignore_reinit_error=True,
-                     logging_level=logging.WARNING)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise ClusterError(f"cannot connect to the Ray cluster at {address}: "
-                               f"{text[0] if text else type(exc).__name__}") from None
+        for attempt in range(1, INIT_ATTEMPTS + 1):
+            try:
+                ray.init(address=address, log_to_driver=False, ignore_reinit_error=True,
+                         logging_level=logging.WARNING)
+                break
+            except ConnectionAbortedError as exc:  # the head's client server could not start this client's own
+                if attempt == INIT_ATTEMPTS:  # server process (it exits without a word now and then): ask again
+                    raise ClusterError(f"cannot connect to the Ray cluster at {address} "
+                                       f"({attempt} tries): {one_line(exc)}") from None
+                log.warning("Ray client at %s: %s; trying again", address, one_line(exc))
+                time.sleep(attempt)
+            except Exception as exc:
+                raise ClusterError(f"cannot connect to the Ray cluster at {address}: {one_line(exc)}") from None
         self.ray = ray
         self.poll = poll
         self.task = ray.remote(num_cpus=1, max_retries=0)(run_on_node)

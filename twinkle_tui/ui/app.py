@@ -441,7 +441,7 @@ class TwinkleApp(App[int]):
         if self.has_class("panels-hidden"):
             self.panels_override = True
             self.apply_layout(self.size.width, self.size.height)
-        self.run_filter.focus()
+        self.run_filter.open()
 
     def action_leave_chat(self) -> None:
         self.run_list.focus()

@@ -188,6 +188,7 @@ class MetricChart(PlotextPlot):
         self.title_text = ""
         self._last: tuple[RunCache, ChartSettings, RunCache | None] | None = None
         self._built: tuple[tuple[int, int, str], RenderResult] | None = None
+        self._fresh = True  # the figure holds plotted data that plotext has not built yet
         self._summaries: dict[str, BlockSummary] = {}
 
     @property
@@ -201,6 +202,9 @@ class MetricChart(PlotextPlot):
         key = (self.size.width, self.size.height, self.app.theme)
         if self._built is not None and self._built[0] == key:
             return self._built[1]
+        if not self._fresh and self._last is not None and self.metric:  # resized before on_resize came: the
+            self.draw(*self._last)  # figure was built once already, so plot it again for this size
+        self._fresh = False
         try:
             text = super().render()
         except (ArithmeticError, ValueError, IndexError) as exc:
@@ -226,6 +230,7 @@ class MetricChart(PlotextPlot):
     def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         self._last = (view, settings, compare)
         self._built = None
+        self._fresh = True
         if not self.size.width:  # not laid out yet: its first resize draws it, at the width it will have
             return
         plt = self.plt

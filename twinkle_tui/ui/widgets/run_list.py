@@ -312,6 +312,16 @@ class RunFilter(Input):
     def __init__(self, **kw: object) -> None:
         super().__init__(placeholder="filter: name, model, status", **kw)  # type: ignore[arg-type]
 
+    @property
+    def focusable(self) -> bool:
+        """Only while shown: Textual gives focus back to the first focusable widget when a dialog closes with
+        nothing focused (as after `b` hid the run list), and a hidden filter would then swallow every key."""
+        return self.has_class("-active") and super().focusable
+
+    def open(self) -> None:
+        self.add_class("-active")
+        self.focus()
+
     def on_focus(self) -> None:
         self.add_class("-active")
 
