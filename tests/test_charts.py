@@ -181,3 +181,49 @@ async def test_a_log_y_chart_labels_its_axis_with_round_values(home: Path) -> No
         labels = re.findall(r"([-\d.e+]+)┤", getattr(built, "plain", str(built)))
         assert len(labels) >= 2 and all(f"{float(label):e}"[0] in "12357" and f"{float(label):e}"[1:8] == ".000000"
                                         for label in labels), labels  # 1, 2, 3, 5, 7 x 10^k
+
+
+async def test_a_log_axis_figure_survives_a_resize_and_a_dialog_over_it(caplog: pytest.LogCaptureFixture) -> None:
+    """plotext takes the log of a log axis's data in place when it builds: a second build of the same figure (a
+    resize, or a dialog repainting the screen under it) failed with 'math domain error' and took the app down."""
+    from textual.app import App, ComposeResult
+    from textual.screen import ModalScreen
+    from textual.widgets import Static
+
+    from twinkle_tui.ui.widgets.plot import OncePlot
+
+    plots: list[int] = []
+
+    class Dialog(ModalScreen[None]):
+        def compose(self) -> ComposeResult:
+            yield Static("a question")
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield OncePlot(replot=self.plot, id="p")
+
+        def on_mount(self) -> None:
+            self.plot()
+
+        def plot(self) -> None:
+            chart = self.query_one(OncePlot)
+            chart.plt.clear_data()
+            chart.plt.clear_figure()
+            chart.plt.scatter([1, 2, 3], [0.01, 1.0, 100.0])
+            chart.plt.yscale("log")
+            plots.append(1)
+            chart.plotted()
+
+    app = One()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.1)
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause(0.1)
+        app.push_screen(Dialog())
+        await pilot.pause(0.1)
+        await pilot.resize_terminal(90, 28)
+        await pilot.pause(0.1)
+        assert app.is_running
+        assert "cannot draw" not in str(app.query_one(OncePlot).render())
+    assert len(plots) >= 3  # plotted again for each new size
+    assert not [r for r in caplog.records if "cannot be drawn" in r.getMessage()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -77,6 +78,12 @@ def test_stop_checkpoints_and_resume_continues_at_the_next_step(ctl: ProcessCont
     stopped_at = meta.last_checkpoint.step
     assert steps_logged(paths)[-1] == stopped_at  # the checkpoint is of the last finished step
     assert (paths.checkpoint(stopped_at) / "state.pt").exists()
+    from twinkle_tui.commands.runs import status_text
+
+    view = RunStore(home).view("sr")
+    view.refresh()  # what the agent answers to "why did my run stop?"
+    assert re.search(rf"ended: stopped on request at step \d+; it finished step {stopped_at} and saved a checkpoint "
+                     r"there \(resume continues it\)", status_text(view, time.time())), status_text(view, time.time())
 
     relaunch = ctl.resume("sr")
     assert relaunch is not None
@@ -137,6 +144,13 @@ def test_grace_period_ends_in_sigkill(home: Path, tmp_path: Path) -> None:
     meta = read_meta(paths)
     assert meta.status == "killed" and meta.exit_signal == "SIGKILL"
     assert any(json.loads(line)["kind"] == "warning" for line in paths.events.read_text().splitlines())
+    from twinkle_tui.commands.runs import how_it_ended
+
+    view = RunStore(home).view("stubborn")
+    view.refresh()
+    assert re.fullmatch(r"ended: a stop was asked at step \d+, but the run did not end within its grace period and "
+                        r"was killed at step \d+; (resume continues from its checkpoint at step \d+|it has no "
+                        r"checkpoint, so resume starts it again)", how_it_ended(view) or ""), how_it_ended(view)
 
 
 def test_a_new_controller_reattaches_to_a_live_run(home: Path) -> None:

@@ -77,6 +77,9 @@ async def test_f_filters_by_name_model_and_status_and_enter_opens_the_top_match(
                        and STATUSES[i % 3] == "failed"]
         await settle(pilot, lambda: runs._rows == qwen_failed, what="Qwen runs that failed")
         assert title(app) == f"runs · {len(qwen_failed)} of 60"
+        box = app.query_one(RunFilter)  # what was typed shows: one row, no border (the focus border hid it)
+        assert box.content_region.height == 1 and box.region.height == 1
+        assert "qwen fail" in box.render_line(0).text
         assert app.selected == "run-59"  # typing never changes what the charts show
         await pilot.press("enter")
         await settle(pilot, lambda: charted(app, qwen_failed[0]), what="the top match opened")

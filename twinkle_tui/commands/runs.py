@@ -91,11 +91,35 @@ def status_text(view: RunCache, now: float, selected: bool = False) -> str:
             latest.append(f"{name} {format_value(last[1])}")
     if latest:
         lines.append("latest: " + " · ".join(latest))
+    ended = how_it_ended(view)
+    if ended:
+        lines.append(ended)
     if meta.error:
         lines.append(f"error: {meta.error}")
     if view.problem:
         lines.append(f"problem: {view.problem}")
     return "\n\n".join(lines)
+
+
+def how_it_ended(view: RunCache) -> str | None:
+    """Why a stopped or killed run is not running, from its events ("why did my run stop?"); None otherwise."""
+    if view.status not in (RunStatus.STOPPED, RunStatus.KILLED):
+        return None
+    asked = next((ev.step for ev in reversed(view.events.events) if ev.kind == "stop"), None)
+    checkpoint = view.meta.last_checkpoint
+    if view.status is RunStatus.KILLED:
+        text = (f"ended: a stop was asked at step {asked}, but the run did not end within its grace period and "
+                f"was killed at step {view.last_step}" if asked is not None
+                else f"ended: killed on request at step {view.last_step}, with no time to save")
+        text += (f"; resume continues from its checkpoint at step {checkpoint.step}" if checkpoint
+                 else "; it has no checkpoint, so resume starts it again")
+        return text
+    text = "ended: stopped on request" + (f" at step {asked}" if asked is not None else "")
+    if checkpoint and checkpoint.step == view.last_step:
+        text += f"; it finished step {checkpoint.step} and saved a checkpoint there"
+    elif checkpoint:
+        text += f"; its last checkpoint is step {checkpoint.step}"
+    return text + " (resume continues it)" if checkpoint else text
 
 
 @command("get_training_status", "Status of a run: state, step/total, rate, ETA, latest metric values, checkpoint, "

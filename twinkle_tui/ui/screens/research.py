@@ -22,12 +22,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
-from textual_plotext import PlotextPlot
 
 from twinkle_tui.research.records import Experiment, ResearchDir
 from twinkle_tui.research.summary import format_metric
 from twinkle_tui.research.watch import Snapshot, experiment_diff, progress_points, read_snapshot
 from twinkle_tui.runs.store import RunStore
+from twinkle_tui.ui.widgets.plot import OncePlot
 
 Control = Callable[[str, str], Awaitable[object]]  # (action, research name) -> runs control_research
 
@@ -82,8 +82,8 @@ class ResearchScreen(Screen[None]):
                 yield Static("leaderboard (best first)", classes="panel-title")
                 yield DataTable(id="leaderboard", cursor_type="row", zebra_stripes=False)
             with Vertical(id="research-charts"):
-                yield PlotextPlot(id="progress-chart")
-                yield PlotextPlot(id="live-chart")
+                yield OncePlot(replot=self._replot_progress, id="progress-chart")
+                yield OncePlot(replot=self._replot_live, id="live-chart")
         yield Static("diff", id="diff-title", classes="panel-title")
         with VerticalScroll(id="diff-scroll"):
             yield Static("", id="research-diff")
@@ -161,8 +161,16 @@ class ResearchScreen(Screen[None]):
             except Exception:  # the selected experiment is no longer listed
                 self.selected = str(rows[0][0]) if rows else None
 
+    def _replot_progress(self) -> None:
+        if self.snapshot is not None:
+            self._draw_progress(self.snapshot)
+
+    def _replot_live(self) -> None:
+        if self.snapshot is not None:
+            self._draw_live(self.snapshot)
+
     def _draw_progress(self, snap: Snapshot) -> None:
-        chart = self.query_one("#progress-chart", PlotextPlot)
+        chart = self.query_one("#progress-chart", OncePlot)
         plt = chart.plt
         plt.clear_data()
         plt.clear_figure()
@@ -183,10 +191,10 @@ class ResearchScreen(Screen[None]):
             plt.yscale("log")  # a baseline far above the rest would flatten every later experiment
         plt.title(f"{snap.metric} ({'higher' if snap.summary.maximize else 'lower'} is better) "
                   "O kept o discarded x failed")
-        chart.refresh()
+        chart.plotted()
 
     def _draw_live(self, snap: Snapshot) -> None:
-        chart = self.query_one("#live-chart", PlotextPlot)
+        chart = self.query_one("#live-chart", OncePlot)
         plt = chart.plt
         plt.clear_data()
         plt.clear_figure()
@@ -200,7 +208,7 @@ class ResearchScreen(Screen[None]):
             plt.title(f"{snap.metric} of the running: {names}" + ("" if drawn else " — none logged yet"))
         else:
             plt.title("no experiment running")
-        chart.refresh()
+        chart.plotted()
 
     def _want_diff(self) -> None:
         snap = self.snapshot

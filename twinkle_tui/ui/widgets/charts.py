@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
-from rich.text import Text
 from textual import events
-from textual.app import ComposeResult, RenderResult
+from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.message import Message
-from textual_plotext import PlotextPlot
 
 from twinkle_tui.commands.chart_settings import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.chart_data import BlockSummary, Decimated, SmoothedSeries, decimate
 from twinkle_tui.runs.metric_notes import metric_note
 from twinkle_tui.runs.progress import format_value
 from twinkle_tui.runs.store import RunCache
-
-log = logging.getLogger(__name__)
+from twinkle_tui.ui.widgets.plot import OncePlot
 
 Y_AXIS_WIDTH = 9  # cells plotext uses for y tick labels and the frame, roughly
 MAX_MARKERS = 40
@@ -170,7 +166,7 @@ def spread_ticks(ticks: list[float], labels: list[str], lo: float, hi: float,
     return kept
 
 
-class MetricChart(PlotextPlot):
+class MetricChart(OncePlot):
     """One metric. Drag to zoom to a step range, wheel to zoom around the pointer."""
 
     class ZoomRequest(Message):
@@ -180,38 +176,26 @@ class MetricChart(PlotextPlot):
             self.lo, self.hi, self.factor, self.center = lo, hi, factor, center
 
     def __init__(self, metric: str, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+        super().__init__(replot=self._replot, **kw)
         self.metric = metric
         self.x_range: tuple[float, float] = (0.0, 1.0)
         self._smoothed: dict[str, SmoothedSeries] = {}
         self._drag_from: float | None = None
         self.title_text = ""
         self._last: tuple[RunCache, ChartSettings, RunCache | None] | None = None
-        self._built: tuple[tuple[int, int, str], RenderResult] | None = None
-        self._fresh = True  # the figure holds plotted data that plotext has not built yet
         self._summaries: dict[str, BlockSummary] = {}
 
     @property
     def columns(self) -> int:
         return max(10, self.size.width - Y_AXIS_WIDTH)  # one bucket (up to four points) per cell
 
-    def render(self) -> RenderResult:
-        """The plot, built once per draw: plotext's build transforms its data in place (a log axis takes the log of
-        values it already took the log of on a second build), so a repaint reuses the text of the last build. If
-        plotext cannot draw a chart, one line says so (and the log has the traceback); the dashboard never stops."""
-        key = (self.size.width, self.size.height, self.app.theme)
-        if self._built is not None and self._built[0] == key:
-            return self._built[1]
-        if not self._fresh and self._last is not None and self.metric:  # resized before on_resize came: the
-            self.draw(*self._last)  # figure was built once already, so plot it again for this size
-        self._fresh = False
-        try:
-            text = super().render()
-        except (ArithmeticError, ValueError, IndexError) as exc:
-            log.warning("chart %s cannot be drawn", self.metric, exc_info=exc)
-            text = Text(f"{self.metric}: cannot draw this chart ({type(exc).__name__}: {exc})", style="red")
-        self._built = (key, text)
-        return text
+    @property
+    def label(self) -> str:
+        return self.metric
+
+    def _replot(self) -> None:
+        if self._last is not None and self.metric:
+            self.draw(*self._last)
 
     def forget(self) -> None:
         """Drop what was drawn for another metric."""
@@ -219,7 +203,7 @@ class MetricChart(PlotextPlot):
         self._summaries.clear()
         self._smoothed.clear()
         self.title_text = ""
-        self._built = None
+        self.forget_build()
         self.plt.clear_data()
         self.plt.clear_figure()
 
@@ -229,8 +213,7 @@ class MetricChart(PlotextPlot):
 
     def draw(self, view: RunCache, settings: ChartSettings, compare: RunCache | None) -> None:
         self._last = (view, settings, compare)
-        self._built = None
-        self._fresh = True
+        self.plotted()
         if not self.size.width:  # not laid out yet: its first resize draws it, at the width it will have
             return
         plt = self.plt

@@ -299,6 +299,9 @@ class RunFilter(Input):
         &.-active {
             display: block;
         }
+        &:focus {  /* Input's own focus rule gives it a tall border: on one row that left no room for the text */
+            border: none;
+        }
     }
     """
 
