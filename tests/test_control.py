@@ -217,8 +217,7 @@ def test_pause_and_resume_from_two_dashboards_never_disagree_with_the_process(ct
         for t in threads:
             t.join()
         status = read_meta(paths).status
-        # a lost race disagrees for good; a signal on a busy machine takes a moment (10 s: two test workers and
-        # their training processes on two cores once took longer than 2 s)
+        # a lost race disagrees for good; a signal on a busy machine can take a moment
         wait_for(lambda status=status: (state(pid) == "T") == (status == "paused"), timeout=10,  # type: ignore[misc]
                  what=f"process state to match meta ({status})")
         if status == "paused":
