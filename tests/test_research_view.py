@@ -50,6 +50,8 @@ async def test_the_view_shows_the_leaderboard_progress_and_the_selected_diff(hom
     app = make_app(home)
     async with app.run_test(size=(160, 48)) as pilot:
         await open_view(pilot, app)
+        keys = app.screen.active_bindings  # the dashboard's keys are off here: `r` resumed a run nobody could see
+        assert not {"r", "z", "k", "d", "slash", "m"} & set(keys) and keys["p"].binding.action == "pause"
         text = screen_text(app)
         assert "research toy" in text and "5/10 done" not in text and "6/10 done" in text
         assert "kept 2 of 5 (40%)" in text and "best score 0.29 (baseline 9.25)" in text

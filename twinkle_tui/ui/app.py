@@ -33,7 +33,7 @@ from twinkle_tui.research import commands as _research_commands  # noqa: F401  (
 from twinkle_tui.runs.store import NoSuchRun, RunCache, RunStore, RunSummary
 from twinkle_tui.ui.agent_chat import AgentChat
 from twinkle_tui.ui.feed import StoreReader
-from twinkle_tui.ui.keys import KEYMAP_FILE, KEYS, load_keymap
+from twinkle_tui.ui.keys import DASHBOARD_ACTIONS, KEYMAP_FILE, KEYS, load_keymap
 from twinkle_tui.ui.layout import layout_classes
 from twinkle_tui.ui.messages import FilesChanged, MonitorReports, ResourcesSampled, RunsRefreshed
 from twinkle_tui.ui.monitoring import DashboardMonitor
@@ -43,7 +43,7 @@ from twinkle_tui.ui.screens.confirm import ConfirmScreen
 from twinkle_tui.ui.screens.help import HelpScreen
 from twinkle_tui.ui.screens.metric_picker import MetricPicker
 from twinkle_tui.ui.screens.new_run import NewRunScreen, find_recipes
-from twinkle_tui.ui.screens.research import research_screen
+from twinkle_tui.ui.screens.research import ResearchScreen, research_screen
 from twinkle_tui.ui.widgets.chart_area import ChartArea
 from twinkle_tui.ui.widgets.charts import MetricChart
 from twinkle_tui.ui.widgets.chat import ChatPanel
@@ -458,6 +458,11 @@ class TwinkleApp(App[int]):
 
         names = view.metrics.names()
         self.push_screen(MetricPicker(names, shown_metrics(self.session.settings, names)), picked)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The dashboard's keys do nothing over the research view (off its footer too): `r` there resumed a run
+        that nobody could see."""
+        return not (action in DASHBOARD_ACTIONS and isinstance(self.screen, ResearchScreen))
 
     def action_help(self) -> None:
         remapped = self._keymap

@@ -36,6 +36,10 @@ KEYS: list[BindingType] = [
     Binding("q", "quit", "Quit", id="quit"),
 ]
 
+# Actions on the dashboard's runs and charts: off while a full screen (the research view) is over the dashboard.
+DASHBOARD_ACTIONS = {"command", "view_command", "new_run", "focus_chat", "pick_metrics", "toggle_panels",
+                     "copy_run_id", "filter_runs", "open_research", "leave_chat"}
+
 KEYMAP_FILE = "keymap.toml"
 
 
