@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -172,6 +173,22 @@ def test_a_repeated_log_line_is_rate_limited() -> None:
     time.sleep(0.25)
     again = logging.makeLogRecord(record.__dict__)
     assert limit.filter(again) and "997 more like this" in again.getMessage()
+
+
+def test_tracebacks_of_one_exception_are_rate_limited_whatever_their_message() -> None:
+    """asyncio names each callback in its message: 400 closing sockets logged 39,459 lines of 'Invalid file
+    descriptor: -1' tracebacks, each message different."""
+    from twinkle_trainer.service.server import RateLimit
+
+    limit = RateLimit(burst=3, window=60)
+    try:
+        raise ValueError("Invalid file descriptor: -1")
+    except ValueError:
+        info = sys.exc_info()
+    shown = sum(limit.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                               f"Exception in callback <Handle fd={fd}>", (), info))
+                for fd in range(400))
+    assert shown == 3
 
 
 def test_a_zstd_body_is_decompressed_up_to_the_cap() -> None:

@@ -48,7 +48,10 @@ class RateLimit(logging.Filter):
         self.seen: dict[tuple[str, str], tuple[float, int, int]] = {}  # key -> (window start, shown, dropped)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
+        exc = record.exc_info[1] if record.exc_info else None
+        # asyncio names each callback's handle in its message ("Exception in callback <...fd=6...>"): a traceback
+        # is one kind of record by its exception, or thousands of closing sockets would each get their own
+        key = (record.name, f"{type(exc).__name__}: {exc}") if exc is not None else (record.name, str(record.msg))
         now = time.monotonic()
         start, shown, dropped = self.seen.get(key, (now, 0, 0))
         if now - start > self.window:
