@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from twinkle_tui.agent import intents
 from twinkle_tui.agent.embedded import EmbeddedLLM
 from twinkle_tui.agent.endpoint import LLMSettings
-from twinkle_tui.agent.loop import AgentLoop
+from twinkle_tui.agent.loop import AgentLoop, QuietEvents
 from twinkle_tui.commands import Confirmation, Session
 from twinkle_tui.commands.runner import CommandRunner
 from twinkle_tui.process.controller import ProcessController
@@ -60,20 +60,12 @@ async def bare(settings: LLMSettings) -> tuple[float, int, float]:
     return await asyncio.to_thread(bare_request, settings)
 
 
-class Quiet:
-    def text(self, delta: str) -> None: ...
-    def reasoning(self, delta: str) -> None: ...
-    def tool_call(self, name: str, arguments: str) -> None: ...
-    def tool_result(self, name: str, outcome: object) -> None: ...
-    def tokens(self, count: int) -> None: ...
-
-
 async def through_agent(loop: AgentLoop) -> tuple[float, int, float]:
     """The same request through the agent's streaming path (openai client, think filter, events)."""
     started = time.perf_counter()
     kwargs = {"model": loop.settings.model, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0,
               "seed": 1}
-    completion = await loop._streamed(kwargs, Quiet(), loop.clock())
+    completion = await loop._streamed(kwargs, QuietEvents(), loop.clock())
     return completion.first_token or 0.0, completion.chunks, time.perf_counter() - started
 
 
@@ -116,7 +108,7 @@ async def intent_request(loop: AgentLoop, question: str) -> float:
     """Seconds of the agent's constrained intent request for a question."""
     messages, fmt = intents.intent_request(question)
     started = time.perf_counter()
-    await loop._request(messages, Quiet(), 24, response_format=fmt, emit=False)
+    await loop._request(messages, QuietEvents(), 24, response_format=fmt, emit=False)
     return time.perf_counter() - started
 
 

@@ -41,6 +41,7 @@ from twinkle_trainer.protocol import RunPaths, read_meta, record_event  # noqa: 
 from twinkle_tui.agent import AgentLoop, History  # noqa: E402
 from twinkle_tui.agent.connect import connect  # noqa: E402
 from twinkle_tui.agent.endpoint import EndpointError, LLMSettings  # noqa: E402
+from twinkle_tui.agent.loop import QuietEvents  # noqa: E402
 from twinkle_tui.agent.routes import route  # noqa: E402
 from twinkle_tui.commands import CommandRunner, Confirmation, Outcome, Session  # noqa: E402
 
@@ -242,7 +243,7 @@ async def evaluate(name: str, home: Path, settings: LLMSettings | None, routes: 
             else:
                 loop = AgentLoop(settings, runner, History(), routes=routes)
                 try:
-                    record.answer = await loop.ask(task.text, Quiet())
+                    record.answer = await loop.ask(task.text, QuietEvents())
                 except EndpointError as exc:
                     record.error = str(exc)
                 record.path = loop.path
@@ -259,14 +260,6 @@ async def evaluate(name: str, home: Path, settings: LLMSettings | None, routes: 
         if connection is not None:
             connection.close()
     return out
-
-
-class Quiet:
-    def text(self, delta: str) -> None: ...
-    def reasoning(self, delta: str) -> None: ...
-    def tool_call(self, name: str, arguments: str) -> None: ...
-    def tool_result(self, name: str, outcome: object) -> None: ...
-    def tokens(self, count: int) -> None: ...
 
 
 def summarize(name: str, results: list[tuple[Task, Record, bool]]) -> str:

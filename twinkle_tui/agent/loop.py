@@ -56,6 +56,16 @@ class AgentEvents(Protocol):
     def tokens(self, count: int) -> Awaitable[None] | None: ...  # tokens the LLM wrote so far for this answer
 
 
+class QuietEvents:
+    """Events nobody hears (benchmarks, and the base of events that pass on only some)."""
+
+    def text(self, delta: str) -> None: ...
+    def reasoning(self, delta: str) -> None: ...
+    def tool_call(self, name: str, arguments: str) -> None: ...
+    def tool_result(self, name: str, outcome: Outcome) -> None: ...
+    def tokens(self, count: int) -> Awaitable[None] | None: ...
+
+
 class ThinkFilter:
     """Splits streamed text into the answer and `<think>...</think>` reasoning, across chunk boundaries."""
 
@@ -437,16 +447,11 @@ class AgentLoop:
         return out
 
 
-class _Counting:
+class _Counting(QuietEvents):
     """Events that pass on only the token count (the intent's JSON is not an answer to show)."""
 
     def __init__(self, inner: AgentEvents) -> None:
         self.inner = inner
-
-    def text(self, delta: str) -> None: ...
-    def reasoning(self, delta: str) -> None: ...
-    def tool_call(self, name: str, arguments: str) -> None: ...
-    def tool_result(self, name: str, outcome: Outcome) -> None: ...
 
     def tokens(self, count: int) -> Awaitable[None] | None:
         return self.inner.tokens(count)
