@@ -20,7 +20,7 @@ from twinkle_trainer.protocol import RunKind, RunMeta, RunPaths, RunStatus, proc
 from twinkle_trainer.service.catalog import ModelCatalog
 from twinkle_trainer.service.checkpoints import CheckpointStore
 from twinkle_trainer.service.errors import ServiceError
-from twinkle_trainer.service.futures import Future, FutureStore, Worker
+from twinkle_trainer.service.futures import FutureStore, Worker
 from twinkle_trainer.service.memory import MemoryBudget
 from twinkle_trainer.service.ordering import GAP_TIMEOUT
 from twinkle_trainer.service.recipe_metrics import RecipeMetrics
@@ -156,12 +156,6 @@ class Service:
     def sign(self, *parts: object) -> str:
         """An HMAC of the parts with this service's secret (download links)."""
         return hmac.new(self.secret, "\x00".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
-
-    # ------------------------------------------------------------------ futures
-    def run_now(self, job: Any, owner: str | None = None) -> Future:
-        f = self.futures.new(owner)
-        self.worker.submit(job, f)
-        return f
 
     # ------------------------------------------------------------------ lifetime
     def _housekeeping(self) -> None:
