@@ -5,8 +5,8 @@ CommandRunner as keys and slash commands.
 """
 
 from twinkle_tui.agent import tools  # noqa: F401  (registers the agent's own tools)
-from twinkle_tui.agent.connect import MODES, Connection, connect
-from twinkle_tui.agent.endpoint import EndpointError, LLMSettings
+from twinkle_tui.agent.connect import Connection, connect
+from twinkle_tui.agent.endpoint import MODES, EndpointError, LLMSettings
 from twinkle_tui.agent.history import History
 from twinkle_tui.agent.loop import AgentEvents, AgentLoop, describe_call
 from twinkle_tui.agent.skills import SkillLibrary

@@ -11,8 +11,6 @@ from pathlib import Path
 from twinkle_tui.agent.embedded import SMOKE_TEST_NOTE, EmbeddedLLM, default_threads, unavailable
 from twinkle_tui.agent.endpoint import EndpointError, LLMSettings, probe
 
-MODES = ("auto", "embedded", "none")
-
 
 @dataclass
 class Connection:

@@ -11,7 +11,8 @@ DEFAULT_MODEL = "qwen3.5"
 DEFAULT_API_KEY = "not-needed"
 PROBE_TIMEOUT = 3.0
 DEFAULT_DEADLINE = 120.0  # seconds one answer may take, all its LLM requests together
-AGENT_MODES = ("auto", "tools", "intent")
+MODES = ("auto", "embedded", "none")  # --llm: which LLM answers
+AGENT_MODES = ("auto", "tools", "intent")  # --llm-agent: how it is asked
 
 
 @dataclass(frozen=True)

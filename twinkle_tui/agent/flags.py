@@ -10,7 +10,7 @@ from typing import Any
 
 from twinkle_trainer.protocol import twinkle_home
 from twinkle_tui.agent.config import ConfigError, read_llm_config
-from twinkle_tui.agent.endpoint import LLMSettings
+from twinkle_tui.agent.endpoint import AGENT_MODES, MODES, LLMSettings
 
 LLM_FLAGS = {  # flag attribute -> (environment variable, config key, default)
     "llm": ("TWINKLE_LLM", "mode", "auto"),
@@ -27,7 +27,7 @@ LLM_FLAGS = {  # flag attribute -> (environment variable, config key, default)
 def add_llm_arguments(p: argparse.ArgumentParser) -> None:
     """The agent's and the monitor's LLM (flag > environment > $TWINKLE_HOME/config.toml [llm] > default), for the
     dashboard, --ask and doctor alike."""
-    p.add_argument("--llm", choices=("auto", "embedded", "none"), default=None,
+    p.add_argument("--llm", choices=MODES, default=None,
                    help="auto: the endpoint below if it answers, else the embedded llama.cpp LLM; none: slash only "
                         "(TWINKLE_LLM; default auto)")
     p.add_argument("--llm-base-url", default=None,
@@ -41,7 +41,7 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long one answer may take (TWINKLE_LLM_DEADLINE; default 120)")
     p.add_argument("--llm-threads", metavar="N", type=int, default=None,
                    help="the embedded LLM's threads (TWINKLE_LLM_THREADS; default: all cores, half while a run trains)")
-    p.add_argument("--llm-agent", choices=("auto", "tools", "intent"), default=None,
+    p.add_argument("--llm-agent", choices=AGENT_MODES, default=None,
                    help="how the agent uses the LLM: tool calls, or one constrained intent request (small local "
                         "models); auto: intents on the embedded LLM, tools on endpoints (TWINKLE_LLM_AGENT)")
 
@@ -69,7 +69,7 @@ def llm_settings(ns: argparse.Namespace) -> LLMSettings:
 
 
 def _checked(attr: str, value: Any, where: str) -> Any:
-    choices = {"llm": ("auto", "embedded", "none"), "llm_agent": ("auto", "tools", "intent")}.get(attr)
+    choices = {"llm": MODES, "llm_agent": AGENT_MODES}.get(attr)
     try:
         if attr == "llm_deadline":
             value = float(value)
