@@ -58,12 +58,16 @@ def test_experiments_run_as_ray_tasks_on_both_nodes(home: Path, tmp_path: Path, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"2 lane(s) on {cluster}" in proc.stdout
     recs = records(home)
-    assert [r["status"] for r in recs].count("crash") == 0
+    said = proc.stdout + "\n" + "\n".join(str(r) for r in recs)
+    assert {r["status"] for r in recs} <= {"keep", "discard"}, said
     assert len({r["node"] for r in recs}) == 2  # two experiments at once: one on each node
     assert len(recs) == 5 and state(home)["status"] == "done"
     for r in recs:  # ordinary runs in the shared $TWINKLE_HOME, marked as the research's experiments
         meta = read_meta(RunPaths(home / r["run_id"]))
-        assert meta.status == "completed" and meta.research["experiment"] == r["id"]
+        # Optuna's pruner stops an experiment whose score lags the median (how often depends on the machine's speed)
+        pruned = (r["reason"] or "").startswith("pruned at step")
+        assert meta.status == ("stopped" if pruned else "completed"), (meta.status, said)
+        assert meta.research["experiment"] == r["id"]
         assert meta.research["node"].startswith(r["node"])  # where a resumed loop would follow it
     assert os.path.isdir(home / "research" / "toy" / "workspace" / ".git")
 
