@@ -65,6 +65,14 @@ KINDS: list[CrashKind] = [
           "a GPU kernel failed: rerun with CUDA_LAUNCH_BLOCKING=1 to find the call; 'no kernel image' means a "
           "build without this GPU's architecture; illegal memory accesses usually come from mismatched binary "
           "packages (torch, flash-attn, driver) or custom kernels"),
+    _kind("damaged model file", r"HeaderTooLarge|Error while deserializing header|"
+          r"invalid load key|UnpicklingError|PytorchStreamReader failed|failed finding central directory|"
+          r"not a zip file|file might be corrupted|incomplete metadata|MetadataIncompleteBuffer|"
+          r"EOFError: Ran out of input|Unable to load weights from pytorch checkpoint|"
+          r"(?:checkpoint|weights|model|safetensors|pickle|gguf) file (?:is )?(?:corrupt|damaged|truncated)",
+          "a weights or checkpoint file is damaged or incomplete (an interrupted download or save, or a Git LFS "
+          "pointer in place of the file): delete it and download or save it again (huggingface-cli download "
+          "--force-download), and compare its size with the source's"),
     _kind("checkpoint mismatch", r"Error\(s\) in loading state_dict|Missing key\(s\) in state_dict|"
           r"Unexpected key\(s\) in state_dict|size mismatch for \S+: copying a param",
           "the checkpoint was saved from another model or configuration (base model, LoRA rank or target "
@@ -87,7 +95,7 @@ KINDS: list[CrashKind] = [
           "token), and use an Instruct model or pass a chat_template for chat-formatted data", fixable=True),
     _kind("version mismatch", r"undefined symbol|requires [\w.-]+ ?[<>=]=|version \S+ is (?:required|not supported)|"
           r"(?:not |in)compatible with|unexpected keyword argument|was (?:compiled|built) (?:against|with)|"
-          r"please (?:upgrade|update)|numpy\.dtype size changed|compiled using NumPy 1\.x|_ARRAY_API not found",
+          r"please (?:upgrade|update)|is required for a normal functioning|but found [\w.-]+==|numpy\.dtype size changed|compiled using NumPy 1\.x|_ARRAY_API not found",
           "installed packages do not match what the code expects: compare with the versions it was written for "
           "(pip list), reinstall binary packages (flash-attn, bitsandbytes, vllm) against the installed torch, "
           "or use the names the library has now (evaluation_strategy became eval_strategy)"),
@@ -110,9 +118,17 @@ KINDS: list[CrashKind] = [
           "a folder you own, or fix its permissions"),
     _kind("device or dtype mismatch", r"expected scalar type|found dtype \w+ but expected|Expected all tensors to "
           r"be on the same device|Input type \(.*\) and (?:weight|bias) type|must have the same dtype|"
-          r"not implemented for '(?:Half|BFloat16)'|expected .* to have the same dtype",
+          r"not implemented for '(?:Half|BFloat16)'|expected .* to have the same dtype|"
+          r"Attempting to unscale FP16 gradients|Expected object of scalar type|"
+          r"(?:Half|Float|BFloat16|Double) (?:but|and) (?:found|got) (?:Half|Float|BFloat16|Double)|"
+          r"Expected (?:a )?(?:cuda|cpu) (?:tensor|device)|on (?:different|two) devices",
           "tensors disagree on dtype or device: move the batch to the model's device, keep one precision "
           "(autocast, or bf16 throughout) instead of mixing a half model with float32 inputs"),
+    _kind("port in use", r"Address already in use|EADDRINUSE|errno: 98|address is already in use|"
+          r"port \d+ is (?:already )?in use|failed to bind to|failed to listen on any local network address",
+          "another process holds the port (often a run of yours that has not exited): pick a free one "
+          "(torchrun --master_port, MASTER_PORT, or the server's --port), or end the process that holds it "
+          "(ss -ltnp | grep PORT)"),
     _kind("configuration error", r"Check batch related parameters|train_batch_size is not equal|DeepSpeed|"
           r"ds_config|zero_optimization|accelerate config|AcceleratorState|fsdp|unrecognized arguments|"
           r"error: argument|the following arguments are required|requires the save and eval strategy|"
