@@ -13,6 +13,12 @@ from typing import Any, TypeVar
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the machine's cores: each worker, and every training or service process it starts, gets
+    # one torch thread (torch and the trainer treat OMP_NUM_THREADS as their ceiling). Two processes with a thread
+    # per core each on two cores made a 0.1 s step take over 3 s.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 EXAMPLES = REPO / "examples"
 TOY = EXAMPLES / "toy_regression.py"
 

@@ -29,6 +29,7 @@ from twinkle_trainer.service.lora import LoraSpec  # noqa: E402
 from twinkle_trainer.service.ordering import SEEN_KEEP, RequestOrder  # noqa: E402
 from twinkle_trainer.service.runs import client_label, client_run_name, slug  # noqa: E402
 from twinkle_trainer.service.startup import choose_threads  # noqa: E402
+from twinkle_trainer.threads import env_threads  # noqa: E402
 
 
 class Clock:
@@ -154,10 +155,15 @@ def test_the_ids_of_an_unreadable_forward_backward_are_salvaged() -> None:
 
 
 def test_threads_follow_the_free_cores() -> None:
-    assert choose_threads("auto", cpus=16, load=0.2) == 16
-    assert choose_threads("auto", cpus=2, load=1.7) == 1  # a busy 2-core machine: one thread, not two
-    assert choose_threads("auto", cpus=8, load=30.0) == 1
+    assert choose_threads("auto", cpus=16, load=0.2, environ={}) == 16
+    assert choose_threads("auto", cpus=2, load=1.7, environ={}) == 1  # a busy 2-core machine: one thread, not two
+    assert choose_threads("auto", cpus=8, load=30.0, environ={}) == 1
+    assert choose_threads("auto", cpus=16, load=0.2, environ={"OMP_NUM_THREADS": "4"}) == 4  # the user's ceiling
+    assert choose_threads("auto", cpus=16, load=14.0, environ={"OMP_NUM_THREADS": "4"}) == 2
+    assert choose_threads("auto", cpus=16, load=0.2, environ={"OMP_NUM_THREADS": "many"}) == 16
     assert choose_threads("3") == 3
+    assert [env_threads(e) for e in ({}, {"OMP_NUM_THREADS": " 3 "}, {"OMP_NUM_THREADS": "0"},
+                                     {"OMP_NUM_THREADS": "-2"}, {"OMP_NUM_THREADS": "x"})] == [None, 3, None, None, None]
     with pytest.raises(ValueError, match="positive number or auto"):
         choose_threads("0")
 

@@ -22,6 +22,7 @@ from twinkle_trainer.models import ModelError
 from twinkle_trainer.rewards import RewardError
 from twinkle_trainer.runtime import TrainingRuntime
 from twinkle_trainer.samplers import SamplerError
+from twinkle_trainer.threads import env_threads
 
 USER_ERRORS = (DataError, ModelError, RewardError, SamplerError)
 LAUNCHED_ENV = "TWINKLE_DISTRIBUTED_CHILD"
@@ -192,8 +193,8 @@ def _train(args: Args, accelerator: Any, runtime: TrainingRuntime | None, use_cp
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed + accelerator.process_index)
-    if use_cpu:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    if use_cpu:  # the cores shared out among the processes, unless OMP_NUM_THREADS says how many (research lanes)
+        torch.set_num_threads(env_threads() or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
 
     t0 = time.time()
     with accelerator.main_process_first():  # rank 0 converts or builds a cached model once; the others wait

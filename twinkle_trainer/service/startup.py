@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from twinkle_trainer.threads import env_threads
+
 KEY_ENV = "TWINKLE_SERVICE_API_KEY"
 KEY_MAX = 4096
 
@@ -140,11 +142,12 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def choose_threads(setting: str, cpus: int | None = None, load: float | None = None) -> int:
+def choose_threads(setting: str, cpus: int | None = None, load: float | None = None,
+                   environ: dict[str, str] | None = None) -> int:
     """Torch's intra-op threads: a number, or auto: the cores this process may use less the work already running
     on them (the 1-minute load average), at least one. On a busy machine, more threads than free cores make every
     step slower, not faster (a 6-token step took 20-38 s with the default threads on a busy 2-core machine, 0.95 s
-    with one)."""
+    with one). OMP_NUM_THREADS, where set, is a ceiling."""
     if setting != "auto":
         try:
             n = int(setting)
@@ -155,7 +158,8 @@ def choose_threads(setting: str, cpus: int | None = None, load: float | None = N
         return n
     cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
     load = load if load is not None else os.getloadavg()[0]
-    return max(1, min(cpus, int(cpus - load + 0.5)))
+    free = max(1, min(cpus, int(cpus - load + 0.5)))
+    return min(free, env_threads(environ) or free)  # OMP_NUM_THREADS, where set, is a ceiling
 
 
 def option_problem(args: Any) -> str | None:
