@@ -216,6 +216,23 @@ def test_ppo_clips_the_ratio(client: tinker.ServiceClient) -> None:
 
 
 # ---------------------------------------------------------------------- sampling and state
+def test_a_sample_the_caller_cancels_is_cancelled_on_the_service(client: tinker.ServiceClient,
+                                                                   service: Server) -> None:
+    """The SDK cancels an abandoned sample on the service (/cancel_future), not when its heartbeats stop."""
+    sampler = client.create_sampling_client(base_model=BASE).result()
+    prompt = types.ModelInput.from_ints([1, 2, 3])
+    # about 3 s of work each here: after a second the first runs and the others wait behind it
+    slow = [sampler.sample(prompt, 64, types.SamplingParams(max_tokens=400, temperature=1.0)) for _ in range(3)]
+    time.sleep(1.0)  # sent and polled (a cancel before the request leaves the client needs no word to the service)
+    for f in slow:
+        f.future().cancel()
+    log = service.home / f"service-{service.port}.log"
+    wait_for(lambda: "skipped: cancelled before it ran" in log.read_text(), timeout=60, what="a queued one skipped")
+    assert log.read_text().count("cancelled by its client") >= 2
+    # the service goes on serving this client
+    assert len(sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2)).result(timeout=60).sequences) == 1
+
+
 def test_sampling_from_saved_weights(client: tinker.ServiceClient, monkeypatch: pytest.MonkeyPatch) -> None:
     from tinker.resources.futures import AsyncFuturesResource
 

@@ -300,3 +300,41 @@ def test_the_readme_names_every_flag_of_serve() -> None:
     section = readme[readme.index("## The training service"):readme.index("## Auto-research")]
     flags = [o for a in parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     assert flags and [f for f in flags if f"`{f}" not in section] == []
+
+
+def test_a_sample_its_client_abandons_is_cancelled_and_never_runs(tmp_path: Path) -> None:
+    """The SDK sends /cancel_future for a sample it stopped waiting for (when /client/dynamic_config offers it):
+    one still queued behind other work never runs and nothing is queued for its client; a training request is
+    never cancelled (its order is the client's), and cancelling twice or too late is harmless."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from twinkle_trainer.service.app import create_app
+    from twinkle_trainer.service.service import Service
+
+    service = Service(tmp_path)
+    try:
+        gate, ran = threading.Event(), []
+        busy = service.futures.new(None)
+        service.worker.submit(lambda: (gate.wait(30), {})[1], busy)  # holds the worker, as a long sample would
+        sample = service.futures.new("sampler-1")
+        sample.cancellable = True
+        pushed: list[object] = []
+        sample.on_done = pushed.append
+        service.worker.submit(lambda: ran.append(1) or {}, sample)
+        step = service.futures.new("model-1")
+        with TestClient(create_app(service), base_url="http://127.0.0.1:8000") as http:
+            assert http.post("/api/v1/client/dynamic_config", json={}).json()["sample_cancel_enabled"] is True
+            assert http.post("/api/v1/cancel_future", json={"request_id": sample.request_id}).json() == \
+                {"status": "cancelled"}
+            assert http.post("/api/v1/cancel_future", json={"request_id": sample.request_id}).json() == \
+                {"status": "done"}
+            refused = http.post("/api/v1/cancel_future", json={"request_id": step.request_id})
+            assert refused.status_code == 400 and "only sampling requests" in refused.text
+            gate.set()
+            assert sample.done.wait(10) and busy.done.wait(10)
+            assert ran == [] and pushed == [] and sample.error == ("cancelled by the client", "user")
+            assert http.post("/api/v1/retrieve_future", json={"request_id": sample.request_id}).status_code == 404
+    finally:
+        service.shutdown(wait=1)

@@ -46,6 +46,8 @@ class Future:
     finished_at: float | None = None
     fetched_at: float | None = None
     on_done: Callable[[Future], None] | None = None  # told once, when it finishes
+    cancellable: bool = False  # a sample (the SDK cancels the samples it abandons), never a training step
+    cancelled: bool = False  # the worker skips it if it has not started
 
     def resolve(self, result: Result) -> None:
         if isinstance(result, bytes):
@@ -126,6 +128,25 @@ class FutureStore:
         for f in found:
             self.fetched(f)
 
+    def cancel(self, request_id: str) -> str:
+        """The SDK's cancel of a sample it abandoned (a timeout, or the caller cancelled its future): one not yet
+        started never runs, a running one finishes unseen; either way nothing is queued for the client and the
+        future is forgotten. Idempotent: a finished or forgotten request is "done". Training requests cannot be
+        cancelled (their order is the client's)."""
+        with self.lock:
+            f = self.futures.get(request_id)
+            if f is None:
+                return "done"
+            if not f.cancellable:
+                raise ServiceError("only sampling requests can be cancelled", 400)
+            self.futures.pop(request_id)
+            f.on_done = None
+            f.cancelled = True
+        status = "done" if f.done.is_set() else "cancelled"
+        log.info("sample %s cancelled by its client (%s)", request_id,
+                 "after it finished" if status == "done" else "its work is skipped or its result dropped")
+        return status
+
     def __len__(self) -> int:
         return len(self.futures)
 
@@ -182,6 +203,10 @@ class Worker:
             if item is None:
                 return
             job, future = item
+            if future.cancelled:  # abandoned by its client before it started: the work is not done
+                log.info("sample %s skipped: cancelled before it ran", future.request_id)
+                future.fail("cancelled by the client")
+                continue
             self.busy_since = time.monotonic()
             try:
                 future.resolve(job())

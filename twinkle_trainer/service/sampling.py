@@ -144,6 +144,7 @@ class SamplingSessions:
     def sample(self, s: SamplingSession, request: Sample, seq_id: int | None, to_queue: bool) -> Future:
         """Queue the sample; its completion goes to the sampling client's queue when `to_queue`."""
         f = self.futures.new(s.session_id)
+        f.cancellable = True
         if to_queue:
             f.on_done = s.queue((seq_id or 0) // CLONE_STRIDE).push
 

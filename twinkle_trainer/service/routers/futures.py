@@ -1,4 +1,5 @@
-"""Futures: one result by request id (long-polled), or a sampling client's completions after its cursor."""
+"""Futures: one result by request id (long-polled), a sampling client's completions after its cursor, and the
+cancel of a sample its client abandoned."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from tinker import types as t
 
 from twinkle_trainer.service import wire
@@ -48,3 +50,13 @@ async def retrieve_future(req: t.FutureRetrieveRequest, service: ServiceDep) -> 
     if f.proto is not None:
         return Response(f.proto, media_type=wire.PROTO)
     return f.json or {}
+
+
+class CancelRequest(BaseModel):
+    request_id: str = Field(max_length=200)
+
+
+@router.post("/cancel_future")
+async def cancel_future(req: CancelRequest, service: ServiceDep) -> dict[str, str]:
+    """Sent by the SDK for a sample it stopped waiting for (offered by /client/dynamic_config)."""
+    return {"status": service.futures.cancel(req.request_id)}

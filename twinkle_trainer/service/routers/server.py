@@ -34,7 +34,8 @@ async def client_config(settings: SettingsDep) -> t.ClientConfigResponse:
 
 @router.post("/client/dynamic_config", response_model_exclude_none=True)
 async def dynamic_config() -> t.ClientDynamicConfigResponse:
-    return t.ClientDynamicConfigResponse()
+    # a sample the SDK abandons is cancelled at once (/cancel_future), not when its session's heartbeats stop
+    return t.ClientDynamicConfigResponse(sample_cancel_enabled=True)
 
 
 @router.post("/telemetry")
