@@ -322,7 +322,12 @@ def test_a_sample_its_client_abandons_is_cancelled_and_never_runs(tmp_path: Path
         sample.cancellable = True
         pushed: list[object] = []
         sample.on_done = pushed.append
-        service.worker.submit(lambda: ran.append(1) or {}, sample)
+
+        def sample_job() -> dict[str, object]:
+            ran.append(1)
+            return {}
+
+        service.worker.submit(sample_job, sample)
         step = service.futures.new("model-1")
         with TestClient(create_app(service), base_url="http://127.0.0.1:8000") as http:
             assert http.post("/api/v1/client/dynamic_config", json={}).json()["sample_cancel_enabled"] is True
