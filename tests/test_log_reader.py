@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from twinkle_tui.monitor.crash_kinds import KINDS, SIGNAL_KINDS, diagnose
+from twinkle_tui.runs.log_lines import read_lines
 from twinkle_tui.runs.log_reader import read_failure, strip_prefix
 
 from corpus.replay import Fixture, fixtures
@@ -65,6 +66,13 @@ def test_a_traceback_glued_after_a_progress_bar_is_read() -> None:
     log = ["  3%|▎         | 31/1000 [02:58<1:31:20,  5.66s/it]Traceback (most recent call last):",
            '  File "train.py", line 9, in <module>', "    step()", "KeyError: 'labels'"]
     assert read_failure(log, 1).error_line() == "KeyError: 'labels'"
+    # a logger's ERROR line (or an exception line) glued to a bar is a line of its own; a bar is not the error
+    log = ["Epoch 0:  41%|████      | 7/17 [00:21<00:30, loss=0.81]ERROR: Unexpected bus error in worker.",
+           "Traceback (most recent call last):", '  File "fit.py", line 3, in <module>', "    fit()",
+           "RuntimeError: DataLoader worker (pid 81) is killed by signal: Bus error."]
+    reading = read_failure(log, 1)
+    assert reading.error_line() == "RuntimeError: DataLoader worker (pid 81) is killed by signal: Bus error."
+    assert "ERROR: Unexpected bus error in worker." in [line.text for line in read_lines(log)]
 
 
 def test_the_root_cause_is_the_first_workers_error_not_the_launchers() -> None:

@@ -52,7 +52,8 @@ _MORE_PREFIX = re.compile(r"^(?:\[[^\[\]]{1,80}\]|\([^()]{1,40}pid[^()]{0,40}\))
 _GLUE = re.compile(r"(?:Traceback \(most recent call last\)|(?:Original )?Traceback \(most recent call last\)"
                    r"|\[rank\d+\]:|\[E ProcessGroupNCCL|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|ERROR:torch\.distributed"
                    r"|terminate called after throwing|\{'(?:loss|train_runtime|eval_loss)'|\[E\d{3,4} \d\d:"
-                   r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ )")
+                   r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ "
+                   r"|(?:ERROR|CRITICAL|FATAL):? |(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): )")
 
 _HEADER = re.compile(r"^(?:Original )?Traceback \(most recent call last\):?\s*$")
 _RICH_TOP = re.compile(r"^[╭+]─*[-─ ]*Traceback \(most recent call last\)[-─ ]*[╮+]\s*$")
