@@ -343,3 +343,46 @@ def test_a_sample_its_client_abandons_is_cancelled_and_never_runs(tmp_path: Path
             assert http.post("/api/v1/retrieve_future", json={"request_id": sample.request_id}).status_code == 404
     finally:
         service.shutdown(wait=1)
+
+
+def test_a_recipes_log_folder_is_found_when_its_model_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's folder (ml_log holds logs.log open beside config.json) is looked for when the client creates its
+    model and at each optim_step, not only on the once-a-second housekeeping: a client that ended between two
+    rounds once lost every metric of its recipe (the distillation test failed about once in seven runs)."""
+    import subprocess
+
+    from starlette.testclient import TestClient
+
+    from twinkle_trainer.protocol import process_start_time
+    from twinkle_trainer.service import service as service_module
+    from twinkle_trainer.service import sessions as sessions_module
+    from twinkle_trainer.service.app import create_app
+    from twinkle_trainer.service.service import Service
+
+    from conftest import wait_for
+
+    logs = tmp_path / "recipe-logs"
+    logs.mkdir()
+    (logs / "config.json").write_text("{}")
+    client = subprocess.Popen([sys.executable, "-c", f"f = open({str(logs / 'logs.log')!r}, 'a'); "
+                               "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    monkeypatch.setattr(service_module, "HOUSEKEEPING", 3600.0)  # no housekeeping round during the test
+    monkeypatch.setattr(sessions_module, "client_of", lambda peer, local: (client.pid, process_start_time(client.pid)))
+    service = Service(tmp_path / "home")
+    try:
+        time.sleep(0.5)  # the child has opened logs.log
+        with TestClient(create_app(service), base_url="http://127.0.0.1:8000") as http:
+            session = http.post("/api/v1/create_session", json={"tags": [], "user_metadata": None,
+                                                                "sdk_version": "0.38.0", "type": "create_session"})
+            session_id = session.json()["session_id"]
+            made = http.post("/api/v1/create_model", json={
+                "session_id": session_id, "model_seq_id": 0, "base_model": "builtin:tiny-llama",
+                "lora_config": {"rank": 4}, "type": "create_model"})
+            assert made.status_code == 200, made.text
+            wait_for(lambda: session_id in service.recipes and service.recipes[session_id].path is not None,
+                     timeout=10, what="the recipe's folder")
+        assert service.recipes[session_id].path == logs / "metrics.jsonl"
+    finally:
+        client.kill()
+        client.wait()
+        service.shutdown(wait=5)

@@ -3,11 +3,13 @@ every queued request is answered with."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
 from tinker import types as t
 
+from twinkle_trainer.service.errors import ServiceError
 from twinkle_trainer.service.futures import Future
 from twinkle_trainer.service.service import Service
 from twinkle_trainer.service.sessions import TinkerSession
@@ -40,3 +42,16 @@ def untyped(f: Future, sample_sequence_ids: list[str] | None = None) -> t.Untype
     """The answer to a queued request: the future the SDK polls (retrieve_future or retrieve_futures)."""
     return t.UntypedAPIFuture(request_id=f.request_id, model_id=f.model_id,
                               sample_sequence_ids=sample_sequence_ids)
+
+
+def follow_recipe_soon(service: Service, session_id: str) -> None:
+    """Look for the client's recipe log folder now, off the event loop and without waiting for it (see
+    Service.follow_recipe)."""
+
+    def find() -> None:
+        try:
+            service.follow_recipe(service.sessions.get(session_id), until_found=True)
+        except ServiceError:  # the session has ended meanwhile
+            pass
+
+    asyncio.get_running_loop().run_in_executor(None, find)

@@ -193,14 +193,20 @@ class Service:
     def follow_recipes(self) -> None:
         """Each local client's recipe metrics (a tinker-cookbook ml_log), into its first training model's run."""
         for s in self.sessions.open_sessions():
-            if s.session_id not in self.recipes and s.client_pid and s.models:
-                with self.training.lock:
-                    first = self.training.models.get(s.models[0])
-                if first is not None:
-                    self.recipes[s.session_id] = RecipeMetrics(s.client_pid, first.run)
-            recipe = self.recipes.get(s.session_id)
-            if recipe is not None:
-                recipe.poll()
+            self.follow_recipe(s)
+
+    def follow_recipe(self, s: TinkerSession, until_found: bool = False) -> None:
+        """Find (or go on reading) one session's recipe metrics. Housekeeping does it every second; a model's
+        creation and each optim_step do it too while the folder is unknown (`until_found`), so a client that ends
+        between two housekeeping rounds still has its folder found while it runs."""
+        recipe = self.recipes.get(s.session_id)
+        if recipe is None and s.client_pid and s.models:
+            with self.training.lock:
+                first = self.training.models.get(s.models[0])
+            if first is not None:
+                recipe = self.recipes.setdefault(s.session_id, RecipeMetrics(s.client_pid, first.run))
+        if recipe is not None and not (until_found and recipe.path is not None):
+            recipe.poll()
 
     def housekeeping(self) -> None:
         """End sessions whose client is gone, move request orders past requests that never came, drop results

@@ -11,7 +11,7 @@ from tinker import types as t
 
 from twinkle_trainer.service import wire
 from twinkle_trainer.service.catalog import architecture
-from twinkle_trainer.service.deps import ServiceDep, SettingsDep, untyped
+from twinkle_trainer.service.deps import ServiceDep, SettingsDep, follow_recipe_soon, untyped
 from twinkle_trainer.service.errors import ServiceError
 from twinkle_trainer.service.lora import MAX_RANK, LoraSpec
 from twinkle_trainer.service.training import Adam
@@ -34,7 +34,9 @@ async def create_model(req: t.CreateModelRequest, service: ServiceDep) -> t.Unty
     lora = LoraSpec(c.rank, c.seed, c.train_unembed, c.train_mlp, c.train_attn)
     f = await asyncio.to_thread(service.training.create, session, req.model_seq_id, req.base_model, lora, None,
                                 req.user_metadata)
+    follow_recipe_soon(service, session.session_id)
     return untyped(f)
+
 
 
 @router.post("/get_info", response_model_exclude_none=True)
@@ -106,4 +108,6 @@ async def optim_step(req: t.OptimStepRequest, service: ServiceDep) -> t.UntypedA
         service.training.refuse(m, req.seq_id, f"optimizer parameters of type {getattr(p, 'type', '?')!r} are not "
                                 "supported; this service uses Adam")
     adam = Adam(p.learning_rate, p.beta1, p.beta2, p.eps, p.weight_decay, p.grad_clip_norm)
-    return untyped(service.training.optim_step(m, req.seq_id, adam))
+    f = service.training.optim_step(m, req.seq_id, adam)
+    follow_recipe_soon(service, m.session_id)
+    return untyped(f)

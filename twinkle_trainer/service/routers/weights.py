@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from tinker import types as t
 
-from twinkle_trainer.service.deps import ServiceDep, untyped
+from twinkle_trainer.service.deps import ServiceDep, follow_recipe_soon, untyped
 from twinkle_trainer.service.errors import ServiceError
 from twinkle_trainer.service.lora import LoraSpec
 from twinkle_trainer.service.runs import Resumed
@@ -64,6 +64,7 @@ async def load_weights(req: t.LoadWeightsRequest, service: ServiceDep) -> t.Unty
         f = await asyncio.to_thread(service.training.create, session, req.model_seq_id, base, lora,
                                     (stored.folder, req.optimizer), req.user_metadata,
                                     Resumed(stored.run_id, stored.tinker_path, info.step))
+        follow_recipe_soon(service, session.session_id)
         return untyped(f)
     if model is None:
         raise ServiceError("load_weights needs model_id (or session_id to create a model from the checkpoint)")
