@@ -95,7 +95,8 @@ KINDS: list[CrashKind] = [
           "token), and use an Instruct model or pass a chat_template for chat-formatted data", fixable=True),
     _kind("version mismatch", r"undefined symbol|requires [\w.-]+ ?[<>=]=|version \S+ is (?:required|not supported)|"
           r"(?:not |in)compatible with|unexpected keyword argument|was (?:compiled|built) (?:against|with)|"
-          r"please (?:upgrade|update)|is required for a normal functioning|but found [\w.-]+==|numpy\.dtype size changed|compiled using NumPy 1\.x|_ARRAY_API not found",
+          r"please (?:upgrade|update)|is required for a normal functioning|but found [\w.-]+==|"
+          r"numpy\.dtype size changed|compiled using NumPy 1\.x|_ARRAY_API not found",
           "installed packages do not match what the code expects: compare with the versions it was written for "
           "(pip list), reinstall binary packages (flash-attn, bitsandbytes, vllm) against the installed torch, "
           "or use the names the library has now (evaluation_strategy became eval_strategy)"),

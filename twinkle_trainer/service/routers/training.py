@@ -38,7 +38,6 @@ async def create_model(req: t.CreateModelRequest, service: ServiceDep) -> t.Unty
     return untyped(f)
 
 
-
 @router.post("/get_info", response_model_exclude_none=True)
 def get_info(req: t.GetInfoRequest, service: ServiceDep) -> t.GetInfoResponse:
     m = service.training.get(req.model_id)
