@@ -180,3 +180,17 @@ async def test_the_agents_start_research_asks_first(home: Path, tmp_path: Path) 
                          timeout=180, what="the loop to finish")
         assert "research **toy** started" in json.dumps(fake.requests[-1]["messages"])
     assert [r["id"] for r in records(home)] == ["e001", "e002"]
+
+
+def test_the_header_counts_what_is_left_until_nothing_is(home: Path, tmp_path: Path) -> None:
+    from twinkle_tui.research.watch import read_snapshot
+    from twinkle_tui.runs.store import RunStore
+
+    make_research(home, tmp_path)  # 6 of 10 experiments done, 4 s each, one lane
+    research = ResearchDir.of("toy", home)
+    header = read_snapshot(research, RunStore(home)).header()
+    assert "6/10 done" in header and header.endswith("4 experiments left (~16 s)")
+    state = research.read_state()
+    research.write_state({**state, "settings": {**state["settings"], "experiments": 6}})
+    header = read_snapshot(research, RunStore(home)).header()
+    assert "6/6 done" in header and "left" not in header  # "0 experiments left" would say it twice

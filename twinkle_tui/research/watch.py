@@ -73,8 +73,9 @@ class Snapshot:
         parts = [f"research {self.name}", self.status, f"{settings.get('proposer', '?')} proposer",
                  f"{settings.get('lanes', 1)} lane(s)", f"{self.done}/{self.experiments} done",
                  f"kept {s.kept} of {s.tried} ({rate})",
-                 f"best {self.metric} {format_metric(s.best_metric)} (baseline {format_metric(s.baseline)})",
-                 self.budget_left()]
+                 f"best {self.metric} {format_metric(s.best_metric)} (baseline {format_metric(s.baseline)})"]
+        if self.done < self.experiments:  # "0 experiments left" beside "12/12 done" says it twice
+            parts.append(self.budget_left())
         return " · ".join(parts)
 
 
