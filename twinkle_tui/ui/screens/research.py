@@ -27,7 +27,7 @@ from twinkle_tui.research.records import Experiment, ResearchDir
 from twinkle_tui.research.summary import format_metric
 from twinkle_tui.research.watch import Snapshot, experiment_diff, progress_points, read_snapshot
 from twinkle_tui.runs.store import RunStore
-from twinkle_tui.ui.widgets.charts import log_ticks, spread_ticks, value_ticks
+from twinkle_tui.ui.widgets.charts import place_y_ticks
 from twinkle_tui.ui.widgets.plot import OncePlot
 
 Control = Callable[[str, str], Awaitable[object]]  # (action, research name) -> runs control_research
@@ -188,17 +188,14 @@ class ResearchScreen(Screen[None]):
         step = max(1, math.ceil(last / 10))
         plt.xticks(list(range(1, last + 1, step)))
         values = [y for _, y in points["kept"] + points["discarded"]]
-        rows = max(1, chart.size.height - 4)  # the title, the frame and the experiment numbers take four
-        count = max(1, min(6, (rows + 1) // 2))
-        if values and min(values) > 0 and max(values) / min(values) > 20:
-            plt.yscale("log")  # a baseline far above the rest would flatten every later experiment
+        if values and max(values) > min(values):
             lo, hi = min(values), max(values)
-            ticks, labels = log_ticks(lo, hi, count)  # round values (0.01, 0.1, 1), as the metric charts have
-            if ticks and min(ticks) > 0:
-                kept = spread_ticks([math.log10(t) for t in ticks], labels, math.log10(lo), math.log10(hi), rows)
-                plt.yticks([10.0 ** t for t in kept[0]], kept[1])
-        elif values and max(values) > min(values):
-            plt.yticks(*spread_ticks(*value_ticks(min(values), max(values), count), min(values), max(values), rows))
+            log = lo > 0 and hi / lo > 20  # a baseline far above the rest would flatten every later experiment
+            if log:
+                plt.yscale("log")
+            # round values (0.01, 0.1, 1), as the metric charts have; the title, the frame and the experiment
+            # numbers take four rows
+            place_y_ticks(plt, lo, hi, lo, hi, max(1, chart.size.height - 4), log)
         plt.title(f"{snap.metric} ({'higher' if snap.summary.maximize else 'lower'} is better) "
                   "O kept o discarded x failed")
         chart.plotted()

@@ -9,6 +9,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.message import Message
+from textual_plotext.plot import Plot
 
 from twinkle_tui.commands.chart_settings import MAX_CHARTS, ChartSettings
 from twinkle_tui.runs.chart_data import BlockSummary, Decimated, SmoothedSeries, decimate
@@ -166,6 +167,19 @@ def spread_ticks(ticks: list[float], labels: list[str], lo: float, hi: float,
     return kept
 
 
+def place_y_ticks(plt: Plot, ymin: float, ymax: float, below: float, above: float, rows: int, log: bool) -> None:
+    """Round y ticks for data in [ymin, ymax] on an axis from `below` to `above` that is `rows` rows high: 1, 2, 5 x
+    10^k on a log axis, round steps on a linear one, at most one label a row (judged where a log axis puts them)."""
+    count = max(1, min(6, (rows + 1) // 2))
+    if log:
+        ticks, labels = log_ticks(ymin, ymax, count)
+        if ticks and min(ticks) > 0:
+            kept = spread_ticks([math.log10(t) for t in ticks], labels, math.log10(below), math.log10(above), rows)
+            plt.yticks([10.0 ** t for t in kept[0]], kept[1])
+    else:
+        plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, count), below, above, rows))
+
+
 class MetricChart(OncePlot):
     """One metric. Drag to zoom to a step range, wheel to zoom around the pointer."""
 
@@ -275,17 +289,10 @@ class MetricChart(OncePlot):
         label_width = len(f"{int(hi):,}") + 3
         ticks = step_ticks(lo, hi, max(2, self.columns // label_width))
         plt.xticks([float(t) for t in ticks], [f"{t:,}" for t in ticks])
-        rows = max(1, self.size.height - 4)  # the title, the frame and the step labels take four
-        count = max(1, min(6, (rows + 1) // 2))
         if settings.log_y:
             plt.yscale("log")
-            yticks, labels = log_ticks(ymin, ymax, count)
-            if yticks and min(yticks) > 0:  # one label a row, judged where a log axis puts them
-                kept = spread_ticks([math.log10(t) for t in yticks], labels, math.log10(below), math.log10(above),
-                                    rows)
-                plt.yticks([10.0 ** t for t in kept[0]], kept[1])
-        else:
-            plt.yticks(*spread_ticks(*value_ticks(ymin, ymax, count), below, above, rows))
+        # the title, the frame and the step labels take four rows
+        place_y_ticks(plt, ymin, ymax, below, above, max(1, self.size.height - 4), settings.log_y)
         self.title_text = self._title(steps, values, d, finite, settings)
         plt.title(self.title_text)
         self.refresh()
