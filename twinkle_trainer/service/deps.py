@@ -46,7 +46,10 @@ def untyped(f: Future, sample_sequence_ids: list[str] | None = None) -> t.Untype
 
 def follow_recipe_soon(service: Service, session_id: str) -> None:
     """Look for the client's recipe log folder now, off the event loop and without waiting for it (see
-    Service.follow_recipe)."""
+    Service.follow_recipe). Once the folder is known, housekeeping reads it: no job for each optim_step."""
+    known = service.recipes.get(session_id)
+    if known is not None and known.path is not None:
+        return
 
     def find() -> None:
         try:
